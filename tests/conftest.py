@@ -1,0 +1,159 @@
+"""Shared fixtures: real audio, a real misbehaving source server, the app and real server processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from audio_factory import make_corpus
+from fastapi.testclient import TestClient
+from source_server import SourceServer
+
+from main import create_app
+from settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two-second files in every supported format, made with ffmpeg at test time."""
+    directory = tmp_path_factory.mktemp("corpus")
+    make_corpus(directory, seconds=2.0)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def source_server(corpus_dir: Path) -> Iterator[SourceServer]:
+    """A real HTTP server on 127.0.0.1 serving the corpus plus misbehaving routes."""
+    with SourceServer(corpus_dir) as server:
+        yield server
+        assert server.errors == [], f"source server handler errors: {server.errors}"
+
+
+@pytest.fixture
+def source(source_server: SourceServer) -> SourceServer:
+    """The source server with its hit counters (and flaky routes) reset for this test."""
+    source_server.reset()
+    return source_server
+
+
+def make_settings(base: Path, **overrides: object) -> Settings:
+    """Settings that keep every file under `base` and retry quickly; ignores any .env file."""
+    values: dict[str, object] = {
+        "audio_storage_dir": base / "store",
+        "metadata_file": base / "conversations_metadata.json",
+        "log_dir": base / "logs",
+        "download_timeout_seconds": 3,
+        "download_deadline_seconds": 20,
+        "download_retries": 2,
+        "download_retry_backoff_seconds": 0.01,
+        "download_retry_max_wait_seconds": 0.5,
+        "convert_timeout_seconds": 60,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The app, started with its lifespan, on this test's own storage."""
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that reproduce `settings` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HTTP_PROXY", "HTTPS_PROXY"))}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[name.upper()] = str(value)
+    env["NO_PROXY"] = "127.0.0.1,localhost"
+    return env
+
+
+class ServerProcess:
+    """A real `uvicorn main:app` process on 127.0.0.1 with its own storage."""
+
+    def __init__(self, settings: Settings, workers: int = 1, log_path: Path | None = None) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path or Path(settings.log_dir) / "uvicorn.out"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> ServerProcess:
+        Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
+        self._out = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", str(self.workers), "--log-level", "warning"],
+            cwd=ROOT, env=settings_env(self.settings), stdout=self._out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.output()}")
+            try:
+                if httpx.get(self.base_url + "/health", timeout=1, trust_env=False).is_success:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not become healthy:\n{self.output()}")
+
+    def output(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crash or the OOM killer would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._out.close()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._out.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def server_process(settings: Settings) -> Iterator[ServerProcess]:
+    """One real single-worker uvicorn process on this test's storage."""
+    with ServerProcess(settings) as server:
+        yield server
