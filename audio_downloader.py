@@ -78,6 +78,7 @@ def validate_url(field: str, url: str) -> str:
     try:
         parts = urlsplit(url)
         host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535
     except ValueError as exc:
         raise InvalidInput(f"{field} is not a valid URL: {url[:200]!r} ({exc})") from exc
     if parts.scheme.lower() not in ("http", "https") or not host:
