@@ -430,7 +430,7 @@ class AudioDownloader:
             )  # fmt: skip
         except NotAudio as exc:
             raise NotAudio(f"{url} is not decodable audio: {exc.message}") from exc
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise ConversionTimeout(
                 f"converting {url} took longer than CONVERT_TIMEOUT_SECONDS="
                 f"{self.settings.convert_timeout_seconds:g}"
@@ -492,9 +492,7 @@ class AudioDownloader:
                     guard.check_declared(response.headers.get("content-length"))
                     await _write_body(response.aiter_bytes(CHUNK_BYTES), target, guard)
         except TimeoutError as exc:
-            raise _Transient(
-                SourceTimeout(f"{url} did not finish within {deadline:g} s")
-            ) from exc
+            raise _Transient(SourceTimeout(f"{url} did not finish within {deadline:g} s")) from exc
         except httpx.TimeoutException as exc:
             raise _Transient(
                 SourceTimeout(f"{url} timed out ({type(exc).__name__}): {exc}")
@@ -545,4 +543,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-

@@ -13,7 +13,8 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 import uvicorn
-from fastapi import Depends, FastAPI, Form, Path as PathParam, Query, Request
+from fastapi import Depends, FastAPI, Form, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,6 +29,7 @@ from api_models import (
     DualDownloadPublic,
     DualItemPublic,
     ErrorPublic,
+    FfmpegPublic,
     HealthPublic,
     RootPublic,
     StatisticsPublic,
@@ -60,7 +62,7 @@ STATUS_BY_ERROR: dict[type[errors.AudioError], int] = {
 def status_for(exc: errors.AudioError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]  # type: ignore[index]
+            return STATUS_BY_ERROR[cls]
     return 500
 
 
@@ -179,7 +181,7 @@ def _routes() -> Any:
             storage_directory=str(storage),
             storage_writable=writable,
             metadata_file=str(settings.metadata_file),
-            ffmpeg={"path": services.downloader.ffmpeg, "version": services.ffmpeg_version},
+            ffmpeg=FfmpegPublic(path=services.downloader.ffmpeg, version=services.ffmpeg_version),
             free_disk_mb=round(free_mb, 1),
             timestamp=services.tracker.now(),
         )
@@ -283,9 +285,7 @@ def _routes() -> Any:
         services: ServicesDep,
         conversation_id: Annotated[str, PathParam(pattern=NAME_PATTERN, description=NAME_RULE)],
     ) -> dict[str, Any]:
-        entry = await anyio.to_thread.run_sync(
-            services.tracker.get_conversation, conversation_id
-        )
+        entry = await anyio.to_thread.run_sync(services.tracker.get_conversation, conversation_id)
         if entry is None:
             raise errors.NotFound(f"conversation {conversation_id!r} is not recorded")
         return entry

@@ -251,8 +251,13 @@ class MetadataTracker:
             conversations[conversation_id] = entry
             if publish is not None:
                 publish()
-            self._write({"schema_version": SCHEMA_VERSION, "updated_at": now,
-                         "conversations": conversations})
+            self._write(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "updated_at": now,
+                    "conversations": conversations,
+                }
+            )
         return entry
 
     def _locked(self) -> _Locked:

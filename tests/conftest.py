@@ -1,4 +1,4 @@
-"""Shared fixtures: real audio, a real misbehaving source server, the app and real server processes."""
+"""Shared fixtures: real audio, a misbehaving source server, the app, real server processes."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def make_settings(base: Path, **overrides: object) -> Settings:
         "convert_timeout_seconds": 60,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type,call-arg]
 
 
 @pytest.fixture

@@ -191,7 +191,8 @@ def test_storage_info_lists_sorted_wav_files(client: TestClient, source: SourceS
     """GET /storage/info counts the stored .wav files, sorted, with their total size."""
     for cid in ("b", "a"):
         client.post(
-            "/download/single", data={"conversation_id": cid, "audio_url": source.file_url("mp3.mp3")}
+            "/download/single",
+            data={"conversation_id": cid, "audio_url": source.file_url("mp3.mp3")},
         )
     body = client.get("/storage/info").json()
     assert body["files"] == ["a_speaker.wav", "b_speaker.wav"]
@@ -225,7 +226,10 @@ def test_statistics_counts_hours_and_progress(client: TestClient, source: Source
             "audio_url_customer": source.file_url("wav.wav"),
         },
     )
-    client.post("/download/single", data={"conversation_id": "s2", "audio_url": source.file_url("flac.flac")})
+    client.post(
+        "/download/single",
+        data={"conversation_id": "s2", "audio_url": source.file_url("flac.flac")},
+    )
     target = 0.01  # 36 s
     body = client.get("/statistics", params={"target_hours": target}).json()
     summary, progress = body["summary"], body["progress"]
@@ -253,7 +257,9 @@ def test_statistics_rejects_a_target_that_is_not_positive(client: TestClient, ta
     assert "target_hours" in response.json()["detail"]
 
 
-def test_conversations_are_paged_and_unknown_is_404(client: TestClient, source: SourceServer) -> None:
+def test_conversations_are_paged_and_unknown_is_404(
+    client: TestClient, source: SourceServer
+) -> None:
     """GET /conversations pages the recorded entries; an unknown id is a JSON 404."""
     for n in range(3):
         client.post(
@@ -266,14 +272,21 @@ def test_conversations_are_paged_and_unknown_is_404(client: TestClient, source: 
     assert client.get("/conversations", params={"offset": 10}).json()["conversations"] == []
     missing = client.get("/conversations/nobody")
     assert missing.status_code == 404
-    assert missing.json() == {"detail": "conversation 'nobody' is not recorded", "error": "not_found"}
+    assert missing.json() == {
+        "detail": "conversation 'nobody' is not recorded",
+        "error": "not_found",
+    }
 
 
 def test_repeat_answers_exists_without_downloading(
     client: TestClient, source: SourceServer, settings: Settings
 ) -> None:
     """The same id, label and URL again answers 'exists' and the source is not asked again."""
-    data = {"conversation_id": "again", "audio_url": source.file_url("mp3.mp3"), "speaker_label": "agent"}
+    data = {
+        "conversation_id": "again",
+        "audio_url": source.file_url("mp3.mp3"),
+        "speaker_label": "agent",
+    }
     first = client.post("/download/single", data=data).json()
     hits = source.hits["/files/mp3.mp3"]
     second = client.post("/download/single", data=data).json()
@@ -288,7 +301,11 @@ def test_overwrite_replaces_the_entry_without_double_counting(
     client: TestClient, source: SourceServer
 ) -> None:
     """overwrite=true downloads again and replaces the entry; totals count it once."""
-    data = {"conversation_id": "ow", "audio_url": source.file_url("mp3.mp3"), "speaker_label": "agent"}
+    data = {
+        "conversation_id": "ow",
+        "audio_url": source.file_url("mp3.mp3"),
+        "speaker_label": "agent",
+    }
     client.post("/download/single", data=data)
     hits = source.hits["/files/mp3.mp3"]
     again = client.post("/download/single", data={**data, "overwrite": "true"}).json()
@@ -297,21 +314,29 @@ def test_overwrite_replaces_the_entry_without_double_counting(
     entry = client.get("/conversations/ow").json()
     assert entry["total"]["files"] == 1
     assert entry["total"]["duration_seconds"] == pytest.approx(2.0, abs=0.01)
-    assert client.get("/statistics").json()["summary"]["total_minutes"] == pytest.approx(2 / 60, abs=0.01)
+    assert client.get("/statistics").json()["summary"]["total_minutes"] == pytest.approx(
+        2 / 60, abs=0.01
+    )
 
 
 def test_a_different_url_for_a_stored_file_is_a_conflict(
     client: TestClient, source: SourceServer
 ) -> None:
     """Another URL for an already stored id and label is refused with 409 unless overwrite."""
-    client.post("/download/single", data={"conversation_id": "cf", "audio_url": source.file_url("mp3.mp3")})
+    client.post(
+        "/download/single", data={"conversation_id": "cf", "audio_url": source.file_url("mp3.mp3")}
+    )
     clash = client.post(
         "/download/single", data={"conversation_id": "cf", "audio_url": source.file_url("ogg.ogg")}
     )
     assert clash.status_code == 409 and clash.json()["error"] == "url_conflict"
     replaced = client.post(
         "/download/single",
-        data={"conversation_id": "cf", "audio_url": source.file_url("ogg.ogg"), "overwrite": "true"},
+        data={
+            "conversation_id": "cf",
+            "audio_url": source.file_url("ogg.ogg"),
+            "overwrite": "true",
+        },
     )
     assert replaced.status_code == 200
     assert client.get("/conversations/cf").json()["speakers"]["speaker"]["url"].endswith("ogg.ogg")

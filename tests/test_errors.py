@@ -112,9 +112,7 @@ def test_a_source_that_does_not_answer_in_time_is_504(
     assert_nothing_stored(settings)
 
 
-def test_a_trickling_source_hits_the_overall_deadline(
-    tmp_path: Path, source: SourceServer
-) -> None:
+def test_a_trickling_source_hits_the_overall_deadline(tmp_path: Path, source: SourceServer) -> None:
     """A byte every 0.2 s never trips the read timeout but stops at DOWNLOAD_DEADLINE_SECONDS."""
     settings = make_settings(tmp_path, download_deadline_seconds=1.5, download_retries=0)
     with TestClient(create_app(settings)) as client:
@@ -180,7 +178,7 @@ BAD_NAMES = [
 def test_bad_conversation_ids_and_labels_are_400(
     client: TestClient, settings: Settings, tmp_path: Path, name: str
 ) -> None:
-    """Ids and labels outside [A-Za-z0-9._-]{1,128} (no leading dot) are refused, nothing written."""
+    """Ids and labels outside [A-Za-z0-9._-]{1,128}, or with a leading dot, get 400; no writes."""
     url = "http://127.0.0.1:9/a.mp3"
     attempts = [{"conversation_id": name, "audio_url": url}]
     if name:  # an empty optional form field means "not sent": the default label applies
