@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     convert_timeout_seconds: float = Field(default=3600, gt=0)
     max_audio_hours: float = Field(default=6, gt=0)
     max_concurrent_jobs: int = Field(default=8, ge=1)
+
+    @field_validator("ffmpeg_binary", mode="before")
+    @classmethod
+    def _blank_means_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def max_download_bytes(self) -> int:
