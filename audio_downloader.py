@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import logging
 import os
@@ -36,6 +37,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from errors import (
     AudioError,
     AudioTooLong,
+    Busy,
     ConversionTimeout,
     InsufficientStorage,
     InvalidInput,
@@ -48,15 +50,18 @@ from errors import (
 )
 from metadata_tracker import MB, FileRecord, MetadataTracker
 from settings import Settings
+from url_policy import GuardedTransport, UrlPolicy
 
 log = logging.getLogger(__name__)
 
 TARGET_SAMPLE_RATE = 16000
 TARGET_CHANNELS = 1
 CHUNK_BYTES = 1024 * 1024
+MAX_REDIRECTS = 5
 _NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 _TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.(?:download|wav)$")
 _FFMPEG_ERROR_CHARS = 400
+_PR_SET_PDEATHSIG = 1
 
 
 # Input rules ---------------------------------------------------------------------------------
@@ -139,6 +144,7 @@ async def run_ffmpeg(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # its own process group, so a timeout kills everything it spawned
+        preexec_fn=_die_with_parent,
     )
     try:
         _, stderr = await asyncio.wait_for(proc.communicate(), timeout)
@@ -162,6 +168,12 @@ def _ffmpeg_reason(stderr: bytes, source: Path) -> str:
     ]
     reason = lines[-1] if lines else "no details"
     return re.sub(r"^\[[^]]*\] ", "", reason)[-_FFMPEG_ERROR_CHARS:]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: if the server is killed outright, ffmpeg is killed too."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -230,9 +242,12 @@ class _SizeGuard:
     def __init__(self, url: str, limit: int) -> None:
         self.url, self.limit, self.seen = url, limit, 0
 
-    def check_declared(self, declared: str | None) -> None:
-        if declared and declared.isdigit() and int(declared) > self.limit:
-            raise TooLarge(self._message(int(declared), "declares"))
+    def check_declared(self, declared: str | None) -> int:
+        """The declared body size (0 when unknown); TooLarge when over the limit."""
+        size = int(declared) if declared and declared.isdigit() else 0
+        if size > self.limit:
+            raise TooLarge(self._message(size, "declares"))
+        return size
 
     def add(self, count: int) -> None:
         self.seen += count
@@ -301,13 +316,17 @@ class AudioDownloader:
         self.tracker = tracker
         self.storage_dir = Path(settings.audio_storage_dir)
         self.ffmpeg = resolve_ffmpeg(settings.ffmpeg_binary)
+        self.policy = UrlPolicy(
+            settings.allowed_url_hosts, settings.blocked_networks, settings.block_private_networks
+        )
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
         self._client = client or httpx.AsyncClient(
+            transport=GuardedTransport(self.policy, httpx.AsyncHTTPTransport(limits=limits)),
             timeout=httpx.Timeout(settings.download_timeout_seconds),
             follow_redirects=True,
-            max_redirects=5,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            max_redirects=MAX_REDIRECTS,
             headers={"User-Agent": "diarization-audio-downloader/1.0"},
-            trust_env=False,
+            trust_env=False,  # a proxy from the environment would bypass the address checks
         )
         self._jobs = asyncio.Semaphore(settings.max_concurrent_jobs)
 
@@ -373,13 +392,49 @@ class AudioDownloader:
         validate_name("conversation_id", conversation_id)
         validate_name("speaker_label", speaker_label)
         validate_url("audio_url", url)
+        self.policy.check_host(httpx.URL(url))
         existing = await anyio.to_thread.run_sync(
             self._existing, conversation_id, speaker_label, url, overwrite
         )
         if existing is not None:
             return existing
-        async with self._jobs:
+        self._check_free_space(0)
+        async with self._job_slot():
             return await self._fetch_convert_store(conversation_id, speaker_label, url)
+
+    @contextlib.asynccontextmanager
+    async def _job_slot(self) -> AsyncIterator[None]:
+        """One of MAX_CONCURRENT_JOBS slots, or Busy after JOB_QUEUE_TIMEOUT_SECONDS."""
+        wait = self.settings.job_queue_timeout_seconds
+        try:
+            async with asyncio.timeout(wait):
+                await self._jobs.acquire()
+        except TimeoutError:
+            raise Busy(
+                f"all {self.settings.max_concurrent_jobs} job slots stayed busy for {wait:g} s; "
+                "retry later"
+            ) from None
+        try:
+            yield
+        finally:
+            self._jobs.release()
+
+    def _check_free_space(self, incoming_bytes: int) -> None:
+        """Refuse a job that would leave less than MIN_FREE_DISK_MB on the storage disk."""
+        try:
+            free = shutil.disk_usage(self.storage_dir).free
+        except OSError as exc:
+            raise StorageError(
+                f"cannot inspect storage directory {self.storage_dir}: {exc}"
+            ) from exc
+        # The download and its WAV can both be on disk at once; the WAV is usually larger.
+        needed = self.settings.min_free_disk_bytes + 2 * incoming_bytes
+        if free < needed:
+            raise InsufficientStorage(
+                f"{free / MB:.0f} MB free in {self.storage_dir}; this job needs "
+                f"{incoming_bytes / MB:.0f} MB plus MIN_FREE_DISK_MB="
+                f"{self.settings.min_free_disk_mb:g} kept free"
+            )
 
     def _existing(
         self, conversation_id: str, speaker_label: str, url: str, overwrite: bool
@@ -489,7 +544,8 @@ class AudioDownloader:
             async with asyncio.timeout(deadline):
                 async with self._client.stream("GET", url) as response:
                     _check_status(url, response)
-                    guard.check_declared(response.headers.get("content-length"))
+                    declared = guard.check_declared(response.headers.get("content-length"))
+                    self._check_free_space(declared)
                     await _write_body(response.aiter_bytes(CHUNK_BYTES), target, guard)
         except TimeoutError as exc:
             raise _Transient(SourceTimeout(f"{url} did not finish within {deadline:g} s")) from exc

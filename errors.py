@@ -2,6 +2,8 @@
 
 AudioError                 base; every error carries a short machine code
 ├── InvalidInput           a field is missing or malformed                    (400)
+├── Unauthorized           API_KEY is set and X-API-Key is missing or wrong   (401)
+├── UrlRefused             the URL policy forbids this host or address         (403)
 ├── NotFound               no such conversation                               (404)
 ├── UrlConflict            same file already stored from another URL          (409)
 ├── SourceError            the source answered 4xx/5xx or was unreachable     (502)
@@ -10,6 +12,7 @@ AudioError                 base; every error carries a short machine code
 ├── NotAudio               the body is not decodable audio                    (422)
 ├── AudioTooLong           the audio exceeds MAX_AUDIO_HOURS                  (422)
 ├── ConversionTimeout      ffmpeg ran past CONVERT_TIMEOUT_SECONDS            (503)
+├── Busy                   no job slot freed within JOB_QUEUE_TIMEOUT_SECONDS (503)
 ├── InsufficientStorage    the disk is (nearly) full                          (507)
 ├── StorageError           the storage directory could not be written         (500)
 └── MetadataCorrupt        the metadata file does not parse                   (500)
@@ -76,3 +79,19 @@ class StorageError(AudioError):
 
 class MetadataCorrupt(AudioError):
     code = "metadata_corrupt"
+
+
+class UrlRefused(AudioError):
+    code = "url_refused"
+
+
+class Unauthorized(AudioError):
+    code = "unauthorized"
+
+
+class Busy(AudioError):
+    code = "busy"
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import shutil
@@ -13,7 +14,7 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 import uvicorn
-from fastapi import Depends, FastAPI, Form, Query, Request
+from fastapi import Depends, FastAPI, Form, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: dict[type[errors.AudioError], int] = {
     errors.InvalidInput: 400,
+    errors.Unauthorized: 401,
+    errors.UrlRefused: 403,
     errors.NotFound: 404,
     errors.UrlConflict: 409,
     errors.TooLarge: 413,
@@ -52,6 +55,7 @@ STATUS_BY_ERROR: dict[type[errors.AudioError], int] = {
     errors.AudioTooLong: 422,
     errors.SourceError: 502,
     errors.ConversionTimeout: 503,
+    errors.Busy: 503,
     errors.SourceTimeout: 504,
     errors.InsufficientStorage: 507,
     errors.StorageError: 500,
@@ -69,19 +73,21 @@ def status_for(exc: errors.AudioError) -> int:
 def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         400: "Missing or malformed field",
+        401: "API_KEY is set and X-API-Key is missing or wrong",
+        403: "The URL policy refuses this host or address",
         404: "Unknown conversation",
         409: "Already stored from another URL",
         413: "Source larger than MAX_DOWNLOAD_MB",
         422: "Not decodable audio, or longer than MAX_AUDIO_HOURS",
         502: "Source answered an error or was unreachable",
-        503: "Conversion timed out",
+        503: "Conversion timed out, or no job slot free (see Retry-After)",
         504: "Source timed out",
         507: "Storage full",
     }
     return {code: {"model": ErrorPublic, "description": described[code]} for code in codes}
 
 
-DOWNLOAD_ERRORS = _error_responses(400, 409, 413, 422, 502, 503, 504, 507)
+DOWNLOAD_ERRORS = _error_responses(400, 401, 403, 409, 413, 422, 502, 503, 504, 507)
 
 
 @dataclass
@@ -141,6 +147,22 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def require_api_key(
+    services: ServicesDep,
+    x_api_key: Annotated[str | None, Header(description="Required when API_KEY is set")] = None,
+) -> None:
+    """When API_KEY is set, the X-API-Key header must equal it (compared in constant time)."""
+    expected = services.settings.api_key
+    if expected is None:
+        return
+    if x_api_key is None or not hmac.compare_digest(
+        x_api_key.encode("utf-8", "surrogateescape"), expected.encode("utf-8")
+    ):
+        raise errors.Unauthorized("missing or wrong X-API-Key header")
+
+
 NameForm = Form(pattern=NAME_PATTERN, description=NAME_RULE)
 
 
@@ -148,6 +170,8 @@ def _routes() -> Any:
     from fastapi import APIRouter
 
     router = APIRouter()
+    # Everything but / and /health needs the key when API_KEY is set.
+    protected = APIRouter(dependencies=[Depends(require_api_key)], responses=_error_responses(401))
 
     @router.get("/", response_model=RootPublic, summary="Service name, version and endpoints")
     async def root() -> RootPublic:
@@ -186,7 +210,7 @@ def _routes() -> Any:
             timestamp=services.tracker.now(),
         )
 
-    @router.post(
+    @protected.post(
         "/download/single",
         response_model=DownloadResultPublic,
         responses=DOWNLOAD_ERRORS,
@@ -206,7 +230,7 @@ def _routes() -> Any:
         )
         return DownloadResultPublic(**_public_fields(stored))
 
-    @router.post(
+    @protected.post(
         "/download/dual",
         response_model=DualDownloadPublic,
         responses=DOWNLOAD_ERRORS,
@@ -239,12 +263,12 @@ def _routes() -> Any:
             downloads=items,
         )
 
-    @router.get("/storage/info", response_model=StorageInfoPublic, summary="Stored .wav files")
+    @protected.get("/storage/info", response_model=StorageInfoPublic, summary="Stored .wav files")
     async def storage_info(services: ServicesDep) -> StorageInfoPublic:
         storage = Path(services.settings.audio_storage_dir)
         return await anyio.to_thread.run_sync(_storage_listing, storage)
 
-    @router.get(
+    @protected.get(
         "/statistics",
         response_model=StatisticsPublic,
         responses=_error_responses(400),
@@ -259,7 +283,7 @@ def _routes() -> Any:
         )
         return result
 
-    @router.get(
+    @protected.get(
         "/conversations",
         response_model=ConversationsPagePublic,
         responses=_error_responses(400),
@@ -275,7 +299,7 @@ def _routes() -> Any:
         )
         return {"total": total, "limit": limit, "offset": offset, "conversations": page}
 
-    @router.get(
+    @protected.get(
         "/conversations/{conversation_id}",
         response_model=ConversationPublic,
         responses=_error_responses(400, 404),
@@ -290,6 +314,7 @@ def _routes() -> Any:
             raise errors.NotFound(f"conversation {conversation_id!r} is not recorded")
         return entry
 
+    router.include_router(protected)
     return router
 
 
@@ -349,7 +374,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             logging.ERROR if status >= 500 else logging.WARNING,
             "%s %s -> %d %s: %s", request.method, request.url.path, status, exc.code, exc.message,
         )  # fmt: skip
-        return JSONResponse({"detail": exc.message, "error": exc.code}, status_code=status)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.Busy) else None
+        return JSONResponse(
+            {"detail": exc.message, "error": exc.code}, status_code=status, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

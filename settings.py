@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Comma-separated in the environment ("a.example.com,*.example.org"), not JSON.
+CommaList = Annotated[list[str], NoDecode]
+NetworkList = Annotated[list[Network], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -38,8 +45,28 @@ class Settings(BaseSettings):
     convert_timeout_seconds: float = Field(default=3600, gt=0)
     max_audio_hours: float = Field(default=6, gt=0)
     max_concurrent_jobs: int = Field(default=8, ge=1)
+    job_queue_timeout_seconds: float = Field(default=300, ge=0)
+    min_free_disk_mb: float = Field(default=1024, ge=0)
 
-    @field_validator("ffmpeg_binary", mode="before")
+    # Who may call, and what may be fetched.
+    api_key: str | None = None
+    allowed_url_hosts: CommaList = Field(default_factory=list)
+    blocked_networks: NetworkList = Field(
+        default_factory=lambda: [
+            ipaddress.ip_network("169.254.0.0/16"),
+            ipaddress.ip_network("fe80::/10"),
+        ]
+    )
+    block_private_networks: bool = False
+
+    @field_validator("allowed_url_hosts", "blocked_networks", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("ffmpeg_binary", "api_key", mode="before")
     @classmethod
     def _blank_means_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -47,6 +74,10 @@ class Settings(BaseSettings):
     @property
     def max_download_bytes(self) -> int:
         return int(self.max_download_mb * 1024 * 1024)
+
+    @property
+    def min_free_disk_bytes(self) -> int:
+        return int(self.min_free_disk_mb * 1024 * 1024)
 
 
 @lru_cache(maxsize=1)

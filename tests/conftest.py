@@ -58,6 +58,7 @@ def make_settings(base: Path, **overrides: object) -> Settings:
         "download_retry_backoff_seconds": 0.01,
         "download_retry_max_wait_seconds": 0.5,
         "convert_timeout_seconds": 60,
+        "min_free_disk_mb": 1,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type,call-arg]
