@@ -42,6 +42,7 @@ from metadata_tracker import MB, MetadataTracker
 from settings import Settings, get_settings
 
 VERSION = "1.0.0"
+MAX_URL_CHARS = 8192
 log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: dict[type[errors.AudioError], int] = {
@@ -219,7 +220,10 @@ def _routes() -> Any:
     async def download_single(
         services: ServicesDep,
         conversation_id: Annotated[str, NameForm],
-        audio_url: Annotated[str, Form(description="http(s) URL of the audio")],
+        audio_url: Annotated[
+            str,
+            Form(min_length=1, max_length=MAX_URL_CHARS, description="http(s) URL of the audio"),
+        ],
         speaker_label: Annotated[str, Form(pattern=NAME_PATTERN, description=NAME_RULE)] = (
             "speaker"
         ),
@@ -239,9 +243,17 @@ def _routes() -> Any:
     async def download_dual(
         services: ServicesDep,
         conversation_id: Annotated[str, NameForm],
-        audio_url_agent: Annotated[str, Form(description="http(s) URL of the agent audio")],
+        audio_url_agent: Annotated[
+            str,
+            Form(
+                min_length=1, max_length=MAX_URL_CHARS, description="http(s) URL of the agent audio"
+            ),
+        ],
         audio_url_customer: Annotated[
-            str | None, Form(description="http(s) URL of the customer audio (optional)")
+            str | None,
+            Form(
+                max_length=MAX_URL_CHARS, description="http(s) URL of the customer audio (optional)"
+            ),
         ] = None,
         overwrite: Annotated[bool, Form(description="Download again even if stored")] = False,
     ) -> DualDownloadPublic:

@@ -87,7 +87,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment variables that reproduce `settings` in a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HTTP_PROXY", "HTTPS_PROXY"))}
     for name, value in settings.model_dump().items():
-        if value is not None:
+        if isinstance(value, list):
+            env[name.upper()] = ",".join(str(item) for item in value)
+        elif value is not None:
             env[name.upper()] = str(value)
     env["NO_PROXY"] = "127.0.0.1,localhost"
     return env
