@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 from filelock import FileLock, Timeout
+from pydantic import ValidationError
 
 from errors import AudioError, InvalidInput, MetadataCorrupt, StorageError
 from settings import Settings, get_settings
@@ -329,12 +331,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=100.0, help="target hours (default 100)")
     parser.add_argument("--metadata-file", type=Path, help="metadata file (default from settings)")
     args = parser.parse_args(argv)
-    settings = get_settings()
-    tracker = MetadataTracker(args.metadata_file or settings.metadata_file, settings.log_timezone)
     try:
+        settings = get_settings()
+        tracker = MetadataTracker(
+            args.metadata_file or settings.metadata_file, settings.log_timezone
+        )
         stats = tracker.statistics(args.target)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        name = str(problem["loc"][0]).upper()
+        print(f"error: invalid settings: {name}: {problem['msg']}", file=sys.stderr)
+        return 2
     except AudioError as exc:
-        print(f"error: {exc.message}")
+        print(f"error: {exc.message}", file=sys.stderr)
         return 1
     print(json.dumps(stats, indent=2))
     return 0
