@@ -1,4 +1,4 @@
-"""Crashes and floods against real uvicorn processes: nothing lost, nothing partial, still serving."""
+"""Crashes and floods against real uvicorn processes: nothing lost, nothing partial, still up."""
 
 from __future__ import annotations
 
