@@ -9,7 +9,9 @@ conversation's totals. Every write happens under an inter-process lock, goes to 
 file that is flushed and fsynced, keeps the previous version as `<file>.bak` (a hard link, so
 it costs nothing) and is renamed into place: readers never see a torn document, and writers in
 several processes never lose each other's updates. Reads take no lock and are cached on the
-file's identity (inode, size, mtime), so an unchanged file is parsed once per process.
+file's identity (inode, size, mtime), so an unchanged file is parsed once per process. The
+totals behind `/statistics` are kept beside the cached document and updated by each write, so
+answering them does not walk every conversation again.
 
 Run as a script, it prints the collection statistics.
 """
@@ -23,7 +25,7 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -92,19 +94,90 @@ def _earliest_latest(stamps: list[str]) -> tuple[str | None, str | None]:
     return min(stamps, key=datetime.fromisoformat), max(stamps, key=datetime.fromisoformat)
 
 
+def _micros(seconds: object) -> int:
+    # Whole microseconds: sums stay exact whatever order entries are added and removed in.
+    return round(float(seconds) * 1_000_000)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """What `/statistics` needs from a document: counted once, then kept up to date by writes."""
+
+    conversations: int = 0
+    micros: int = 0
+    size_bytes: int = 0
+    first: str | None = None
+    last: str | None = None
+
+    @classmethod
+    def of(cls, doc: Document) -> Aggregate:
+        entries = [e for e in doc["conversations"].values() if e.get("speakers")]
+        stamps = [f["downloaded_at"] for e in entries for f in e["speakers"].values()]
+        first, last = _earliest_latest(stamps)
+        return cls(
+            conversations=len(entries),
+            micros=sum(_micros(e["total"]["duration_seconds"]) for e in entries),
+            size_bytes=sum(int(e["total"]["file_size_bytes"]) for e in entries),
+            first=first,
+            last=last,
+        )
+
+    def replace(self, old: Entry | None, new: Entry) -> Aggregate | None:
+        """The aggregate after `old` (None: absent) became `new`; None when it must be recounted.
+
+        Only replacing the earliest or the latest download needs a recount: every other change
+        is a subtraction and an addition.
+        """
+        old_stamps = _stamps(old)
+        if self.first in old_stamps or self.last in old_stamps:
+            return None
+        stamps = [s for s in (self.first, self.last) if s is not None] + _stamps(new)
+        try:
+            first, last = _earliest_latest(stamps)
+        except ValueError:  # a stamp that is not ISO 8601: let the full count decide
+            return None
+        return Aggregate(
+            conversations=self.conversations - _counts(old) + _counts(new),
+            micros=self.micros - _entry_micros(old) + _entry_micros(new),
+            size_bytes=self.size_bytes - _entry_bytes(old) + _entry_bytes(new),
+            first=first,
+            last=last,
+        )
+
+
+def _stamps(entry: Entry | None) -> list[str]:
+    if not entry or not entry.get("speakers"):
+        return []
+    return [f["downloaded_at"] for f in entry["speakers"].values()]
+
+
+def _counts(entry: Entry | None) -> int:
+    return 1 if entry and entry.get("speakers") else 0
+
+
+def _entry_micros(entry: Entry | None) -> int:
+    return _micros(entry["total"]["duration_seconds"]) if entry and entry.get("speakers") else 0
+
+
+def _entry_bytes(entry: Entry | None) -> int:
+    return int(entry["total"]["file_size_bytes"]) if entry and entry.get("speakers") else 0
+
+
 def compute_statistics(doc: Document, target_hours: float, now: str) -> dict[str, Any]:
     """The `/statistics` answer for one snapshot of the document."""
+    return statistics_of(Aggregate.of(doc), target_hours, now)
+
+
+def statistics_of(totals: Aggregate, target_hours: float, now: str) -> dict[str, Any]:
+    """The `/statistics` answer from a document's aggregate."""
     if not (isinstance(target_hours, (int, float)) and math.isfinite(target_hours)):
         raise InvalidInput(f"target_hours must be a positive number, got {target_hours!r}")
     if target_hours <= 0:
         raise InvalidInput(f"target_hours must be a positive number, got {target_hours!r}")
-    entries = [e for e in doc["conversations"].values() if e.get("speakers")]
-    count = len(entries)
-    seconds = sum(float(e["total"]["duration_seconds"]) for e in entries)
-    size_bytes = sum(int(e["total"]["file_size_bytes"]) for e in entries)
+    count = totals.conversations
+    seconds = totals.micros / 1_000_000
+    size_bytes = totals.size_bytes
     hours = seconds / 3600
-    stamps = [f["downloaded_at"] for e in entries for f in e["speakers"].values()]
-    first, last = _earliest_latest(stamps)
     remaining = max(target_hours - hours, 0.0)
     average_hours = hours / count if count else 0.0
     needed = math.ceil(round(remaining / average_hours, 9)) if average_hours > 0 else 0
@@ -117,8 +190,8 @@ def compute_statistics(doc: Document, target_hours: float, now: str) -> dict[str
             "total_size_gb": round(size_bytes / MB / 1024, 3),
             "average_duration_minutes": round(seconds / 60 / count, 2) if count else 0.0,
             "average_size_mb": round(size_bytes / MB / count, 2) if count else 0.0,
-            "first_download": first,
-            "last_download": last,
+            "first_download": totals.first,
+            "last_download": totals.last,
         },
         "progress": {
             "target_hours": float(target_hours),
@@ -142,6 +215,8 @@ class MetadataTracker:
         self._file_lock = FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_SECONDS)
         self._thread_lock = threading.Lock()
         self._cache: tuple[tuple[int, int, int], Document] | None = None
+        # The aggregate of one document object (compared by identity, never by value).
+        self._aggregate: tuple[Document, Aggregate] | None = None
         self._cache_guard = threading.Lock()
 
     @classmethod
@@ -218,7 +293,18 @@ class MetadataTracker:
                 yield cid, label, record
 
     def statistics(self, target_hours: float = 100.0) -> dict[str, Any]:
-        return compute_statistics(self.snapshot(), target_hours, self.now())
+        return statistics_of(self.aggregate(), target_hours, self.now())
+
+    def aggregate(self) -> Aggregate:
+        """The current document's totals, counted once per document version."""
+        doc = self.snapshot()
+        with self._cache_guard:
+            if self._aggregate is not None and self._aggregate[0] is doc:
+                return self._aggregate[1]
+        totals = Aggregate.of(doc)
+        with self._cache_guard:
+            self._aggregate = (doc, totals)
+        return totals
 
     # Writing -------------------------------------------------------------------------------
 
@@ -236,31 +322,51 @@ class MetadataTracker:
         change together: concurrent writers of the same file cannot leave metadata describing
         another writer's bytes.
         """
+        return self._record([(conversation_id, speaker_label, record)], publish)[0]
+
+    def record_many(self, records: Iterable[tuple[str, str, FileRecord]]) -> list[Entry]:
+        """Record several (conversation_id, speaker_label, record) files in one write.
+
+        The same as calling `record_file` for each in order, at the cost of one write: for
+        imports and back-fills, where one rewrite of the document per file would dominate.
+        """
+        return self._record(list(records), None)
+
+    def _record(
+        self, records: list[tuple[str, str, FileRecord]], publish: Callable[[], None] | None
+    ) -> list[Entry]:
         with self._locked():
             doc = self.snapshot()
+            with self._cache_guard:
+                cached = self._aggregate
+            totals = cached[1] if cached is not None and cached[0] is doc else None
             conversations = dict(doc["conversations"])
             now = self.now()
-            old = conversations.get(conversation_id)
-            speakers = dict(old["speakers"]) if old else {}
-            speakers[speaker_label] = record.to_dict()
-            entry: Entry = {
-                "conversation_id": conversation_id,
-                "created_at": old["created_at"] if old else now,
-                "updated_at": now,
-                "speakers": speakers,
-                "total": _totals(speakers),
-            }
-            conversations[conversation_id] = entry
+            entries = []
+            for conversation_id, speaker_label, record in records:
+                old = conversations.get(conversation_id)
+                speakers = dict(old["speakers"]) if old else {}
+                speakers[speaker_label] = record.to_dict()
+                entry: Entry = {
+                    "conversation_id": conversation_id,
+                    "created_at": old["created_at"] if old else now,
+                    "updated_at": now,
+                    "speakers": speakers,
+                    "total": _totals(speakers),
+                }
+                conversations[conversation_id] = entry
+                entries.append(entry)
+                if totals is not None:
+                    totals = totals.replace(old, entry)
             if publish is not None:
                 publish()
-            self._write(
-                {
-                    "schema_version": SCHEMA_VERSION,
-                    "updated_at": now,
-                    "conversations": conversations,
-                }
-            )
-        return entry
+            new_doc = {"schema_version": SCHEMA_VERSION, "updated_at": now,
+                       "conversations": conversations}  # fmt: skip
+            self._write(new_doc)
+            if totals is not None:
+                with self._cache_guard:
+                    self._aggregate = (new_doc, totals)
+        return entries
 
     def _locked(self) -> _Locked:
         return _Locked(self)
@@ -293,6 +399,18 @@ class MetadataTracker:
         except OSError:
             return  # a filesystem without hard links keeps no backup rather than failing writes
         os.replace(link, self.backup_path)
+
+    # Checks --------------------------------------------------------------------------------
+
+    def snapshot_locked(self, read: Callable[[], Any]) -> tuple[Document, Any]:
+        """The document and `read()`'s result with no write in between: both under the lock.
+
+        For read-only checks that compare the document with the files on disk, which a write
+        changes one after the other (file, then document). Every writer waits meanwhile, so
+        `read` must be quick, like listing the storage directory.
+        """
+        with self._locked():
+            return self.snapshot(), read()
 
 
 class _Locked:
