@@ -36,5 +36,14 @@ format: $(STAMP)
 run: $(STAMP)
 	$(PY) main.py
 
+# The benchmark's own tools (yt-dlp) go into the same venv, never into requirements.txt.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(PY) -m bench --output bench/.work/latest.md
+
+bench-smoke: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(PY) -m bench --smoke
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,154 @@
+"""Case 2: a CSV batch through batch_download_from_csv.py, bare ffmpeg and yt-dlp, side by side."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+import time
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from audio_factory import ffmpeg_exe
+
+from bench.harness import ROOT, Context, Row, bare_ffmpeg, median, service
+from bench.media import batch_files
+
+CASE2 = "2 CSV batch"
+SCRIPT = ROOT / "batch_download_from_csv.py"
+
+
+def _write_csv(path: Path, prefix: str, files: list[tuple[str, str, str]], ctx: Context) -> None:
+    urls: dict[str, dict[str, str]] = {}
+    for cid, speaker, name in files:
+        urls.setdefault(cid, {})[speaker] = ctx.source_url(name)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["conversation_id", "agent_audio_url", "customer_audio_url"])
+        for cid, by_speaker in urls.items():
+            writer.writerow([f"{prefix}{cid}", by_speaker["agent"], by_speaker["customer"]])
+
+
+def _batch_script(csv_path: Path, server_url: str, concurrency: int, work: Path) -> float:
+    """Wall time of the real command line, as a user would run it."""
+    command = [
+        sys.executable, str(SCRIPT), str(csv_path), "--server", server_url,
+        "--concurrency", str(concurrency), "--no-progress", "--failed-rows-dir", str(work),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    # Run from the work directory so a developer's own .env is not picked up.
+    done = subprocess.run(command, cwd=work, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"batch script exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return seconds
+
+
+def _ffmpeg_dir(work: Path) -> Path:
+    """A directory whose `ffmpeg` is the service's binary, for yt-dlp's --ffmpeg-location."""
+    directory = work / "bin"
+    directory.mkdir(parents=True, exist_ok=True)
+    link = directory / "ffmpeg"
+    link.unlink(missing_ok=True)
+    link.symlink_to(ffmpeg_exe())
+    return directory
+
+
+def _yt_dlp(urls: list[str], out: Path, ffmpeg_dir: Path) -> None:
+    command = [
+        str(Path(sys.executable).with_name("yt-dlp")), "--quiet", "--no-progress",
+        "--no-cache-dir", "--force-generic-extractor", "--ffmpeg-location", str(ffmpeg_dir),
+        "-x", "--audio-format", "wav", "--postprocessor-args", "ExtractAudio:-ar 16000 -ac 1",
+        "-o", str(out / "%(id)s.%(ext)s"), *urls,
+    ]  # fmt: skip
+    subprocess.run(command, check=True, stdin=subprocess.DEVNULL, capture_output=True)
+
+
+def _check_wavs(directory: Path, expected: int) -> None:
+    """Every expected output is there and is 16 kHz mono 16-bit, or the comparison is void."""
+    found = sorted(directory.glob("*.wav"))
+    if len(found) != expected:
+        raise RuntimeError(f"{directory}: {len(found)} WAV files, expected {expected}")
+    for path in found:
+        with wave.open(str(path)) as wav:
+            shape = (wav.getframerate(), wav.getnchannels(), wav.getsampwidth())
+        if shape != (16000, 1, 2):
+            raise RuntimeError(f"{path} is {shape}, not 16 kHz mono 16-bit")
+
+
+def run(ctx: Context) -> list[Row]:
+    scale = ctx.scale
+    if not SCRIPT.exists():
+        return [Row(CASE2, "batch_download_from_csv.py", "missing: case not run", "present", False)]
+    files = batch_files(ctx.media, scale)
+    base = ctx.work / "case2"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    # The same parallelism everywhere: the script sends `cores` conversations at once and the
+    # service converts both speakers of each at once, so 2 x cores files are in flight.
+    in_flight = 2 * ctx.cores
+    paths = [ctx.media / name for _, _, name in files]
+    urls = [ctx.source_url(name) for _, _, name in files]
+    ffmpeg_dir = _ffmpeg_dir(base)
+    timings: dict[str, list[float]] = {"service": [], "bare": [], "yt-dlp": []}
+    with service(base / "service") as server:
+        store = base / "service" / "store"
+
+        def with_service(n: int) -> float:
+            csv_path = base / f"round{n}.csv"
+            _write_csv(csv_path, f"r{n}_", files, ctx)
+            seconds = _batch_script(csv_path, server.base_url, ctx.cores, base)
+            _check_wavs(store, len(files))
+            shutil.rmtree(store)
+            return seconds
+
+        def with_bare(n: int) -> float:
+            out = base / "bare"
+            out.mkdir()
+            with ThreadPoolExecutor(in_flight) as pool:
+                started = time.perf_counter()
+                list(pool.map(lambda i: bare_ffmpeg(paths[i], out / f"{i}.wav"), range(len(paths))))
+                seconds = time.perf_counter() - started
+            _check_wavs(out, len(files))
+            shutil.rmtree(out)
+            return seconds
+
+        def with_yt_dlp(n: int) -> float:
+            out = base / "yt-dlp"
+            out.mkdir()
+            # yt-dlp at its best: one process per share of the URLs, so its start-up is paid
+            # once per process rather than once per file.
+            shares = [urls[i::in_flight] for i in range(in_flight)]
+            with ThreadPoolExecutor(in_flight) as pool:
+                started = time.perf_counter()
+                list(pool.map(lambda share: _yt_dlp(share, out, ffmpeg_dir), shares))
+                seconds = time.perf_counter() - started
+            _check_wavs(out, len(files))
+            shutil.rmtree(out)
+            return seconds
+
+        runners = [("service", with_service), ("bare", with_bare), ("yt-dlp", with_yt_dlp)]
+        for n in range(scale.batch_rounds):
+            # Rotate the order each round, so none always runs first on a rested machine.
+            for name, runner in runners[n % 3 :] + runners[: n % 3]:
+                timings[name].append(runner(n))
+
+    hours = len(files) * scale.batch_minutes / 60
+    walls = {name: median(values) for name, values in timings.items()}
+    rate = {name: hours / wall for name, wall in walls.items()}
+    vs_bare = walls["service"] / walls["bare"]
+    vs_yt = walls["yt-dlp"] / walls["service"]
+    runs = f"median of {scale.batch_rounds}"
+    shape = f"{scale.conversations} conversations x 2 x {scale.batch_minutes:g} min"
+    return [
+        Row(CASE2, f"batch script --concurrency {ctx.cores}, {shape} ({runs})",
+            f"{walls['service']:.2f} s, {rate['service']:.3f} h stored per s"),
+        Row(CASE2, f"bare ffmpeg, {in_flight} files at a time ({runs})",
+            f"{walls['bare']:.2f} s, {rate['bare']:.3f} h per s"),
+        Row(CASE2, f"yt-dlp, {in_flight} processes ({runs})",
+            f"{walls['yt-dlp']:.2f} s, {rate['yt-dlp']:.3f} h per s"),
+        Row(CASE2, "service / bare ffmpeg (wall)", f"{vs_bare:.3f}x", "<= 1.15x", vs_bare <= 1.15),
+        Row(CASE2, "yt-dlp / service (wall)", f"{vs_yt:.2f}x", ">= 1.5x", vs_yt >= 1.5),
+    ]  # fmt: skip

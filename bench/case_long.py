@@ -1,0 +1,136 @@
+"""Cases 1 and 4: one long recording against bare ffmpeg, and /health under eight at once."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from bench.harness import (
+    Context,
+    Row,
+    RssSampler,
+    bare_ffmpeg,
+    client,
+    median,
+    ms,
+    percentile,
+    post_single,
+    service,
+    timed,
+)
+from bench.media import long_file
+
+CASE1 = "1 one long file"
+CASE4 = "4 /health under load"
+WARMUP_MINUTES = 0.05
+MEMORY_LIMIT_MB = 100.0
+# Peak growth may differ between lengths by allocator noise, not by the length of the audio.
+MEMORY_SLACK_MB = 16.0
+
+
+def run_single(ctx: Context) -> list[Row]:
+    """Case 1: `POST /download/single` of one long MP3, interleaved with bare ffmpeg on it."""
+    scale = ctx.scale
+    long_name = long_file(ctx.media, scale.long_minutes)
+    longer_name = long_file(ctx.media, scale.longer_minutes)
+    warmup = long_file(ctx.media, WARMUP_MINUTES)
+    base = ctx.work / "case1"
+    shutil.rmtree(base, ignore_errors=True)
+    bare_out = base / "bare.wav"
+    service_times: list[float] = []
+    bare_times: list[float] = []
+    growth: list[float] = []
+    with service(base / "service") as server, client(server.base_url) as http:
+        assert server.proc is not None
+        pid = server.proc.pid
+        store = base / "service" / "store"
+        post_single(http, "warmup", ctx.source_url(warmup))
+
+        def one_service_run(cid: str, name: str) -> tuple[float, float]:
+            with RssSampler([pid]) as rss:
+                seconds = timed(lambda: post_single(http, cid, ctx.source_url(name)))
+            (store / f"{cid}_agent.wav").unlink()  # keep the disk and page cache steady
+            return seconds, rss.growth_mb()
+
+        for n in range(scale.rounds):
+            # Alternate which goes first, so neither always runs on a just-warmed machine.
+            if n % 2:
+                bare_times.append(timed(lambda: bare_ffmpeg(ctx.media / long_name, bare_out)))
+            seconds, grown = one_service_run(f"long{n}", long_name)
+            service_times.append(seconds)
+            growth.append(grown)
+            if not n % 2:
+                bare_times.append(timed(lambda: bare_ffmpeg(ctx.media / long_name, bare_out)))
+        longer_service, longer_growth = one_service_run("longer", longer_name)
+        longer_bare = timed(lambda: bare_ffmpeg(ctx.media / longer_name, bare_out))
+    bare_out.unlink(missing_ok=True)
+
+    service_median, bare_median = median(service_times), median(bare_times)
+    ratio = service_median / bare_median
+    audio_seconds = scale.long_minutes * 60
+    length = f"{scale.long_minutes:g} min"
+    longer = f"{scale.longer_minutes:g} min"
+    runs = f"median of {scale.rounds}"
+    peak = max(growth)
+    return [
+        Row(CASE1, f"service, {length} MP3 ({runs})",
+            f"{service_median:.2f} s ({audio_seconds / service_median:.0f}x real time)"),
+        Row(CASE1, f"bare ffmpeg, same file ({runs})",
+            f"{bare_median:.2f} s ({audio_seconds / bare_median:.0f}x real time)"),
+        Row(CASE1, "service / bare ffmpeg", f"{ratio:.3f}x", "<= 1.15x", ratio <= 1.15),
+        Row(CASE1, f"server peak RSS growth, {length} (max of {scale.rounds})", f"{peak:.1f} MB",
+            f"< {MEMORY_LIMIT_MB:g} MB", peak < MEMORY_LIMIT_MB),
+        Row(CASE1, f"server peak RSS growth, {longer}", f"{longer_growth:.1f} MB",
+            f"< {MEMORY_LIMIT_MB:g} MB, not growing with length",
+            longer_growth < MEMORY_LIMIT_MB and longer_growth - peak < MEMORY_SLACK_MB),
+        Row(CASE1, f"service / bare ffmpeg, {longer} (one run)",
+            f"{longer_service / longer_bare:.3f}x ({longer_service:.2f} s / {longer_bare:.2f} s)"),
+    ]  # fmt: skip
+
+
+def run_parallel(ctx: Context) -> list[Row]:
+    """Case 4: /health latency while `parallel_jobs` long conversions run in one server."""
+    scale = ctx.scale
+    name = long_file(ctx.media, scale.long_minutes)
+    warmup = long_file(ctx.media, WARMUP_MINUTES)
+    base = ctx.work / "case4"
+    shutil.rmtree(base, ignore_errors=True)
+    latencies: list[float] = []
+    with service(base / "service") as server, client(server.base_url) as http:
+        post_single(http, "warmup", ctx.source_url(warmup))
+        done = threading.Event()
+
+        def job(n: int) -> None:
+            with client(server.base_url) as own:
+                post_single(own, f"parallel{n}", ctx.source_url(name))
+
+        def probe() -> None:
+            with client(server.base_url, timeout=30) as own:
+                while not done.is_set():
+                    started = time.perf_counter()
+                    own.get("/health").raise_for_status()
+                    latencies.append(time.perf_counter() - started)
+                    done.wait(0.02)
+
+        prober = threading.Thread(target=probe, daemon=True)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(scale.parallel_jobs) as pool:
+            prober.start()
+            for future in [pool.submit(job, n) for n in range(scale.parallel_jobs)]:
+                future.result()
+        wall = time.perf_counter() - started
+        done.set()
+        prober.join()
+    shutil.rmtree(base / "service" / "store", ignore_errors=True)
+    p99 = percentile(latencies, 0.99)
+    hours = scale.parallel_jobs * scale.long_minutes / 60
+    jobs = f"{scale.parallel_jobs} x {scale.long_minutes:g} min"
+    return [
+        Row(CASE4, f"{jobs} at once: wall, audio stored",
+            f"{wall:.1f} s, {hours / wall * 3600:.0f}x real time"),
+        Row(CASE4, f"/health p50 / max ({len(latencies)} probes)",
+            f"{ms(percentile(latencies, 0.5))} / {ms(max(latencies))}"),
+        Row(CASE4, "/health p99", ms(p99), "<= 100 ms", p99 <= 0.1),
+    ]  # fmt: skip

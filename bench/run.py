@@ -1,0 +1,80 @@
+"""Runs the benchmark's cases and prints one table; `python -m bench [--smoke]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from source_server import SourceServer
+
+from bench import case_batch, case_long, case_metadata, case_workers
+from bench.harness import FULL, SMOKE, WORK, Context, Row, machine_summary, render_table
+
+CASES: dict[str, Callable[[Context], list[Row]]] = {
+    "1": case_long.run_single,
+    "2": case_batch.run,
+    "3": case_metadata.run,
+    "4": case_long.run_parallel,
+    "5": case_workers.run,
+}
+
+
+SMOKE_NOTE = "smoke run: tiny sizes, checks that every case works; its numbers mean nothing"
+
+
+def report(rows: list[Row], smoke: bool, argv: list[str], seconds: float) -> str:
+    """The whole printed result: when, where, how, then the table."""
+    command = "python -m bench " + shlex.join(argv) if argv else "python -m bench"
+    return "\n".join(
+        [
+            f"Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s in all",
+            f"Machine: {machine_summary()}",
+            f"Command: `{command}` ({SMOKE_NOTE if smoke else 'full run'})",
+            "",
+            render_table(rows, smoke),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark the service against ffmpeg and yt-dlp.")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: checks it runs, in seconds"
+    )
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help="comma-separated case numbers (default: all)"
+    )
+    parser.add_argument("--output", type=Path, help="also write the result (markdown) here")
+    args = parser.parse_args(argv)
+    chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    scale = SMOKE if args.smoke else FULL
+    work = WORK / scale.name
+    media = WORK / "media"
+    media.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    rows: list[Row] = []
+    with SourceServer(media) as source:
+        ctx = Context(scale, work, media, source.file_url, os.cpu_count() or 1)
+        for case in chosen:
+            case_started = time.monotonic()
+            print(f"case {case} ...", file=sys.stderr, flush=True)
+            rows.extend(CASES[case](ctx))
+            print(f"case {case} took {time.monotonic() - case_started:.0f} s", file=sys.stderr)
+        if source.errors:
+            print(f"source server errors: {source.errors}", file=sys.stderr)
+            return 1
+    result = report(rows, args.smoke, argv if argv is not None else sys.argv[1:],
+                    time.monotonic() - started)  # fmt: skip
+    print(result)
+    if args.output:
+        args.output.write_text(result + "\n")
+    return 0

@@ -1,0 +1,33 @@
+"""The benchmark still runs: `make bench-smoke` prints a table with every case, numbers aside."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+CASES = ("1 one long file", "2 CSV batch", "3 metadata at scale", "4 /health under load",
+         "5 many at once")  # fmt: skip
+
+
+def test_bench_smoke_prints_every_case() -> None:
+    """`make bench-smoke` exits 0 and its table has a row for every case and every target."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    done = subprocess.run(
+        ["make", "--no-print-directory", "bench-smoke"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    cases = {row.split("|")[1].strip() for row in rows[1:]}
+    assert cases == set(CASES), done.stdout
+    targets = [row for row in rows if "(smoke)" in row]
+    # Case 1: time ratio, memory at two lengths; 2: two ratios; 3: none below 20,000; 4: p99; 5.
+    assert len(targets) == 7, done.stdout
+    assert re.search(r"^Machine: \d+ cores", done.stdout, re.M), done.stdout
+    assert "yt-dlp" in done.stdout and "bare ffmpeg" in done.stdout
