@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import sys
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
+
+from concurrent_log_handler import ConcurrentRotatingFileHandler
 
 from settings import Settings
 
@@ -47,8 +48,10 @@ def setup_logging(settings: Settings, *, console: bool = True) -> Path:
             root.removeHandler(handler)
             handler.close()
 
+    # Several uvicorn workers share one file; this handler locks around writes and rotation so
+    # that no process writes into a file another one has just rotated away.
     handlers: list[logging.Handler] = [
-        logging.handlers.RotatingFileHandler(
+        ConcurrentRotatingFileHandler(
             log_path, maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT, encoding="utf-8"
         )
     ]
