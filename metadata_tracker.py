@@ -2,16 +2,23 @@
 
 The document is one JSON object:
 
-    {"schema_version": 1, "updated_at": "...", "conversations": {"<id>": <entry>, ...}}
+    {"schema_version": 1, "updated_at": "...", "revision": 7, "conversation_count": 2,
+     "recent_changes": [{"revision": 7, "conversations": {"<id>": <entry>}}, ...],
+     "conversations": {"<id>": <entry>, ...}}
 
 and each entry holds the conversation's timestamps, one sub-entry per speaker label and the
 conversation's totals. Every write happens under an inter-process lock, goes to a temporary
 file that is flushed and fsynced, keeps the previous version as `<file>.bak` (a hard link, so
 it costs nothing) and is renamed into place: readers never see a torn document, and writers in
-several processes never lose each other's updates. Reads take no lock and are cached on the
-file's identity (inode, size, mtime), so an unchanged file is parsed once per process. The
-totals behind `/statistics` are kept beside the cached document and updated by each write, so
-answering them does not walk every conversation again.
+several processes never lose each other's updates.
+
+Reads take no lock and are cached on the file's identity (inode, size, mtime), so an unchanged
+file is parsed once per process. A process whose cached version is a few revisions behind
+(another worker wrote) catches up from `recent_changes`, the entries the last few writes
+replaced, read from the head of the file: the whole document is parsed again only when the
+process is too far behind, or the file was written by something else than this module (its
+revision did not move on). The totals behind `/statistics` are kept beside the cached document
+and updated by each change, so answering them does not walk every conversation again.
 
 Run as a script, it prints the collection statistics.
 """
@@ -20,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import threading
@@ -29,22 +35,36 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo
 
 import orjson
 from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
-from errors import AudioError, InvalidInput, MetadataCorrupt, StorageError
+from errors import AudioError, MetadataCorrupt, StorageError
+from metadata_document import MB as MB
+from metadata_document import (
+    SCHEMA_VERSION,
+    Aggregate,
+    catch_up,
+    empty_document,
+    entry_totals,
+    next_journal,
+    revision_of,
+    statistics_of,
+)
+from metadata_document import Document as Document
+from metadata_document import Entry as Entry
+from metadata_document import compute_statistics as compute_statistics
 from settings import Settings, get_settings
 
-SCHEMA_VERSION = 1
-MB = 1024 * 1024
 LOCK_TIMEOUT_SECONDS = 120
-
-Document = dict[str, Any]
-Entry = dict[str, Any]
+# Where the head ends: the top-level key is the only one indented by exactly two spaces, and
+# JSON strings cannot hold a raw newline.
+_HEAD_END = b',\n  "conversations": '
+_HEAD_CHUNK = 64 * 1024
+_HEAD_LIMIT = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,144 +85,6 @@ class FileRecord:
         data["file_size_mb"] = round(self.file_size_bytes / MB, 3)
         data["duration_seconds"] = round(self.duration_seconds, 3)
         return data
-
-
-def _empty_document() -> Document:
-    return {"schema_version": SCHEMA_VERSION, "updated_at": None, "conversations": {}}
-
-
-def _totals(speakers: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    size = sum(int(f["file_size_bytes"]) for f in speakers.values())
-    seconds = sum(float(f["duration_seconds"]) for f in speakers.values())
-    return {
-        "files": len(speakers),
-        "file_size_bytes": size,
-        "size_mb": round(size / MB, 3),
-        "duration_seconds": round(seconds, 3),
-        "duration_minutes": round(seconds / 60, 3),
-        "duration_hours": round(seconds / 3600, 5),
-    }
-
-
-def _earliest_latest(stamps: list[str]) -> tuple[str | None, str | None]:
-    """Earliest and latest ISO timestamps; plain string order when every stamp has one shape."""
-    if not stamps:
-        return None, None
-    shapes = {(len(s), s[-6:]) for s in stamps}
-    if len(shapes) == 1:
-        return min(stamps), max(stamps)
-    return min(stamps, key=datetime.fromisoformat), max(stamps, key=datetime.fromisoformat)
-
-
-def _micros(seconds: object) -> int:
-    # Whole microseconds: sums stay exact whatever order entries are added and removed in.
-    return round(float(seconds) * 1_000_000)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class Aggregate:
-    """What `/statistics` needs from a document: counted once, then kept up to date by writes."""
-
-    conversations: int = 0
-    micros: int = 0
-    size_bytes: int = 0
-    first: str | None = None
-    last: str | None = None
-
-    @classmethod
-    def of(cls, doc: Document) -> Aggregate:
-        entries = [e for e in doc["conversations"].values() if e.get("speakers")]
-        stamps = [f["downloaded_at"] for e in entries for f in e["speakers"].values()]
-        first, last = _earliest_latest(stamps)
-        return cls(
-            conversations=len(entries),
-            micros=sum(_micros(e["total"]["duration_seconds"]) for e in entries),
-            size_bytes=sum(int(e["total"]["file_size_bytes"]) for e in entries),
-            first=first,
-            last=last,
-        )
-
-    def replace(self, old: Entry | None, new: Entry) -> Aggregate | None:
-        """The aggregate after `old` (None: absent) became `new`; None when it must be recounted.
-
-        Only replacing the earliest or the latest download needs a recount: every other change
-        is a subtraction and an addition.
-        """
-        old_stamps = _stamps(old)
-        if self.first in old_stamps or self.last in old_stamps:
-            return None
-        stamps = [s for s in (self.first, self.last) if s is not None] + _stamps(new)
-        try:
-            first, last = _earliest_latest(stamps)
-        except ValueError:  # a stamp that is not ISO 8601: let the full count decide
-            return None
-        return Aggregate(
-            conversations=self.conversations - _counts(old) + _counts(new),
-            micros=self.micros - _entry_micros(old) + _entry_micros(new),
-            size_bytes=self.size_bytes - _entry_bytes(old) + _entry_bytes(new),
-            first=first,
-            last=last,
-        )
-
-
-def _stamps(entry: Entry | None) -> list[str]:
-    if not entry or not entry.get("speakers"):
-        return []
-    return [f["downloaded_at"] for f in entry["speakers"].values()]
-
-
-def _counts(entry: Entry | None) -> int:
-    return 1 if entry and entry.get("speakers") else 0
-
-
-def _entry_micros(entry: Entry | None) -> int:
-    return _micros(entry["total"]["duration_seconds"]) if entry and entry.get("speakers") else 0
-
-
-def _entry_bytes(entry: Entry | None) -> int:
-    return int(entry["total"]["file_size_bytes"]) if entry and entry.get("speakers") else 0
-
-
-def compute_statistics(doc: Document, target_hours: float, now: str) -> dict[str, Any]:
-    """The `/statistics` answer for one snapshot of the document."""
-    return statistics_of(Aggregate.of(doc), target_hours, now)
-
-
-def statistics_of(totals: Aggregate, target_hours: float, now: str) -> dict[str, Any]:
-    """The `/statistics` answer from a document's aggregate."""
-    if not (isinstance(target_hours, (int, float)) and math.isfinite(target_hours)):
-        raise InvalidInput(f"target_hours must be a positive number, got {target_hours!r}")
-    if target_hours <= 0:
-        raise InvalidInput(f"target_hours must be a positive number, got {target_hours!r}")
-    count = totals.conversations
-    seconds = totals.micros / 1_000_000
-    size_bytes = totals.size_bytes
-    hours = seconds / 3600
-    remaining = max(target_hours - hours, 0.0)
-    average_hours = hours / count if count else 0.0
-    needed = math.ceil(round(remaining / average_hours, 9)) if average_hours > 0 else 0
-    return {
-        "summary": {
-            "total_conversations": count,
-            "total_hours": round(hours, 4),
-            "total_minutes": round(seconds / 60, 2),
-            "total_size_mb": round(size_bytes / MB, 2),
-            "total_size_gb": round(size_bytes / MB / 1024, 3),
-            "average_duration_minutes": round(seconds / 60 / count, 2) if count else 0.0,
-            "average_size_mb": round(size_bytes / MB / count, 2) if count else 0.0,
-            "first_download": totals.first,
-            "last_download": totals.last,
-        },
-        "progress": {
-            "target_hours": float(target_hours),
-            "current_hours": round(hours, 4),
-            "remaining_hours": round(remaining, 4),
-            "progress_percentage": round(min(hours / target_hours * 100, 100.0), 2),
-            "estimated_conversations_needed": needed,
-            "target_reached": hours >= target_hours,
-        },
-        "timestamp": now,
-    }
 
 
 class MetadataTracker:
@@ -233,19 +115,33 @@ class MetadataTracker:
         try:
             handle = open(self.path, "rb")  # noqa: SIM115 - closed below, fstat needs the fd
         except FileNotFoundError:
-            return _empty_document()
+            return empty_document()
         except OSError as exc:
             raise StorageError(f"cannot read metadata file {self.path}: {exc}") from exc
         with handle:
             st = os.fstat(handle.fileno())
             identity = (st.st_ino, st.st_size, st.st_mtime_ns)
             with self._cache_guard:
-                if self._cache is not None and self._cache[0] == identity:
-                    return self._cache[1]
-            raw = handle.read()
-        doc = self._parse(raw)
+                cached = self._cache
+                totals = self._aggregate
+            if cached is not None and cached[0] == identity:
+                return cached[1]
+            caught_up = None
+            if cached is not None:
+                head = _read_head(handle)
+                if head is not None:
+                    old = cached[1]
+                    old_totals = totals[1] if totals is not None and totals[0] is old else None
+                    caught_up = catch_up(old, head, old_totals)
+            if caught_up is not None:
+                doc, new_totals = caught_up
+            else:
+                handle.seek(0)
+                doc, new_totals = self._parse(handle.read()), None
         with self._cache_guard:
             self._cache = (identity, doc)
+            if new_totals is not None:
+                self._aggregate = (doc, new_totals)
         return doc
 
     def _parse(self, raw: bytes) -> Document:
@@ -343,6 +239,7 @@ class MetadataTracker:
             conversations = dict(doc["conversations"])
             now = self.now()
             entries = []
+            changed: dict[str, Entry] = {}
             for conversation_id, speaker_label, record in records:
                 old = conversations.get(conversation_id)
                 speakers = dict(old["speakers"]) if old else {}
@@ -352,16 +249,24 @@ class MetadataTracker:
                     "created_at": old["created_at"] if old else now,
                     "updated_at": now,
                     "speakers": speakers,
-                    "total": _totals(speakers),
+                    "total": entry_totals(speakers),
                 }
                 conversations[conversation_id] = entry
+                changed[conversation_id] = entry
                 entries.append(entry)
                 if totals is not None:
                     totals = totals.replace(old, entry)
             if publish is not None:
                 publish()
-            new_doc = {"schema_version": SCHEMA_VERSION, "updated_at": now,
-                       "conversations": conversations}  # fmt: skip
+            revision = revision_of(doc) + 1
+            new_doc = {
+                "schema_version": SCHEMA_VERSION,
+                "updated_at": now,
+                "revision": revision,
+                "conversation_count": len(conversations),
+                "recent_changes": next_journal(doc, revision, changed),
+                "conversations": conversations,
+            }
             self._write(new_doc)
             if totals is not None:
                 with self._cache_guard:
@@ -411,6 +316,26 @@ class MetadataTracker:
         """
         with self._locked():
             return self.snapshot(), read()
+
+
+def _read_head(handle: BinaryIO) -> Document | None:
+    """The document without its conversations, read from the start of the file."""
+    handle.seek(0)
+    buffer = b""
+    while len(buffer) < _HEAD_LIMIT:
+        chunk = handle.read(_HEAD_CHUNK)
+        if not chunk:
+            return None
+        start = max(len(buffer) - len(_HEAD_END), 0)
+        buffer += chunk
+        end = buffer.find(_HEAD_END, start)
+        if end >= 0:
+            try:
+                head = orjson.loads(buffer[:end] + b"\n}")
+            except orjson.JSONDecodeError:
+                return None
+            return head if isinstance(head, dict) else None
+    return None
 
 
 class _Locked:
