@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         for case in chosen:
             case_started = time.monotonic()
             print(f"case {case} ...", file=sys.stderr, flush=True)
-            rows.extend(CASES[case](ctx))
+            found = CASES[case](ctx)
+            rows.extend(found)
+            # Each case's rows as soon as it ends, so a long run shows its progress.
+            print(render_table(found, args.smoke), file=sys.stderr)
             print(f"case {case} took {time.monotonic() - case_started:.0f} s", file=sys.stderr)
         if source.errors:
             print(f"source server errors: {source.errors}", file=sys.stderr)
