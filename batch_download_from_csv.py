@@ -1,0 +1,415 @@
+"""Batch download: send every conversation of a CSV to the running service's /download/dual.
+
+The service decides what is already stored: a conversation whose files it answers as `exists`
+is counted as skipped and nothing is downloaded, so running the same command again resumes
+where the last run stopped. Rows that failed are written to `failed_rows_<timestamp>.csv` with
+the input's header, ready to be passed back as the CSV.
+
+Exit codes: 0 every row stored or skipped (or the target was reached); 1 some rows failed or
+were invalid; 2 the CSV or an option is unusable; 3 the service could not be reached or refused
+the API key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tqdm import tqdm
+
+from audio_downloader import validate_name, validate_url
+from errors import AudioError, Busy, InvalidInput, Unauthorized
+from service_client import ServiceClient, ServiceUnreachable
+from settings import get_settings
+
+DEFAULT_CSV = Path(__file__).resolve().parent / "examples" / "conversations.csv"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+BUSY_ATTEMPTS = 4  # a service with every job slot taken says when to come back
+BUSY_MAX_WAIT_SECONDS = 60.0
+
+
+# The CSV ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Columns:
+    conversation_id: str = "conversation_id"
+    agent: str = "agent_audio_url"
+    customer: str = "customer_audio_url"
+    customer_required: bool = False
+
+
+@dataclass(frozen=True)
+class Row:
+    """One valid conversation of the CSV, with the record as read for failed_rows_*.csv."""
+
+    line: int
+    conversation_id: str
+    agent_url: str
+    customer_url: str | None
+    record: dict[str, str]
+
+
+@dataclass(frozen=True)
+class CsvInput:
+    fieldnames: list[str]
+    rows: list[Row]
+    invalid: list[tuple[int, str]]  # (line number, reason)
+
+
+def read_csv(path: Path, columns: Columns) -> CsvInput:
+    """Every row of the CSV, valid ones as Rows and invalid ones as (line, reason)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            fieldnames = list(reader.fieldnames or [])
+            _check_header(path, fieldnames, columns)
+            rows: list[Row] = []
+            invalid: list[tuple[int, str]] = []
+            seen: dict[str, int] = {}
+            for record in reader:
+                line = reader.line_num
+                try:
+                    row = _row(line, record, fieldnames, columns)
+                except InvalidInput as exc:
+                    invalid.append((line, exc.message))
+                    continue
+                first = seen.setdefault(row.conversation_id, line)
+                if first != line:
+                    invalid.append((line, f"{row.conversation_id} repeats line {first}"))
+                    continue
+                rows.append(row)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInput(f"cannot read CSV {path}: {exc}") from exc
+    return CsvInput(fieldnames, rows, invalid)
+
+
+def _check_header(path: Path, fieldnames: list[str], columns: Columns) -> None:
+    required = [columns.conversation_id, columns.agent]
+    if columns.customer_required:
+        required.append(columns.customer)
+    missing = [name for name in required if name not in fieldnames]
+    if missing:
+        raise InvalidInput(
+            f"CSV {path} has no column {', '.join(map(repr, missing))} (its header is "
+            f"{', '.join(fieldnames) or 'empty'}); name the columns with --id-column, "
+            f"--agent-column and --customer-column"
+        )
+
+
+def _row(line: int, record: dict[str | Any, Any], fieldnames: list[str], cols: Columns) -> Row:
+    def cell(name: str) -> str:
+        value = record.get(name)
+        return value.strip() if isinstance(value, str) else ""
+
+    conversation_id = cell(cols.conversation_id)
+    if not conversation_id:
+        raise InvalidInput(f"{cols.conversation_id} is blank")
+    validate_name(cols.conversation_id, conversation_id)
+    agent_url = cell(cols.agent)
+    if not agent_url:
+        raise InvalidInput(f"{cols.agent} is blank")
+    validate_url(cols.agent, agent_url)
+    customer_url = cell(cols.customer) or None
+    if customer_url is not None:
+        validate_url(cols.customer, customer_url)
+    kept = {name: record.get(name) or "" for name in fieldnames}
+    return Row(line, conversation_id, agent_url, customer_url, kept)
+
+
+def write_failed_rows(directory: Path, fieldnames: list[str], rows: Sequence[Row]) -> Path:
+    """The rows as they were read, under the input's header, in a new timestamped file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    path = directory / f"failed_rows_{stamp}.csv"
+    suffix = 1
+    while path.exists():  # two runs in one second must not overwrite each other's retries
+        suffix += 1
+        path = directory / f"failed_rows_{stamp}_{suffix}.csv"
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        for row in sorted(rows, key=lambda r: r.line):
+            writer.writerow(row.record)
+    return path
+
+
+# The service -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one row: succeeded, partial, failed or skipped."""
+
+    row: Row
+    status: str
+    hours_added: float = 0.0
+    message: str = ""
+
+
+def send(client: ServiceClient, row: Row, overwrite: bool) -> Outcome:
+    """One conversation through the service; raises only when the service itself is unusable."""
+    retrying = Retrying(
+        retry=retry_if_exception_type(Busy),
+        stop=stop_after_attempt(BUSY_ATTEMPTS),
+        wait=_busy_wait,
+        reraise=True,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                body = client.download_dual(
+                    row.conversation_id, row.agent_url, row.customer_url, overwrite
+                )
+    except (ServiceUnreachable, Unauthorized):
+        raise
+    except AudioError as exc:
+        return Outcome(row, "failed", message=f"{exc.code}: {exc.message}")
+    return classify(row, body)
+
+
+def _busy_wait(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    return min(float(exc.retry_after), BUSY_MAX_WAIT_SECONDS) if isinstance(exc, Busy) else 1.0
+
+
+def classify(row: Row, body: dict[str, Any]) -> Outcome:
+    """Turn a /download/dual answer into an Outcome; hours count only files stored just now."""
+    items = body.get("downloads", [])
+    stored = [item for item in items if item.get("status") == "success"]
+    added = sum(float(item.get("duration_seconds") or 0.0) for item in stored) / 3600
+    failed = [f"{i['speaker']}: {i.get('error')}" for i in items if i.get("status") == "failed"]
+    if failed:
+        return Outcome(row, "partial", added, "; ".join(failed))
+    if all(item.get("status") == "exists" for item in items):
+        return Outcome(row, "skipped")
+    return Outcome(row, "succeeded", added)
+
+
+# The run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    """Counts and rows to retry, kept as rows finish."""
+
+    started: float = field(default_factory=time.monotonic)
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("succeeded", "partial", "failed", "skipped"), 0)
+    )
+    hours_added: float = 0.0
+    sent: int = 0
+    retry: list[Row] = field(default_factory=list)
+    not_sent: list[Row] = field(default_factory=list)
+
+    def add(self, outcome: Outcome) -> None:
+        self.counts[outcome.status] += 1
+        self.hours_added += outcome.hours_added
+        if outcome.status in ("failed", "partial"):
+            self.retry.append(outcome.row)
+
+    def report(self, invalid: int) -> str:
+        elapsed = time.monotonic() - self.started
+        per_minute = 60 / max(elapsed, 1e-9)
+        c = self.counts
+        return (
+            "Summary:\n"
+            f"  succeeded {c['succeeded']}, partial {c['partial']}, failed {c['failed']}, "
+            f"skipped {c['skipped']} (already stored), invalid rows {invalid}\n"
+            f"  hours added {self.hours_added:.4f} ({self.hours_added * 60:.1f} min of audio)\n"
+            f"  elapsed {elapsed:.1f} s, throughput {sum(c.values()) * per_minute:.1f} "
+            f"conversations/min, {self.hours_added * 60 * per_minute:.2f} min of audio per min"
+        )
+
+
+def run_batch(
+    client: ServiceClient, rows: list[Row], args: argparse.Namespace, summary: Summary
+) -> str | None:
+    """Send the rows, `concurrency` at a time; returns why it stopped early, if it did."""
+    queue: Iterator[Row] = iter(rows)
+    in_flight: dict[Future[Outcome], Row] = {}
+    stop: str | None = None
+    bar = tqdm(total=len(rows), unit="conv", disable=args.no_progress or None, dynamic_ncols=True)
+    pool = ThreadPoolExecutor(max_workers=args.concurrency)
+    try:
+        while True:
+            while stop is None and len(in_flight) < args.concurrency:
+                row = next(queue, None)
+                if row is None:
+                    break
+                in_flight[pool.submit(send, client, row, args.overwrite)] = row
+                summary.sent += 1
+            if not in_flight:
+                break
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                outcome = future.result()
+                del in_flight[future]
+                summary.add(outcome)
+                if outcome.message:
+                    row = outcome.row
+                    bar.write(f"  {outcome.status.upper()} line {row.line} {row.conversation_id}: "
+                              f"{outcome.message}")  # fmt: skip
+                bar.update(1)
+                bar.set_postfix(failed=len(summary.retry), hours=f"+{summary.hours_added:.3f}")
+            if stop is None and args.stop_at_target and summary.hours_added > 0:
+                stop = _target_reached(client, args.stop_at_target)
+    except BaseException:
+        summary.retry.extend(in_flight.values())  # their outcome is unknown: try them again
+        raise
+    finally:
+        summary.not_sent.extend(queue)
+        pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+    return stop
+
+
+def _target_reached(client: ServiceClient, target: float) -> str | None:
+    progress = client.statistics(target)["progress"]
+    reached, hours = progress["target_reached"], progress["current_hours"]
+    return f"target of {target:g} h reached (the service has {hours:.4f} h)" if reached else None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Download every conversation of a CSV through the running service "
+        "(POST /download/dual). Conversations the service already stores are skipped, so the "
+        "same command resumes an interrupted batch.",
+        epilog="Exit codes: 0 all stored or skipped (or target reached), 1 some rows failed "
+        "or were invalid, 2 unusable CSV or settings, 3 service unreachable or API key refused.",
+    )
+    add = parser.add_argument
+    add("csv", nargs="?", type=Path, default=DEFAULT_CSV, help="default: %(default)s")
+    add("--server", help="service URL (default: http://127.0.0.1:PORT from the settings)")
+    add("--concurrency", type=_positive_int, default=4, help="conversations at once (default 4)")
+    add("--id-column", default="conversation_id", metavar="NAME", help="default: %(default)s")
+    add("--agent-column", default="agent_audio_url", metavar="NAME", help="default: %(default)s")
+    add("--customer-column", metavar="NAME", help="optional; default: customer_audio_url")
+    add("--overwrite", action="store_true", help="download again what is already stored")
+    add("--stop-at-target", type=_positive_float, metavar="HOURS",
+        help="send no more rows once the service reports HOURS collected")  # fmt: skip
+    add("--failed-rows-dir", type=Path, default=Path("."), metavar="DIR",
+        help="where failed_rows_<timestamp>.csv goes (default: current directory)")  # fmt: skip
+    add("--timeout", type=_positive_float, metavar="SECONDS",
+        help="longest wait for one conversation (default: DOWNLOAD_DEADLINE_SECONDS + "
+        "CONVERT_TIMEOUT_SECONDS)")  # fmt: skip
+    add("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = get_settings()
+        columns = Columns(
+            args.id_column,
+            args.agent_column,
+            args.customer_column or "customer_audio_url",
+            customer_required=args.customer_column is not None,
+        )
+        data = read_csv(args.csv, columns)
+    except ValidationError as exc:
+        return fail(EXIT_USAGE, f"invalid settings: {first_problem(exc)}")
+    except AudioError as exc:
+        return fail(EXIT_USAGE, exc.message)
+    client = ServiceClient.from_settings(settings, args.server, args.timeout)
+    summary = Summary()
+    try:
+        return _run(client, data, args, summary)
+    except (ServiceUnreachable, Unauthorized) as exc:
+        return _stopped(EXIT_UNREACHABLE, exc.message, data, args, summary)
+    except KeyboardInterrupt:
+        return _stopped(130, "interrupted", data, args, summary)
+    except AudioError as exc:
+        return fail(EXIT_FAILED, exc.message)
+    finally:
+        client.close()
+
+
+def _run(client: ServiceClient, data: CsvInput, args: argparse.Namespace, summary: Summary) -> int:
+    client.health()
+    client.check_access()
+    print(f"{len(data.rows)} conversations in {args.csv} -> {client.base_url}")
+    for line, reason in data.invalid:
+        print(f"  INVALID line {line}: {reason}")
+    stop = _target_reached(client, args.stop_at_target) if args.stop_at_target else None
+    if stop is None:
+        stop = run_batch(client, data.rows, args, summary)
+    else:
+        summary.not_sent = list(data.rows)
+    print(summary.report(len(data.invalid)))
+    if stop:
+        print(f"Stopped: {stop}; {len(summary.not_sent)} conversations not sent.")
+    if summary.retry:
+        path = write_failed_rows(args.failed_rows_dir, data.fieldnames, summary.retry)
+        print(f"Failed rows written to {path}")
+        retry = _retry_command(path, args)
+        return fail(
+            EXIT_FAILED, f"{len(summary.retry)} conversations not fully stored; retry: {retry}"
+        )
+    if data.invalid:
+        return fail(EXIT_FAILED, f"{len(data.invalid)} invalid rows in {args.csv} (listed above)")
+    return EXIT_OK
+
+
+def _stopped(
+    code: int, reason: str, data: CsvInput, args: argparse.Namespace, summary: Summary
+) -> int:
+    """An early end: if anything was sent, keep what is left for a retry; then one line."""
+    if summary.sent:
+        print(summary.report(len(data.invalid)))
+        path = write_failed_rows(
+            args.failed_rows_dir, data.fieldnames, summary.retry + summary.not_sent
+        )
+        reason += f"; the unfinished conversations are in {path}"
+    return fail(code, reason)
+
+
+def _retry_command(path: Path, args: argparse.Namespace) -> str:
+    parts = ["python3 batch_download_from_csv.py", str(path)]
+    defaults = {"server": None, "id_column": "conversation_id", "agent_column": "agent_audio_url"}
+    for option, default in {**defaults, "customer_column": None}.items():
+        value = getattr(args, option)
+        if value != default:
+            parts += [f"--{option.replace('_', '-')}", str(value)]
+    return " ".join(parts)
+
+
+def first_problem(exc: ValidationError) -> str:
+    """The first invalid setting, named as its environment variable."""
+    problem = exc.errors()[0]
+    return f"{'.'.join(map(str, problem['loc'])).upper()}: {problem['msg']}"
+
+
+def fail(code: int, message: str) -> int:
+    """Say what went wrong in one line on stderr and hand back the exit code."""
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""The running service as the command-line scripts see it: a small client over its HTTP API.
+
+Error answers (`{"detail", "error"}`) come back as the errors.py class of the same code, so a
+script catches AudioError once whether the problem was found here or on the server. A service
+that cannot be reached, or that is not this service, is ServiceUnreachable. When API_KEY is set
+the client sends it as X-API-Key, as the service expects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+import errors
+from settings import Settings
+
+_ERRORS_BY_CODE: dict[str, type[errors.AudioError]] = {
+    cls.code: cls for cls in errors.AudioError.__subclasses__()
+}
+
+
+class ServiceUnreachable(errors.AudioError):
+    """The service did not answer, or something that is not the service answered."""
+
+    code = "service_unreachable"
+
+
+def default_server(settings: Settings) -> str:
+    """The URL `make run` listens on with these settings, as seen from this machine."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+class ServiceClient:
+    """Calls the service; `timeout` bounds the wait for one answer (downloads can be long)."""
+
+    def __init__(self, base_url: str, timeout: float, api_key: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            headers={"X-API-Key": api_key} if api_key else None,
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, server: str | None = None, timeout: float | None = None
+    ) -> ServiceClient:
+        """A client for `server` (default: where these settings make the service listen)."""
+        wait = timeout or settings.download_deadline_seconds + settings.convert_timeout_seconds
+        return cls(server or default_server(settings), wait, settings.api_key)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def health(self) -> dict[str, Any]:
+        return self._json(self._send("GET", "/health"), "/health")
+
+    def check_access(self) -> None:
+        """Raise Unauthorized now, rather than on every row, when the API key is refused."""
+        self._json(self._send("GET", "/conversations", params={"limit": 1}), "/conversations")
+
+    def statistics(self, target_hours: float) -> dict[str, Any]:
+        response = self._send("GET", "/statistics", params={"target_hours": target_hours})
+        return self._json(response, "/statistics")
+
+    def download_dual(
+        self, conversation_id: str, agent_url: str, customer_url: str | None, overwrite: bool
+    ) -> dict[str, Any]:
+        """The /download/dual answer (status success or partial); raises if nothing was stored."""
+        data = {"conversation_id": conversation_id, "audio_url_agent": agent_url}
+        if customer_url:
+            data["audio_url_customer"] = customer_url
+        if overwrite:
+            data["overwrite"] = "true"
+        return self._json(self._send("POST", "/download/dual", data=data), "/download/dual")
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ServiceUnreachable(
+                f"cannot reach the service at {self.base_url} ({exc}); is it running? "
+                "Start it with `make run`, or pass --server"
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise errors.AudioError(
+                f"no answer from {self.base_url}{path} within {self.timeout:g} s"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise errors.AudioError(
+                f"{self.base_url}{path} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _json(self, response: httpx.Response, path: str) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_success and isinstance(body, dict):
+            return body
+        if isinstance(body, dict) and isinstance(body.get("detail"), str) and "error" in body:
+            error_class = _ERRORS_BY_CODE.get(str(body["error"]), errors.AudioError)
+            if error_class is errors.Busy:
+                retry_after = response.headers.get("retry-after", "")
+                raise errors.Busy(body["detail"], int(retry_after) if retry_after.isdigit() else 5)
+            raise error_class(body["detail"])
+        raise ServiceUnreachable(
+            f"{self.base_url}{path} answered HTTP {response.status_code} without the service's "
+            "JSON; is --server the audio downloader service?"
+        )
