@@ -1,0 +1,420 @@
+"""Storage analysis: progress toward a target, collection rate, speakers, durations, consistency.
+
+It reads the metadata through metadata_tracker (one snapshot: writes are atomic renames, so a
+snapshot is never torn) and lists the storage directory; it writes neither, so it is safe to
+run while the service is downloading. The consistency check compares the two without a lock;
+only a problem it finds is looked at again under the tracker's write lock, so a file that the
+service is publishing at that very moment is not reported.
+
+Exit codes: 0 done; 1 the metadata or storage could not be read; 2 bad option or settings;
+3 with --check-target, the target is not reached yet; 4 with --strict, consistency problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import sys
+from datetime import datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from errors import AudioError, StorageError
+from metadata_tracker import Document, MetadataTracker, compute_statistics
+from settings import get_settings
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BELOW_TARGET, EXIT_INCONSISTENT = 0, 1, 2, 3, 4
+RATE_WINDOW = timedelta(hours=24)
+SPEAKER_GROUPS = ("agent", "customer", "other")
+EXPORT_COLUMNS = [
+    "conversation_id", "speaker_label", "filename", "filepath", "url", "duration_seconds",
+    "file_size_bytes", "file_size_mb", "sample_rate", "channels", "sha256", "downloaded_at",
+    "conversation_created_at", "conversation_updated_at",
+]  # fmt: skip
+BAR_WIDTH = 40
+MB = 1024 * 1024
+
+
+# Reading ---------------------------------------------------------------------------------
+
+
+def file_rows(doc: Document) -> list[dict[str, Any]]:
+    """One flat row per stored file, with every field of its metadata entry."""
+    rows = []
+    for conversation_id, entry in doc["conversations"].items():
+        for label, record in entry.get("speakers", {}).items():
+            rows.append(
+                {
+                    "conversation_id": conversation_id,
+                    "speaker_label": label,
+                    "filename": f"{conversation_id}_{label}.wav",
+                    **record,
+                    "conversation_created_at": entry.get("created_at"),
+                    "conversation_updated_at": entry.get("updated_at"),
+                }
+            )
+    return rows
+
+
+def wav_files(storage_dir: Path) -> dict[str, int]:
+    """Name -> size of the finished .wav files (temporary files start with a dot)."""
+    if not storage_dir.is_dir():
+        return {}
+    try:
+        return {
+            entry.name: entry.stat().st_size
+            for entry in os.scandir(storage_dir)
+            if entry.name.endswith(".wav") and not entry.name.startswith(".") and entry.is_file()
+        }
+    except OSError as exc:
+        raise StorageError(f"cannot list storage directory {storage_dir}: {exc}") from exc
+
+
+def consistency(rows: list[dict[str, Any]], on_disk: dict[str, int]) -> dict[str, Any]:
+    """Entries whose file is missing or of another size, and .wav files no entry knows."""
+    missing, mismatched = [], []
+    for row in rows:
+        size = on_disk.get(row["filename"])
+        if size is None:
+            missing.append(row["filename"])
+        elif size != row["file_size_bytes"]:
+            mismatched.append(
+                {
+                    "file": row["filename"],
+                    "recorded_bytes": row["file_size_bytes"],
+                    "actual_bytes": size,
+                }
+            )
+    unknown = sorted(set(on_disk) - {row["filename"] for row in rows})
+    return {
+        "missing_files": sorted(missing),
+        "size_mismatches": mismatched,
+        "unknown_files": unknown,
+    }
+
+
+def _confirmed(tracker: MetadataTracker, storage_dir: Path, seen: dict[str, Any]) -> dict[str, Any]:
+    """The problems still there when looked at again with the service's writes held off."""
+    try:
+        doc, on_disk = tracker.snapshot_locked(lambda: wav_files(storage_dir))
+    except StorageError:  # the lock file is not writable here: a second plain look will do
+        doc, on_disk = tracker.snapshot(), wav_files(storage_dir)
+    return _persistent(seen, consistency(file_rows(doc), on_disk))
+
+
+def _persistent(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """The problems both looks saw."""
+
+    def names(items: list[Any]) -> set[str]:
+        return {item["file"] if isinstance(item, dict) else item for item in items}
+
+    kept = {}
+    for kind, items in second.items():
+        seen = names(first[kind])
+        kept[kind] = [item for item in items if names([item]) <= seen]
+    return kept
+
+
+# The report ------------------------------------------------------------------------------
+
+
+def build_report(
+    tracker: MetadataTracker, doc: Document, storage_dir: Path, target: float, now: datetime
+) -> dict[str, Any]:
+    """Everything the script prints about one snapshot `doc`, as a JSON-ready dictionary."""
+    rows = file_rows(doc)
+    on_disk = wav_files(storage_dir)
+    problems = consistency(rows, on_disk)
+    if any(problems.values()):
+        problems = _confirmed(tracker, storage_dir, problems)
+    stats = compute_statistics(doc, target, now.isoformat(timespec="seconds"))
+    progress = stats["progress"]
+    rate = _rate(rows, now, tracker.tz)
+    return {
+        "generated_at": stats["timestamp"],
+        "metadata_file": str(tracker.path),
+        "storage_directory": str(storage_dir),
+        "summary": stats["summary"],
+        "progress": progress,
+        "rate": {**rate, **_projection(progress, rate["hours_last_24h"], now)},
+        "speakers": _speakers(rows),
+        "durations": _durations(doc),
+        "storage": _storage(rows, on_disk, storage_dir),
+        "consistency": {"ok": not any(problems.values()), **problems},
+    }
+
+
+def _rate(rows: list[dict[str, Any]], now: datetime, tz: tzinfo) -> dict[str, Any]:
+    cutoff = now - RATE_WINDOW
+    seconds = 0.0
+    for row in rows:
+        moment = datetime.fromisoformat(row["downloaded_at"])
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=tz)
+        if cutoff <= moment <= now:
+            seconds += float(row["duration_seconds"])
+    return {
+        "window_hours": RATE_WINDOW.total_seconds() / 3600,
+        "hours_last_24h": round(seconds / 3600, 4),
+    }
+
+
+def _projection(progress: dict[str, Any], per_day: float, now: datetime) -> dict[str, Any]:
+    """When the target is reached if collection goes on at the last 24 hours' pace."""
+    if progress["target_reached"]:
+        return {"days_to_target": 0.0, "projected_target_date": now.date().isoformat()}
+    if per_day <= 0:
+        return {"days_to_target": None, "projected_target_date": None}
+    days = progress["remaining_hours"] / per_day
+    try:
+        date = (now + timedelta(days=days)).date().isoformat()
+    except OverflowError:
+        date = None
+    return {"days_to_target": round(days, 2), "projected_target_date": date}
+
+
+def _speakers(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    groups = {name: {"files": 0, "hours": 0.0} for name in SPEAKER_GROUPS}
+    for row in rows:
+        group = groups[row["speaker_label"] if row["speaker_label"] in groups else "other"]
+        group["files"] += 1
+        group["hours"] += float(row["duration_seconds"]) / 3600
+    for group in groups.values():
+        group["hours"] = round(group["hours"], 4)
+    return groups
+
+
+def _durations(doc: Document) -> dict[str, Any]:
+    """Distribution of conversation lengths (all speakers together), in seconds."""
+    seconds = sorted(
+        float(entry["total"]["duration_seconds"])
+        for entry in doc["conversations"].values()
+        if entry.get("speakers")
+    )
+    if not seconds:
+        return {"conversations": 0, "min": None, "median": None, "p90": None, "max": None}
+    # quantiles() needs two values; one conversation is its own 90th percentile.
+    p90 = statistics.quantiles(seconds, n=10, method="inclusive")[8] if seconds[1:] else seconds[0]
+    return {
+        "conversations": len(seconds),
+        "min": round(seconds[0], 3),
+        "median": round(statistics.median(seconds), 3),
+        "p90": round(p90, 3),
+        "max": round(seconds[-1], 3),
+    }
+
+
+def _storage(
+    rows: list[dict[str, Any]], on_disk: dict[str, int], directory: Path
+) -> dict[str, Any]:
+    try:
+        free: int | None = shutil.disk_usage(directory).free
+    except OSError:
+        free = None
+    return {
+        "wav_files": len(on_disk),
+        "wav_bytes": sum(on_disk.values()),
+        "recorded_bytes": sum(int(row["file_size_bytes"]) for row in rows),
+        "free_bytes": free,
+    }
+
+
+# Output ----------------------------------------------------------------------------------
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report for a person."""
+    p, rate, sizes = report["progress"], report["rate"], report["storage"]
+    filled = round(BAR_WIDTH * p["progress_percentage"] / 100)
+    lines = [
+        f"Storage report {report['generated_at']}",
+        f"  metadata {report['metadata_file']}, storage {report['storage_directory']}",
+        "",
+        f"Progress toward {p['target_hours']:g} h",
+        f"  [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {p['progress_percentage']:.2f}%"
+        + ("  TARGET REACHED" if p["target_reached"] else ""),
+        f"  collected  {_hours(p['current_hours'])} in "
+        f"{report['summary']['total_conversations']} conversations",
+        f"  remaining  {_hours(p['remaining_hours'])}, about "
+        f"{p['estimated_conversations_needed']} more conversations",
+        f"  last 24 h  {_hours(rate['hours_last_24h'])} collected; {_eta(rate, p)}",
+        "",
+        "Hours by speaker",
+    ]
+    for name, group in report["speakers"].items():
+        lines.append(f"  {name:<9} {_hours(group['hours'])} in {group['files']} files")
+    d = report["durations"]
+    lines += ["", f"Conversation durations ({d['conversations']} conversations)"]
+    if d["conversations"]:
+        lines.append(
+            "  " + "   ".join(f"{key} {_clock(d[key])}" for key in ("min", "median", "p90", "max"))
+        )
+    free = "unknown" if sizes["free_bytes"] is None else _size(sizes["free_bytes"])
+    lines += [
+        "",
+        "Storage",
+        f"  {sizes['wav_files']} .wav files, {_size(sizes['wav_bytes'])} on disk "
+        f"(metadata records {_size(sizes['recorded_bytes'])}); {free} free",
+        "",
+        "Consistency",
+        *_problems(report["consistency"]),
+    ]
+    return "\n".join(lines)
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """The report in one line, for logs (hourly_monitor.sh)."""
+    p, rate, c = report["progress"], report["rate"], report["consistency"]
+    problems = sum(len(c[k]) for k in ("missing_files", "size_mismatches", "unknown_files"))
+    return (
+        f"{p['current_hours']:.4f}/{p['target_hours']:g} h ({p['progress_percentage']:.2f}%), "
+        f"{report['summary']['total_conversations']} conversations, "
+        f"{p['remaining_hours']:.4f} h to go (~{p['estimated_conversations_needed']} "
+        f"conversations), last 24 h +{rate['hours_last_24h']:.4f} h, "
+        f"projected {rate['projected_target_date'] or 'unknown'}, "
+        f"{report['storage']['wav_files']} files {_size(report['storage']['wav_bytes'])}, "
+        f"{problems} consistency problems"
+    )
+
+
+def _problems(check: dict[str, Any]) -> list[str]:
+    if check["ok"]:
+        return ["  OK: every entry has its file and every .wav file has an entry"]
+    lines = [f"  missing  {name} (in metadata, not on disk)" for name in check["missing_files"]]
+    lines += [
+        f"  size     {m['file']} recorded {m['recorded_bytes']} bytes, on disk {m['actual_bytes']}"
+        for m in check["size_mismatches"]
+    ]
+    lines += [f"  unknown  {name} (on disk, not in metadata)" for name in check["unknown_files"]]
+    return [f"  {len(lines)} problems:", *lines]
+
+
+def _eta(rate: dict[str, Any], progress: dict[str, Any]) -> str:
+    if progress["target_reached"]:
+        return "target reached"
+    if rate["projected_target_date"] is None:
+        return "no projection (nothing collected in the last 24 h)"
+    return f"at this pace the target is reached around {rate['projected_target_date']}"
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.4f} h ({_clock(hours * 3600)})"
+
+
+def _clock(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def _size(size: int) -> str:
+    return f"{size / MB / 1024:.2f} GB" if size >= 1024 * MB else f"{size / MB:.2f} MB"
+
+
+def export_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write the rows to `path` atomically, the known columns first, then any others."""
+    extra = sorted({key for row in rows for key in row} - set(EXPORT_COLUMNS))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=EXPORT_COLUMNS + extra)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {path}: {exc}") from exc
+
+
+# The command -----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Progress toward a target in hours, collection rate, hours per speaker, "
+        "duration distribution, storage used, and a consistency check of metadata and files.",
+        epilog="Exit codes: 0 done, 1 unreadable metadata or storage, 2 bad option or settings, "
+        "3 target not reached (with --check-target), 4 problems found (with --strict).",
+    )
+    add = parser.add_argument
+    add("--target", type=_positive, default=100.0, metavar="HOURS", help="default: 100")
+    add("--metadata-file", type=Path, help="default: METADATA_FILE from the settings")
+    add("--storage-dir", type=Path, help="default: AUDIO_STORAGE_DIR from the settings")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the report as JSON")
+    output.add_argument("--summary-line", action="store_true", help="print it as one line")
+    add(
+        "--export-csv",
+        nargs="?",
+        const=Path("conversations_metadata.csv"),
+        type=Path,
+        metavar="PATH",
+        help="one row per stored file (default: %(const)s)",
+    )
+    add("--save", action="store_true", help="also write storage_report_<timestamp>.json")
+    add("--strict", action="store_true", help="exit 4 when the consistency check finds problems")
+    add("--check-target", action="store_true", help="exit 3 while the target is not reached")
+    return parser.parse_args(argv)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = get_settings()
+        tracker = MetadataTracker(
+            args.metadata_file or settings.metadata_file, settings.log_timezone
+        )
+        storage_dir = Path(args.storage_dir or settings.audio_storage_dir)
+        now = datetime.now(tracker.tz)
+        doc = tracker.snapshot()
+        report = build_report(tracker, doc, storage_dir, args.target, now)
+        written = []
+        if args.export_csv:
+            export_csv(file_rows(doc), args.export_csv)
+            written.append(f"metadata exported to {args.export_csv}")
+        if args.save:
+            saved = Path(f"storage_report_{now.strftime('%Y%m%d_%H%M%S')}.json")
+            saved.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            written.append(f"report saved to {saved}")
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        name = str(problem["loc"][0]).upper()
+        return _fail(EXIT_USAGE, f"invalid settings: {name}: {problem['msg']}")
+    except AudioError as exc:
+        return _fail(EXIT_ERROR, exc.message)
+    except OSError as exc:
+        return _fail(EXIT_ERROR, f"cannot write the report: {exc}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif args.summary_line:
+        print(summary_line(report))
+    else:
+        print(render(report))
+    for line in written:  # stdout stays pure JSON or one line for the tools that read it
+        print(line, file=sys.stderr if args.json or args.summary_line else sys.stdout)
+    if args.strict and not report["consistency"]["ok"]:
+        return _fail(EXIT_INCONSISTENT, "the metadata and the stored files disagree (see above)")
+    if args.check_target and not report["progress"]["target_reached"]:
+        return EXIT_BELOW_TARGET
+    return EXIT_OK
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

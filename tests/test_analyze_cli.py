@@ -1,0 +1,242 @@
+"""analyze_storage.py and metadata_tracker.py as scripts, on a store filled by the real service."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from cli_helpers import (
+    conversation_rows,
+    populated_service,
+    use_settings,
+    wav_durations,
+    write_csv,
+)
+from conftest import ROOT, ServerProcess, make_settings, settings_env
+from source_server import SourceServer
+
+import metadata_tracker
+from analyze_storage import main
+from settings import Settings
+
+
+@pytest.fixture(scope="module")
+def populated(
+    tmp_path_factory: pytest.TempPathFactory, source_server: SourceServer
+) -> Iterator[tuple[Settings, ServerProcess]]:
+    """Twelve files stored through a real service, which keeps running for the module."""
+    with populated_service(tmp_path_factory.mktemp("populated"), source_server) as populated:
+        yield populated
+
+
+@pytest.fixture
+def store(
+    populated: tuple[Settings, ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """This test's own copy of the populated store, which the scripts read through settings."""
+    original, _ = populated
+    copy = make_settings(tmp_path)
+    shutil.copytree(original.audio_storage_dir, copy.audio_storage_dir)
+    shutil.copy(original.metadata_file, copy.metadata_file)
+    use_settings(monkeypatch, copy)
+    return copy
+
+
+def report(capsys: pytest.CaptureFixture[str], *args: str, code: int = 0) -> dict[str, object]:
+    assert main(["--json", *args]) == code
+    result: dict[str, object] = json.loads(capsys.readouterr().out)
+    return result
+
+
+def test_numbers_match_the_stored_files(
+    store: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hours, speakers, durations, sizes, rate and projection agree with the WAV files on disk."""
+    files = wav_durations(Path(store.audio_storage_dir))
+    assert len(files) == 12
+    hours = sum(files.values()) / 3600
+    per_conversation: dict[str, float] = {}
+    for name, seconds in files.items():
+        conversation = name.rsplit("_", 1)[0]
+        per_conversation[conversation] = per_conversation.get(conversation, 0) + seconds
+    lengths = sorted(per_conversation.values())
+
+    data = report(capsys, "--target", "0.01")
+    progress, rate = data["progress"], data["rate"]
+    assert isinstance(progress, dict) and isinstance(rate, dict)
+    assert progress["current_hours"] == round(hours, 4)
+    assert progress["remaining_hours"] == round(0.01 - hours, 4)
+    assert progress["estimated_conversations_needed"] == math.ceil((0.01 - hours) / (hours / 6))
+    assert rate["hours_last_24h"] == round(hours, 4)
+    projected = datetime.now() + timedelta(days=(0.01 - hours) / round(hours, 4))
+    assert rate["projected_target_date"] in {
+        (projected + timedelta(days=d)).date().isoformat() for d in (-1, 0, 1)
+    }
+
+    def hours_of(suffix: str) -> float:
+        return round(sum(s for name, s in files.items() if name.endswith(suffix)) / 3600, 4)
+
+    assert data["speakers"] == {
+        "agent": {"files": 6, "hours": hours_of("_agent.wav")},
+        "customer": {"files": 5, "hours": hours_of("_customer.wav")},
+        "other": {"files": 1, "hours": hours_of("_supervisor.wav")},
+    }
+    p90 = statistics.quantiles(lengths, n=10, method="inclusive")[8]
+    median = statistics.median(lengths)
+    assert data["durations"] == {
+        "conversations": 6, "min": round(lengths[0], 3), "median": round(median, 3),
+        "p90": round(p90, 3), "max": round(lengths[-1], 3),
+    }  # fmt: skip
+    on_disk = sum(p.stat().st_size for p in Path(store.audio_storage_dir).glob("*.wav"))
+    storage = data["storage"]
+    assert isinstance(storage, dict)
+    assert (storage["wav_files"], storage["wav_bytes"], storage["recorded_bytes"]) == (
+        12, on_disk, on_disk,
+    )  # fmt: skip
+    assert data["consistency"] == {
+        "ok": True, "missing_files": [], "size_mismatches": [], "unknown_files": []
+    }  # fmt: skip
+
+
+def test_human_report_and_summary_line(store: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """The printed report has the bar and every section; --summary-line is one line."""
+    assert main(["--target", "100"]) == 0
+    out = capsys.readouterr().out
+    for section in ("Progress toward 100 h", "Hours by speaker", "Conversation durations",
+                    "Storage", "Consistency", "  OK: every entry has its file"):  # fmt: skip
+        assert section in out
+    assert "  [----------------------------------------] 0.01%" in out
+    assert main(["--target", "100", "--summary-line"]) == 0
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and line.startswith("0.0067/100 h (0.01%), 6 conversations,")
+
+
+def test_consistency_check_finds_missing_changed_and_unknown_files(
+    store: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A deleted file, a file of another size and a stray .wav are each reported; --strict fails."""
+    storage = Path(store.audio_storage_dir)
+    (storage / "conv_001_customer.wav").unlink()
+    with open(storage / "conv_002_agent.wav", "ab") as handle:
+        handle.write(b"\0" * 10)
+    shutil.copy(storage / "conv_003_agent.wav", storage / "stray.wav")
+    (storage / ".conv_009_agent.123.tmp.wav").write_bytes(b"in progress")  # not a problem
+
+    check = report(capsys)["consistency"]
+    size = (storage / "conv_002_agent.wav").stat().st_size
+    assert check == {
+        "ok": False,
+        "missing_files": ["conv_001_customer.wav"],
+        "size_mismatches": [
+            {"file": "conv_002_agent.wav", "recorded_bytes": size - 10, "actual_bytes": size}
+        ],
+        "unknown_files": ["stray.wav"],
+    }
+    assert main([]) == 0
+    assert "  3 problems:" in capsys.readouterr().out
+    assert main(["--strict"]) == 4
+    err = capsys.readouterr().err
+    assert err == "error: the metadata and the stored files disagree (see above)\n"
+
+
+def test_export_csv_has_every_field_of_every_file(
+    store: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--export-csv writes conversations_metadata.csv with one row per file and every field."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["--export-csv"]) == 0
+    with open(tmp_path / "conversations_metadata.csv", encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    doc = json.loads(Path(store.metadata_file).read_text())
+    expected = {
+        (cid, label): {"conversation_id": cid, "speaker_label": label,
+                       "filename": f"{cid}_{label}.wav", **record,
+                       "conversation_created_at": entry["created_at"],
+                       "conversation_updated_at": entry["updated_at"]}
+        for cid, entry in doc["conversations"].items()
+        for label, record in entry["speakers"].items()
+    }  # fmt: skip
+    assert len(rows) == len(expected) == 12
+    for row in rows:
+        wanted = expected[(row["conversation_id"], row["speaker_label"])]
+        assert row == {key: str(value) for key, value in wanted.items()}
+
+
+def test_save_and_check_target(
+    store: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--save keeps exactly the printed report; --check-target exits 3 below the target, 0 at it."""
+    monkeypatch.chdir(tmp_path)
+    printed = report(capsys, "--save", "--target", "1000", "--check-target", code=3)
+    (saved,) = tmp_path.glob("storage_report_*.json")
+    assert json.loads(saved.read_text()) == printed
+    assert main(["--summary-line", "--target", "0.001", "--check-target"]) == 0
+
+
+def test_corrupt_metadata_is_one_line_and_exit_1(
+    store: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A metadata file that does not parse is reported in one line, in both scripts."""
+    Path(store.metadata_file).write_text('{"conversations": ')
+    assert main([]) == 1
+    assert metadata_tracker.main([]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: metadata file ") for line in lines)
+
+
+def test_metadata_tracker_prints_the_statistics_endpoint_numbers(
+    populated: tuple[Settings, ServerProcess], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python3 metadata_tracker.py` prints the same summary and progress as GET /statistics."""
+    settings, server = populated
+    assert metadata_tracker.main(["--metadata-file", str(settings.metadata_file),
+                                  "--target", "0.002"]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    answer = httpx.get(server.base_url + "/statistics", params={"target_hours": 0.002},
+                       trust_env=False).json()  # fmt: skip
+    assert printed["summary"] == answer["summary"] and printed["progress"] == answer["progress"]
+    assert printed["summary"]["total_conversations"] == 6
+
+
+def test_reports_stay_consistent_while_the_service_writes(
+    tmp_path: Path,
+    settings: Settings,
+    server_process: ServerProcess,
+    source: SourceServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Reports taken during a batch never show a half-written store or a false problem."""
+    use_settings(monkeypatch, settings)
+    csv_path = write_csv(tmp_path / "batch.csv", conversation_rows(source, 13))
+    batch = subprocess.Popen(
+        [sys.executable, "batch_download_from_csv.py", str(csv_path), "--no-progress",
+         "--server", server_process.base_url, "--failed-rows-dir", str(tmp_path)],
+        cwd=ROOT, env=settings_env(settings), stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    counts: list[int] = []
+    try:
+        while batch.poll() is None or not counts:
+            summary = report(capsys, "--strict")["summary"]
+            assert isinstance(summary, dict)
+            counts.append(summary["total_conversations"])
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+    assert batch.wait() == 0
+    assert counts == sorted(counts) and len(counts) > 1
+    assert report(capsys, "--strict")["summary"] == report(capsys)["summary"]
+    assert len(wav_durations(Path(settings.audio_storage_dir))) == 24
