@@ -300,7 +300,8 @@ def _eta(rate: dict[str, Any], progress: dict[str, Any]) -> str:
         return "target reached"
     if rate["projected_target_date"] is None:
         return "no projection (nothing collected in the last 24 h)"
-    return f"at this pace the target is reached around {rate['projected_target_date']}"
+    days, date = rate["days_to_target"], rate["projected_target_date"]
+    return f"at this pace the target is reached in {days:g} days, around {date}"
 
 
 def _hours(hours: float) -> str:
