@@ -36,6 +36,9 @@ format: $(STAMP)
 run: $(STAMP)
 	$(PY) main.py
 
+demo: $(STAMP)
+	$(PY) demo.py
+
 # The benchmark's own tools (yt-dlp) go into the same venv, never into requirements.txt.
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt

@@ -1,0 +1,185 @@
+"""The whole workflow offline, on temporary storage, in well under a minute (`make demo`).
+
+1. Make short two-speaker sample audio for the 13 conversations of examples/conversations.csv
+   with ffmpeg, and serve it from a local HTTP server standing in for the recording storage.
+2. Start the service (`python main.py`, as `make run` does) on a free port, storing in a
+   temporary folder. The settings go through environment variables, so the service and every
+   script below read the same ones.
+3. Run the scripts as a user would: a single-download check, the batch, the batch again (it
+   skips everything), the statistics, the progress report and one hourly monitor run.
+4. Stop everything and delete the temporary folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+import analyze_storage
+import batch_download_from_csv
+import metadata_tracker
+import test_single_download
+from service_client import default_server
+from settings import get_settings
+
+ROOT = Path(__file__).resolve().parent
+# The sample audio maker and the local audio server are the ones the tests use.
+sys.path.insert(0, str(ROOT / "tests"))
+from audio_factory import make_audio  # noqa: E402
+from source_server import SourceServer  # noqa: E402
+
+EXAMPLE_CSV = ROOT / "examples" / "conversations.csv"
+FORMATS = {".mp3": "mp3", ".wav": "wav", ".m4a": "m4a", ".ogg": "ogg", ".flac": "flac",
+           ".aac": "aac", ".opus": "opus"}  # fmt: skip
+TARGET_HOURS = 0.25  # small enough for the samples to make visible progress
+
+
+def make_samples(rows: list[dict[str, str]], directory: Path) -> None:
+    """One tone per URL of the example CSV, named like the URL's file; speakers differ in pitch
+    and length, so durations and per-speaker hours come out different."""
+    jobs = []
+    for number, row in enumerate(rows):
+        speakers = [("agent_audio_url", 220.0, 20 + number * 7 % 23),
+                    ("customer_audio_url", 330.0, 15 + number * 5 % 17)]  # fmt: skip
+        for column, pitch, seconds in speakers:
+            if row[column]:
+                name = Path(urlsplit(row[column]).path).name
+                jobs.append((directory / name, FORMATS[Path(name).suffix], seconds, pitch))
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for done in [pool.submit(_tone, *job) for job in jobs]:
+            done.result()
+
+
+def _tone(path: Path, fmt: str, seconds: float, pitch: float) -> None:
+    make_audio(path, fmt, seconds=seconds, sample_rate=22050, channels=1, frequency=pitch)
+
+
+def local_csv(rows: list[dict[str, str]], source: SourceServer, path: Path) -> None:
+    """The example CSV with every URL pointing at the local audio server instead."""
+
+    def local(url: str) -> str:
+        return source.file_url(Path(urlsplit(url).path).name) if url else ""
+
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            urls = {key: local(value) for key, value in row.items() if key.endswith("_url")}
+            writer.writerow({**row, **urls})
+
+
+def start_service(work: Path) -> subprocess.Popen[bytes]:
+    """`python main.py` with this process's environment, waiting until /health answers."""
+    with open(work / "service.out", "wb") as log:  # the child keeps its own copy open
+        service = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, stdout=log, stderr=log)
+    url = default_server(get_settings()) + "/health"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and service.poll() is None:
+        try:
+            if httpx.get(url, timeout=1).is_success:
+                return service
+        except httpx.TransportError:
+            time.sleep(0.1)
+    service.kill()
+    sys.exit(f"the service did not start:\n{(work / 'service.out').read_text()[-2000:]}")
+
+
+def step(title: str, script: Callable[[list[str]], int], args: list[str]) -> int:
+    """Print the command a user would type, then run it in this process."""
+    name = Path(script.__module__.replace(".", "/") + ".py").name
+    print(f"\n=== {title}\n$ python3 {name} {' '.join(args)}", flush=True)
+    code = script(args)
+    print(f"(exit code {code})", flush=True)
+    return code
+
+
+def walk_through(demo_csv: Path, work: Path) -> list[int]:
+    """The user's workflow, one command after the other; returns their exit codes."""
+    target, batch = ["--target", str(TARGET_HOURS)], [str(demo_csv), "--failed-rows-dir", str(work)]
+    return [
+        step("Check one conversation end to end", test_single_download.main, [str(demo_csv)]),
+        step("Download all conversations", batch_download_from_csv.main, batch),
+        step("Run it again: everything is already stored", batch_download_from_csv.main, batch),
+        step("Statistics (the numbers of GET /statistics)", metadata_tracker.main, target),
+        step("Progress report and CSV export", analyze_storage.main,
+             [*target, "--export-csv", str(work / "conversations_metadata.csv")]),
+        hourly_monitor(work),
+    ]  # fmt: skip
+
+
+def run_demo(work: Path) -> bool:
+    """Sample audio, its local server and the service, all under `work`; then the workflow."""
+    with open(EXAMPLE_CSV, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    print(f"Demo in {work}\nMaking {len(rows)} sample conversations with ffmpeg ...", flush=True)
+    make_samples(rows, work / "source")
+    # The service and every script read their settings from here, as in real use.
+    os.environ.update({
+        "HOST": "127.0.0.1",
+        "PORT": str(_free_port()),
+        "AUDIO_STORAGE_DIR": str(work / "downloaded_audios"),
+        "METADATA_FILE": str(work / "conversations_metadata.json"),
+        "LOG_DIR": str(work / "logs"),
+        "NO_PROXY": "127.0.0.1,localhost",
+    })  # fmt: skip
+    get_settings.cache_clear()
+    service = None
+    try:
+        with SourceServer(work / "source") as source:
+            demo_csv = work / "conversations.csv"
+            local_csv(rows, source, demo_csv)
+            print(f"Audio served at {source.base_url}; CSV with local URLs: {demo_csv}")
+            service = start_service(work)
+            print(f"Service running at {default_server(get_settings())}")
+            return all(code == 0 for code in walk_through(demo_csv, work))
+    finally:
+        if service is not None:
+            service.terminate()
+            service.wait(20)
+        get_settings.cache_clear()
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="audio-demo-"))
+    if not run_demo(work):
+        print(f"\nDemo FAILED after {time.monotonic() - started:.1f} s; files kept in {work}")
+        return 1
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"\nDemo finished in {time.monotonic() - started:.1f} s; temporary files removed.")
+    print("For real use: `make run`, then the same commands (see USAGE_GUIDE.md).")
+    return 0
+
+
+def hourly_monitor(work: Path) -> int:
+    """One cron-style run of the monitor, logging beside the demo's other files."""
+    log = work / "hourly_log.txt"
+    env = {**os.environ, "TARGET_HOURS": str(TARGET_HOURS), "HOURLY_LOG_FILE": str(log),
+           "HOURLY_LOCK_FILE": str(work / "hourly.lock")}  # fmt: skip
+    print(f"\n=== One hourly monitor run (cron)\n$ TARGET_HOURS={TARGET_HOURS} ./hourly_monitor.sh")
+    code = subprocess.run(["bash", str(ROOT / "hourly_monitor.sh")], env=env, check=False)
+    print(f"$ cat hourly_log.txt\n{log.read_text()}(exit code {code.returncode})", flush=True)
+    return code.returncode
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""demo.py, which `make demo` runs: the whole workflow offline, on temporary storage."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def test_demo_runs_every_step_and_cleans_up(tmp_path: Path) -> None:
+    """The demo passes every step well within a minute and leaves no temporary files."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["TMPDIR"] = str(tmp_path)  # where its temporary folder goes, to check it is removed
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "demo.py"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    for expected in ("RESULT: PASS",
+                     "succeeded 12, partial 0, failed 0, skipped 1 (already stored)",
+                     "succeeded 0, partial 0, failed 0, skipped 13 (already stored)",
+                     '"total_conversations": 13', "Progress toward 0.25 h",
+                     "0.1809/0.25 h (72.35%), 13 conversations", "Demo finished in"):  # fmt: skip
+        assert expected in run.stdout
+    assert list(tmp_path.iterdir()) == []
