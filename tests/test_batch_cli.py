@@ -203,16 +203,16 @@ def test_service_dying_mid_batch_stops_with_one_line(
     rows = [["first", source.file_url("mp3.mp3"), ""]]
     rows += [[f"slow_{n}", source.url("/slow/2/mp3.mp3"), ""] for n in range(5)]
     csv_path = write_csv(tmp_path / "batch.csv", rows)
-    first_file = Path(settings.audio_storage_dir) / "first_agent.wav"
     server = ServerProcess(settings).start()
 
-    def kill_after_first_conversation() -> None:
+    def kill_while_the_second_is_fetched() -> None:
+        # One at a time: the second row is sent only once the first one's answer is in.
         deadline = time.monotonic() + 30
-        while not first_file.exists() and time.monotonic() < deadline:
+        while not source.hits["/slow/2/mp3.mp3"] and time.monotonic() < deadline:
             time.sleep(0.01)
         server.kill()
 
-    killer = threading.Thread(target=kill_after_first_conversation)
+    killer = threading.Thread(target=kill_while_the_second_is_fetched)
     killer.start()
     try:
         assert run(csv_path, server.base_url, "--concurrency", "1") == 3
