@@ -28,13 +28,16 @@ CASES: dict[str, Callable[[Context], list[Row]]] = {
 SMOKE_NOTE = "smoke run: tiny sizes, checks that every case works; its numbers mean nothing"
 
 
-def report(rows: list[Row], smoke: bool, argv: list[str], seconds: float) -> str:
+def report(
+    rows: list[Row], smoke: bool, argv: list[str], seconds: float, load: tuple[float, float]
+) -> str:
     """The whole printed result: when, where, how, then the table."""
     command = "python -m bench " + shlex.join(argv) if argv else "python -m bench"
     return "\n".join(
         [
             f"Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s in all",
             f"Machine: {machine_summary()}",
+            f"Load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f}",
             f"Command: `{command}` ({SMOKE_NOTE if smoke else 'full run'})",
             "",
             render_table(rows, smoke),
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     media = WORK / "media"
     media.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     rows: list[Row] = []
     with SourceServer(media) as source:
         ctx = Context(scale, work, media, source.file_url, os.cpu_count() or 1)
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"source server errors: {source.errors}", file=sys.stderr)
             return 1
     result = report(rows, args.smoke, argv if argv is not None else sys.argv[1:],
-                    time.monotonic() - started)  # fmt: skip
+                    time.monotonic() - started, (load_before, os.getloadavg()[0]))  # fmt: skip
     print(result)
     if args.output:
         args.output.write_text(result + "\n")

@@ -27,7 +27,7 @@ def test_bench_smoke_prints_every_case() -> None:
     cases = {row.split("|")[1].strip() for row in rows[1:]}
     assert cases == set(CASES), done.stdout
     targets = [row for row in rows if "(smoke)" in row]
-    # Case 1: time ratio, memory at two lengths; 2: two ratios; 3: none below 20,000; 4: p99; 5.
-    assert len(targets) == 7, done.stdout
+    # 1: time ratio and memory at two lengths; 2: three ratios; 3: none below 20,000; 4; 5.
+    assert len(targets) == 8, done.stdout
     assert re.search(r"^Machine: \d+ cores", done.stdout, re.M), done.stdout
     assert "yt-dlp" in done.stdout and "bare ffmpeg" in done.stdout
