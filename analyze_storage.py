@@ -84,12 +84,9 @@ def consistency(rows: list[dict[str, Any]], on_disk: dict[str, int]) -> dict[str
         if size is None:
             missing.append(row["filename"])
         elif size != row["file_size_bytes"]:
+            recorded = row["file_size_bytes"]
             mismatched.append(
-                {
-                    "file": row["filename"],
-                    "recorded_bytes": row["file_size_bytes"],
-                    "actual_bytes": size,
-                }
+                {"file": row["filename"], "recorded_bytes": recorded, "actual_bytes": size}
             )
     unknown = sorted(set(on_disk) - {row["filename"] for row in rows})
     return {
@@ -99,26 +96,13 @@ def consistency(rows: list[dict[str, Any]], on_disk: dict[str, int]) -> dict[str
     }
 
 
-def _confirmed(tracker: MetadataTracker, storage_dir: Path, seen: dict[str, Any]) -> dict[str, Any]:
-    """The problems still there when looked at again with the service's writes held off."""
+def _look_again(tracker: MetadataTracker, storage_dir: Path) -> dict[str, Any]:
+    """The check redone with the service's writes held off, so nothing is half-published."""
     try:
         doc, on_disk = tracker.snapshot_locked(lambda: wav_files(storage_dir))
     except StorageError:  # the lock file is not writable here: a second plain look will do
         doc, on_disk = tracker.snapshot(), wav_files(storage_dir)
-    return _persistent(seen, consistency(file_rows(doc), on_disk))
-
-
-def _persistent(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """The problems both looks saw."""
-
-    def names(items: list[Any]) -> set[str]:
-        return {item["file"] if isinstance(item, dict) else item for item in items}
-
-    kept = {}
-    for kind, items in second.items():
-        seen = names(first[kind])
-        kept[kind] = [item for item in items if names([item]) <= seen]
-    return kept
+    return consistency(file_rows(doc), on_disk)
 
 
 # The report ------------------------------------------------------------------------------
@@ -132,7 +116,7 @@ def build_report(
     on_disk = wav_files(storage_dir)
     problems = consistency(rows, on_disk)
     if any(problems.values()):
-        problems = _confirmed(tracker, storage_dir, problems)
+        problems = _look_again(tracker, storage_dir)
     stats = compute_statistics(doc, target, now.isoformat(timespec="seconds"))
     progress = stats["progress"]
     rate = _rate(rows, now, tracker.tz)
