@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import shutil
@@ -93,7 +94,7 @@ def start_service(work: Path) -> subprocess.Popen[bytes]:
         except httpx.TransportError:
             time.sleep(0.1)
     service.kill()
-    sys.exit(f"the service did not start:\n{(work / 'service.out').read_text()[-2000:]}")
+    sys.exit(f"error: the service did not start; its output is in {work / 'service.out'}")
 
 
 def step(title: str, script: Callable[[list[str]], int], args: list[str]) -> int:
@@ -152,10 +153,14 @@ def run_demo(work: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="audio-demo-"))
     if not run_demo(work):
-        print(f"\nDemo FAILED after {time.monotonic() - started:.1f} s; files kept in {work}")
+        elapsed = time.monotonic() - started
+        print(
+            f"error: the demo failed after {elapsed:.1f} s; files kept in {work}", file=sys.stderr
+        )
         return 1
     shutil.rmtree(work, ignore_errors=True)
     print(f"\nDemo finished in {time.monotonic() - started:.1f} s; temporary files removed.")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Hourly progress check for cron: appends one timestamped line to hourly_log.txt per run.
 #
-#   crontab -e, then:  0 * * * * /absolute/path/to/hourly_monitor.sh
+#   crontab -e, then:  0 * * * * TARGET_HOURS=100 /absolute/path/to/hourly_monitor.sh
 #
 # All the numbers come from `analyze_storage.py --summary-line --check-target`, which reads the
 # same settings (.env beside this file, or the environment) as the service. Once the target is
@@ -14,6 +14,9 @@
 #   HOURLY_LOG_FILE         log file (default: hourly_log.txt beside this script)
 #   HOURLY_LOCK_FILE        lock that keeps runs from overlapping (default: beside this script)
 set -u
+case "${1:-}" in
+    -h | --help) sed -n '2,15p' "$0" | cut -c3-; exit 0 ;;
+esac
 
 TARGET_HOURS="${TARGET_HOURS:-100}"
 TARGET_REACHED_COMMAND="${TARGET_REACHED_COMMAND:-}"

@@ -115,3 +115,11 @@ def test_failure_is_logged_and_reported_to_cron(store: Settings, tmp_path: Path)
     assert len(run.stderr.splitlines()) == 1
     (line,) = log_lines(tmp_path)
     assert re.match(rf"^{STAMP} ERROR \(exit 1\): error: metadata file ", line)
+
+
+def test_help_prints_the_crontab_line_and_runs_nothing(tmp_path: Path) -> None:
+    """--help shows how to install it in cron and leaves no log behind."""
+    run = subprocess.run([str(SCRIPT), "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0
+    assert "0 * * * * TARGET_HOURS=100 /absolute/path/to/hourly_monitor.sh" in run.stdout
+    assert "TARGET_REACHED_COMMAND" in run.stdout and list(tmp_path.iterdir()) == []
