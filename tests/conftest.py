@@ -106,7 +106,7 @@ class ServerProcess:
         self.log_path = log_path or Path(settings.log_dir) / "uvicorn.out"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30) -> ServerProcess:
+    def start(self, timeout: float = 90) -> ServerProcess:
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
         self._out = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

@@ -81,6 +81,7 @@ def test_sigkill_mid_job_loses_nothing_and_leaves_nothing(
         server.base_url + "/download/single",
         data={"conversation_id": "before", "audio_url": crash_source.url("/files/ok.mp3")},
         trust_env=False,
+        timeout=60,
     )
     assert done.status_code == 200
     client = post_in_background(server.base_url, {"conversation_id": "victim", "audio_url": url})
@@ -109,7 +110,7 @@ def test_sigkill_mid_job_loses_nothing_and_leaves_nothing(
             trust_env=False,
         )
         assert again.status_code == 200, again.text
-        stats = httpx.get(restarted.base_url + "/statistics", trust_env=False).json()
+        stats = httpx.get(restarted.base_url + "/statistics", trust_env=False, timeout=60).json()
     finally:
         restarted.stop()
     assert stats["summary"]["total_conversations"] == 2
@@ -171,7 +172,9 @@ def test_two_hundred_hostile_requests_at_once(tmp_path: Path, crash_source: Sour
             trust_env=False,
             timeout=30,
         )
-        assert httpx.get(server.base_url + "/health", trust_env=False).status_code == 200
+        assert (
+            httpx.get(server.base_url + "/health", trust_env=False, timeout=60).status_code == 200
+        )
     # Only documented errors; the garbage, failing and slow paths all really occurred (slow
     # sources end as 504, or as 503 when they waited too long for a job slot).
     assert {400, 422, 502} <= set(statuses) <= {400, 422, 502, 503, 504}, sorted(set(statuses))

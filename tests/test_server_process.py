@@ -62,7 +62,7 @@ def test_four_workers_record_forty_concurrent_downloads(
             r.text for r in responses if r.status_code != 200
         ]
         stats = httpx.get(
-            server.base_url + "/statistics", params={"target_hours": 1}, trust_env=False
+            server.base_url + "/statistics", params={"target_hours": 1}, trust_env=False, timeout=60
         ).json()
     doc = json.loads(Path(settings.metadata_file).read_text())
     assert sorted(doc["conversations"]) == [f"cc{n:02d}" for n in range(40)]
@@ -128,7 +128,7 @@ def test_python_main_serves_on_host_and_port(tmp_path: Path) -> None:
         [sys.executable, "main.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         body = None
         while time.monotonic() < deadline and body is None:
             try:
@@ -157,11 +157,13 @@ def test_requests_are_logged_with_zone_offset(
         server_process.base_url + "/download/single",
         data={"conversation_id": "logged", "audio_url": url, "speaker_label": "agent"},
         trust_env=False,
+        timeout=60,
     )
     httpx.post(
         server_process.base_url + "/download/single",
         data={"conversation_id": "logged2", "audio_url": source.url("/html")},
         trust_env=False,
+        timeout=60,
     )
     log = (Path(settings.log_dir) / "audio_downloader.log").read_text()
     ok = next(line for line in log.splitlines() if "conversation=logged " in line)
