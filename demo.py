@@ -86,7 +86,7 @@ def start_service(work: Path) -> subprocess.Popen[bytes]:
     with open(work / "service.out", "wb") as log:  # the child keeps its own copy open
         service = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, stdout=log, stderr=log)
     url = default_server(get_settings()) + "/health"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline and service.poll() is None:
         try:
             if httpx.get(url, timeout=1).is_success:
