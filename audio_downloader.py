@@ -10,30 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import hashlib
 import logging
 import os
-import random
 import re
 import shutil
-import signal
-import subprocess
 import time
 import uuid
-import wave
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+from converter import read_wav_info, resolve_ffmpeg, run_ffmpeg, sha256_of
 from errors import (
     AudioError,
     AudioTooLong,
@@ -42,26 +34,20 @@ from errors import (
     InsufficientStorage,
     InvalidInput,
     NotAudio,
-    SourceError,
-    SourceTimeout,
     StorageError,
-    TooLarge,
     UrlConflict,
 )
+from fetcher import Fetcher
 from metadata_tracker import MB, FileRecord, MetadataTracker
 from settings import Settings
-from url_policy import GuardedTransport, UrlPolicy
+from url_policy import UrlPolicy
 
 log = logging.getLogger(__name__)
 
-TARGET_SAMPLE_RATE = 16000
-TARGET_CHANNELS = 1
 CHUNK_BYTES = 1024 * 1024
 MAX_REDIRECTS = 5
 _NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 _TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.(?:download|wav)$")
-_FFMPEG_ERROR_CHARS = 400
-_PR_SET_PDEATHSIG = 1
 
 
 # Input rules ---------------------------------------------------------------------------------
@@ -91,174 +77,6 @@ def validate_url(field: str, url: str) -> str:
     if any(ch.isspace() or ord(ch) < 32 for ch in url):
         raise InvalidInput(f"{field} must not contain whitespace or control characters")
     return url
-
-
-# ffmpeg -------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=8)
-def resolve_ffmpeg(configured: str | None) -> str:
-    """FFMPEG_BINARY if set, else `ffmpeg` on PATH, else the binary bundled by imageio-ffmpeg."""
-    if configured:
-        found = shutil.which(configured)
-        if found is None:
-            raise StorageError(f"FFMPEG_BINARY {configured!r} is not an executable")
-        return found
-    on_path = shutil.which("ffmpeg")
-    if on_path:
-        return on_path
-    import imageio_ffmpeg
-
-    return str(imageio_ffmpeg.get_ffmpeg_exe())
-
-
-@lru_cache(maxsize=8)
-def ffmpeg_version(binary: str) -> str:
-    try:
-        out = subprocess.run(
-            [binary, "-hide_banner", "-version"], capture_output=True, text=True, timeout=20
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"unavailable: {exc}"
-    first = out.splitlines()[0] if out else ""
-    return first.split(" Copyright")[0].removeprefix("ffmpeg version ").strip() or "unknown"
-
-
-async def run_ffmpeg(
-    binary: str, source: Path, target: Path, max_seconds: float, timeout: float
-) -> None:
-    """Convert `source` to 16 kHz mono s16le WAV at `target`; the only place ffmpeg runs."""
-    args = [
-        binary, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-i", f"file:{source}",
-        "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1",
-        "-ac", str(TARGET_CHANNELS), "-ar", str(TARGET_SAMPLE_RATE), "-c:a", "pcm_s16le",
-        # One second past the limit is enough to tell "too long" from "exactly at the limit".
-        "-t", f"{max_seconds + 1:.3f}",
-        "-fflags", "+bitexact", "-flags:a", "+bitexact",
-        "-f", "wav", f"file:{target}",
-    ]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # its own process group, so a timeout kills everything it spawned
-        preexec_fn=_die_with_parent,
-    )
-    try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), timeout)
-    except BaseException:
-        # Timeout, cancellation (client gone, shutdown): never leave ffmpeg running.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            await asyncio.shield(proc.wait())
-        raise
-    if proc.returncode != 0:
-        raise NotAudio(f"ffmpeg could not decode it: {_ffmpeg_reason(stderr, source)}")
-
-
-def _ffmpeg_reason(stderr: bytes, source: Path) -> str:
-    """ffmpeg's last complaint, without the internal temporary file name."""
-    lines = [
-        line.replace(f"file:{source}", "<download>").replace(str(source), "<download>")
-        for line in stderr.decode("utf-8", "replace").splitlines()
-        if line.strip()
-    ]
-    reason = lines[-1] if lines else "no details"
-    return re.sub(r"^\[[^]]*\] ", "", reason)[-_FFMPEG_ERROR_CHARS:]
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: if the server is killed outright, ffmpeg is killed too."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-@dataclass(frozen=True)
-class WavInfo:
-    duration_seconds: float
-    sample_rate: int
-    channels: int
-    sample_width: int
-
-
-def read_wav_info(path: Path) -> WavInfo:
-    """Duration and format read back from the written WAV header."""
-    try:
-        with wave.open(str(path), "rb") as wav:
-            frames, rate = wav.getnframes(), wav.getframerate()
-            return WavInfo(frames / rate, rate, wav.getnchannels(), wav.getsampwidth())
-    except (wave.Error, EOFError) as exc:
-        raise NotAudio(f"converted file is not a readable WAV: {exc}") from exc
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# Downloading --------------------------------------------------------------------------------
-
-
-class _Transient(Exception):
-    """A failure worth retrying; carries the error to report if retries run out."""
-
-    def __init__(self, final: AudioError, retry_after: float | None = None) -> None:
-        super().__init__(final.message)
-        self.final = final
-        self.retry_after = retry_after
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-        moment = parsedate_to_datetime(value)
-        return max(moment.timestamp() - time.time(), 0.0)
-    return None
-
-
-def _wait_strategy(base: float, cap: float) -> Callable[[RetryCallState], float]:
-    """Exponential backoff with full jitter, or the source's Retry-After when it sent one."""
-
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Transient) and exc.retry_after is not None:
-            return min(exc.retry_after, cap)
-        return min(cap, random.uniform(0, base * 2 ** (state.attempt_number - 1)))
-
-    return wait
-
-
-class _SizeGuard:
-    def __init__(self, url: str, limit: int) -> None:
-        self.url, self.limit, self.seen = url, limit, 0
-
-    def check_declared(self, declared: str | None) -> int:
-        """The declared body size (0 when unknown); TooLarge when over the limit."""
-        size = int(declared) if declared and declared.isdigit() else 0
-        if size > self.limit:
-            raise TooLarge(self._message(size, "declares"))
-        return size
-
-    def add(self, count: int) -> None:
-        self.seen += count
-        if self.seen > self.limit:
-            raise TooLarge(self._message(self.seen, "sent more than"))
-
-    def _message(self, size: int, verb: str) -> str:
-        return (
-            f"{self.url} {verb} {size / MB:.1f} MB, over the limit of "
-            f"MAX_DOWNLOAD_MB={self.limit / MB:g}"
-        )
 
 
 # The service ---------------------------------------------------------------------------------
@@ -319,19 +137,11 @@ class AudioDownloader:
         self.policy = UrlPolicy(
             settings.allowed_url_hosts, settings.blocked_networks, settings.block_private_networks
         )
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
-        self._client = client or httpx.AsyncClient(
-            transport=GuardedTransport(self.policy, httpx.AsyncHTTPTransport(limits=limits)),
-            timeout=httpx.Timeout(settings.download_timeout_seconds),
-            follow_redirects=True,
-            max_redirects=MAX_REDIRECTS,
-            headers={"User-Agent": "diarization-audio-downloader/1.0"},
-            trust_env=False,  # a proxy from the environment would bypass the address checks
-        )
+        self._fetcher = Fetcher(settings, self.policy, client)
         self._jobs = asyncio.Semaphore(settings.max_concurrent_jobs)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._fetcher.aclose()
 
     def prepare_storage(self) -> int:
         """Create the storage directory and remove leftovers of dead processes; returns count."""
@@ -469,7 +279,7 @@ class AudioDownloader:
         converted = self.storage_dir / f"{stem}.wav"
         final = self.target_path(conversation_id, speaker_label)
         try:
-            await self._fetch(url, source)
+            await self._fetcher.fetch(url, source, self._check_free_space)
             if source.stat().st_size == 0:
                 raise NotAudio("the body is empty")
             await run_ffmpeg(
@@ -518,69 +328,6 @@ class AudioDownloader:
             sha256=sha256_of(converted),
             downloaded_at=self.tracker.now(),
         )
-
-    async def _fetch(self, url: str, target: Path) -> None:
-        """Stream `url` into `target`, retrying transient failures with backoff."""
-        settings = self.settings
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(settings.download_retries + 1),
-            retry=retry_if_exception_type(_Transient),
-            wait=_wait_strategy(
-                settings.download_retry_backoff_seconds, settings.download_retry_max_wait_seconds
-            ),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    await self._fetch_once(url, target)
-        except _Transient as exc:
-            raise exc.final from exc
-
-    async def _fetch_once(self, url: str, target: Path) -> None:
-        guard = _SizeGuard(url, self.settings.max_download_bytes)
-        deadline = self.settings.download_deadline_seconds
-        try:
-            async with asyncio.timeout(deadline):
-                async with self._client.stream("GET", url) as response:
-                    _check_status(url, response)
-                    declared = guard.check_declared(response.headers.get("content-length"))
-                    self._check_free_space(declared)
-                    await _write_body(response.aiter_bytes(CHUNK_BYTES), target, guard)
-        except TimeoutError as exc:
-            raise _Transient(SourceTimeout(f"{url} did not finish within {deadline:g} s")) from exc
-        except httpx.TimeoutException as exc:
-            raise _Transient(
-                SourceTimeout(f"{url} timed out ({type(exc).__name__}): {exc}")
-            ) from exc
-        except httpx.TooManyRedirects as exc:
-            raise SourceError(f"{url} redirected too many times: {exc}") from exc
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise SourceError(f"{url} redirected somewhere unusable: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise _Transient(
-                SourceError(f"{url} could not be fetched ({type(exc).__name__}): {exc}")
-            ) from exc
-
-
-def _check_status(url: str, response: httpx.Response) -> None:
-    status = response.status_code
-    if status < 400:
-        return
-    error = SourceError(f"{url} answered HTTP {status} {response.reason_phrase}".rstrip())
-    if status == 429 or status >= 500:
-        retry_after = _retry_after_seconds(response.headers.get("retry-after"))
-        raise _Transient(error, retry_after)
-    raise error
-
-
-async def _write_body(chunks: AsyncIterator[bytes], target: Path, guard: _SizeGuard) -> None:
-    # Writes of one chunk land in the page cache in microseconds; a thread hop per chunk
-    # would cost more than it saves.
-    with open(target, "wb") as handle:
-        async for chunk in chunks:
-            guard.add(len(chunk))
-            handle.write(chunk)
 
 
 def _storage_error(exc: OSError, directory: Path) -> AudioError:

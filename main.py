@@ -36,7 +36,8 @@ from api_models import (
     StatisticsPublic,
     StorageInfoPublic,
 )
-from audio_downloader import AudioDownloader, StoredAudio, ffmpeg_version
+from audio_downloader import AudioDownloader, StoredAudio
+from converter import ffmpeg_version
 from logger import setup_logging
 from metadata_tracker import MB, MetadataTracker
 from settings import Settings, get_settings

@@ -14,7 +14,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from audio_downloader import TARGET_CHANNELS, TARGET_SAMPLE_RATE, read_wav_info
 from batch_download_from_csv import (
     DEFAULT_CSV,
     Columns,
@@ -23,6 +22,7 @@ from batch_download_from_csv import (
     first_problem,
     read_csv,
 )
+from converter import TARGET_CHANNELS, TARGET_SAMPLE_RATE, read_wav_info
 from errors import AudioError, InvalidInput, Unauthorized
 from service_client import ServiceClient, ServiceUnreachable
 from settings import get_settings

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from audio_downloader import resolve_ffmpeg
+from converter import resolve_ffmpeg
 from errors import StorageError
 from settings import Settings
 
