@@ -139,6 +139,9 @@ class AudioDownloader:
         )
         self._fetcher = Fetcher(settings, self.policy, client)
         self._jobs = asyncio.Semaphore(settings.max_concurrent_jobs)
+        # Conversions are CPU-bound: more ffmpeg processes than cores convert no faster and
+        # starve the event loop (and /health) of CPU. Downloads of other jobs go on meanwhile.
+        self._conversions = asyncio.Semaphore(settings.max_concurrent_conversions)
 
     async def aclose(self) -> None:
         await self._fetcher.aclose()
@@ -282,11 +285,12 @@ class AudioDownloader:
             await self._fetcher.fetch(url, source, self._check_free_space)
             if source.stat().st_size == 0:
                 raise NotAudio("the body is empty")
-            await run_ffmpeg(
-                self.ffmpeg, source, converted,
-                max_seconds=self.settings.max_audio_hours * 3600,
-                timeout=self.settings.convert_timeout_seconds,
-            )  # fmt: skip
+            async with self._conversions:
+                await run_ffmpeg(
+                    self.ffmpeg, source, converted,
+                    max_seconds=self.settings.max_audio_hours * 3600,
+                    timeout=self.settings.convert_timeout_seconds,
+                )  # fmt: skip
             source.unlink(missing_ok=True)
             record = await anyio.to_thread.run_sync(self._describe, converted, final, url)
             entry = await anyio.to_thread.run_sync(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +20,9 @@ NetworkList = Annotated[list[Network], NoDecode]
 class Settings(BaseSettings):
     """Every knob, read from the environment or `.env`; names match `.env.example`."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
 
     # Where things live.
     audio_storage_dir: Path = Path("./downloaded_audios")
@@ -45,6 +48,8 @@ class Settings(BaseSettings):
     convert_timeout_seconds: float = Field(default=3600, gt=0)
     max_audio_hours: float = Field(default=6, gt=0)
     max_concurrent_jobs: int = Field(default=8, ge=1)
+    # Default: the number of CPU cores.
+    max_concurrent_conversions: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     job_queue_timeout_seconds: float = Field(default=300, ge=0)
     min_free_disk_mb: float = Field(default=1024, ge=0)
 

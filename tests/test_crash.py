@@ -57,8 +57,9 @@ def post_in_background(base_url: str, data: dict[str, str]) -> subprocess.Popen[
 
 
 def ffmpeg_running_in(storage: Path) -> bool:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return any("ffmpeg" in line and str(storage) in line for line in out.splitlines())
+    from test_hardening import _ffmpeg_processes_for
+
+    return bool(_ffmpeg_processes_for(storage))
 
 
 @pytest.mark.parametrize(

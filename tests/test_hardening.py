@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,8 +198,21 @@ def long_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SourceServ
 
 
 def _ffmpeg_processes_for(path: Path) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "ffmpeg" in line and str(path) in line]
+    """Command lines of running ffmpeg processes that touch files under `path`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        line = " ".join(a.decode(errors="replace") for a in args)
+        if (
+            args
+            and b"ffmpeg" in Path(args[0].decode(errors="replace")).name.encode()
+            and str(path) in line
+        ):
+            found.append(line)
+    return found
 
 
 def test_conversion_past_its_timeout_is_killed(tmp_path: Path, long_source: SourceServer) -> None:
@@ -348,3 +360,34 @@ def test_odd_values_in_every_field_are_400_and_write_nothing(
     assert_nothing_stored(settings)
     after = sorted(p.name for p in tmp_path.rglob("*"))
     assert [p for p in after if p not in before and not p.startswith("audio_downloader.log")] == []
+
+
+def test_conversions_never_exceed_their_limit(tmp_path: Path, long_source: SourceServer) -> None:
+    """With MAX_CONCURRENT_CONVERSIONS=1, three long jobs run one ffmpeg at a time, all succeed."""
+    settings = make_settings(tmp_path, max_concurrent_conversions=1)
+    storage = Path(settings.audio_storage_dir)
+    with ServerProcess(settings) as server:
+        import concurrent.futures
+
+        with (
+            httpx.Client(base_url=server.base_url, trust_env=False, timeout=120) as client,
+            concurrent.futures.ThreadPoolExecutor(3) as pool,
+        ):
+            jobs = [
+                pool.submit(
+                    client.post,
+                    "/download/single",
+                    data={
+                        "conversation_id": f"l{n}",
+                        "audio_url": long_source.file_url("long.mp3"),
+                    },
+                )
+                for n in range(3)
+            ]
+            most = 0
+            while not all(job.done() for job in jobs):
+                most = max(most, len(_ffmpeg_processes_for(storage)))
+                time.sleep(0.05)
+            answers = [job.result() for job in jobs]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert most == 1
