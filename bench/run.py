@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 from source_server import SourceServer
 
 from bench import case_batch, case_long, case_metadata, case_workers
-from bench.harness import FULL, SMOKE, WORK, Context, Row, machine_summary, render_table
+from bench.harness import FULL, ROOT, SMOKE, WORK, Context, Row, machine_summary, render_table
 
 CASES: dict[str, Callable[[Context], list[Row]]] = {
     "1": case_long.run_single,
@@ -28,6 +29,21 @@ CASES: dict[str, Callable[[Context], list[Row]]] = {
 SMOKE_NOTE = "smoke run: tiny sizes, checks that every case works; its numbers mean nothing"
 
 
+def _output(command: list[str]) -> str:
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def code_version() -> str:
+    """The commit measured, and whether tracked files differed from it when the run ended."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        commit = _output([*git, "rev-parse", "--short", "HEAD"])
+        changed = _output([*git, "status", "--porcelain", "--untracked-files=no"])
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"commit {commit}" + (" with uncommitted changes" if changed else "")
+
+
 def report(
     rows: list[Row], smoke: bool, argv: list[str], seconds: float, load: tuple[float, float]
 ) -> str:
@@ -37,6 +53,7 @@ def report(
         [
             f"Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s in all",
             f"Machine: {machine_summary()}",
+            f"Code: {code_version()}",
             f"Load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f}",
             f"Command: `{command}` ({SMOKE_NOTE if smoke else 'full run'})",
             "",
