@@ -13,7 +13,7 @@ from pathlib import Path
 
 from audio_factory import ffmpeg_exe
 
-from bench.harness import ROOT, Context, Row, bare_ffmpeg, median, service
+from bench.harness import ROOT, Context, Row, bare_ffmpeg, median, paired_ratio, service
 from bench.media import batch_files
 
 CASE2 = "2 CSV batch"
@@ -146,9 +146,9 @@ def run(ctx: Context) -> list[Row]:
     hours = len(files) * scale.batch_minutes / 60
     walls = {name: median(values) for name, values in timings.items()}
     rate = {name: hours / wall for name, wall in walls.items()}
-    vs_bare = walls["service"] / walls["bare"]
-    vs_yt_1 = walls["yt-dlp-1"] / walls["service"]
-    vs_yt = walls["yt-dlp"] / walls["service"]
+    vs_bare = paired_ratio(timings["service"], timings["bare"])
+    vs_yt_1 = paired_ratio(timings["yt-dlp-1"], timings["service"])
+    vs_yt = paired_ratio(timings["yt-dlp"], timings["service"])
     runs = f"median of {scale.batch_rounds}"
     shape = f"{scale.conversations} conversations x 2 x {scale.batch_minutes:g} min"
     return [
@@ -160,9 +160,10 @@ def run(ctx: Context) -> list[Row]:
             f"{walls['yt-dlp-1']:.2f} s, {rate['yt-dlp-1']:.3f} h per s"),
         Row(CASE2, f"yt-dlp, {in_flight} processes sharing the URLs ({runs})",
             f"{walls['yt-dlp']:.2f} s, {rate['yt-dlp']:.3f} h per s"),
-        Row(CASE2, "service / bare ffmpeg (wall)", f"{vs_bare:.3f}x", "<= 1.15x", vs_bare <= 1.15),
-        Row(CASE2, "yt-dlp one per file / service (wall)", f"{vs_yt_1:.2f}x", ">= 1.5x",
+        Row(CASE2, "service / bare ffmpeg (wall, median of the rounds' ratios)", f"{vs_bare:.3f}x",
+            "<= 1.15x", vs_bare <= 1.15),
+        Row(CASE2, "yt-dlp one per file / service (same)", f"{vs_yt_1:.2f}x", ">= 1.5x",
             vs_yt_1 >= 1.5),
-        Row(CASE2, "yt-dlp sharing processes / service (wall)", f"{vs_yt:.2f}x", ">= 1.5x",
+        Row(CASE2, "yt-dlp sharing processes / service (same)", f"{vs_yt:.2f}x", ">= 1.5x",
             vs_yt >= 1.5),
     ]  # fmt: skip

@@ -105,6 +105,12 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    """Median of the ratios of runs taken side by side: load that drifts over a long run
+    moves both runs of a pair alike, so it cancels in each ratio."""
+    return median([n / d for n, d in zip(numerators, denominators, strict=True)])
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile: the smallest value with `fraction` of the values at or below."""
     ordered = sorted(values)
