@@ -14,10 +14,10 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from errors import AudioError, SourceError, SourceTimeout, TooLarge
+from metadata_document import MB
 from settings import Settings
 from url_policy import GuardedTransport, UrlPolicy
 
-MB = 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 MAX_REDIRECTS = 5
 
