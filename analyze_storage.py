@@ -1,8 +1,8 @@
 """Storage analysis: progress toward a target, collection rate, speakers, durations, consistency.
 
-It reads the metadata through metadata_tracker (one snapshot: writes are atomic renames, so a
-snapshot is never torn) and lists the storage directory; it writes neither, so it is safe to
-run while the service is downloading. The consistency check compares the two without a lock;
+It reads the store through metadata_tracker (one read transaction, so one consistent view) and
+lists the storage directory; it writes neither, so it is safe to run while the service is
+downloading. The consistency check compares the two without a lock;
 only a problem it finds is looked at again under the tracker's write lock, so a file that the
 service is publishing at that very moment is not reported.
 
@@ -26,8 +26,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from errors import AudioError, StorageError
-from metadata_tracker import Document, MetadataTracker, compute_statistics
+from metadata_document import statistics_of
+from metadata_tracker import MetadataTracker
 from settings import get_settings
+from storage_layout import wav_files
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BELOW_TARGET, EXIT_INCONSISTENT = 0, 1, 2, 3, 4
 RATE_WINDOW = timedelta(hours=24)
@@ -38,42 +40,11 @@ EXPORT_COLUMNS = [
     "conversation_created_at", "conversation_updated_at",
 ]  # fmt: skip
 BAR_WIDTH = 40
+RECENT_FAILURES = 5
 MB = 1024 * 1024
 
 
 # Reading ---------------------------------------------------------------------------------
-
-
-def file_rows(doc: Document) -> list[dict[str, Any]]:
-    """One flat row per stored file, with every field of its metadata entry."""
-    rows = []
-    for conversation_id, entry in doc["conversations"].items():
-        for label, record in entry.get("speakers", {}).items():
-            rows.append(
-                {
-                    "conversation_id": conversation_id,
-                    "speaker_label": label,
-                    "filename": f"{conversation_id}_{label}.wav",
-                    **record,
-                    "conversation_created_at": entry.get("created_at"),
-                    "conversation_updated_at": entry.get("updated_at"),
-                }
-            )
-    return rows
-
-
-def wav_files(storage_dir: Path) -> dict[str, int]:
-    """Name -> size of the finished .wav files (temporary files start with a dot)."""
-    if not storage_dir.is_dir():
-        return {}
-    try:
-        return {
-            entry.name: entry.stat().st_size
-            for entry in os.scandir(storage_dir)
-            if entry.name.endswith(".wav") and not entry.name.startswith(".") and entry.is_file()
-        }
-    except OSError as exc:
-        raise StorageError(f"cannot list storage directory {storage_dir}: {exc}") from exc
 
 
 def consistency(rows: list[dict[str, Any]], on_disk: dict[str, int]) -> dict[str, Any]:
@@ -98,40 +69,39 @@ def consistency(rows: list[dict[str, Any]], on_disk: dict[str, int]) -> dict[str
 
 def _look_again(tracker: MetadataTracker, storage_dir: Path) -> dict[str, Any]:
     """The check redone with the service's writes held off, so nothing is half-published."""
-    try:
-        doc, on_disk = tracker.snapshot_locked(lambda: wav_files(storage_dir))
-    except StorageError:  # the lock file is not writable here: a second plain look will do
-        doc, on_disk = tracker.snapshot(), wav_files(storage_dir)
-    return consistency(file_rows(doc), on_disk)
+    rows, on_disk = tracker.file_rows_locked(lambda: wav_files(storage_dir))
+    return consistency(rows, on_disk)
 
 
 # The report ------------------------------------------------------------------------------
 
 
 def build_report(
-    tracker: MetadataTracker, doc: Document, storage_dir: Path, target: float, now: datetime
-) -> dict[str, Any]:
-    """Everything the script prints about one snapshot `doc`, as a JSON-ready dictionary."""
-    rows = file_rows(doc)
+    tracker: MetadataTracker, storage_dir: Path, target: float, now: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Everything the script prints, as a JSON-ready dictionary, and the rows it came from."""
+    rows, totals = tracker.snapshot()
     on_disk = wav_files(storage_dir)
     problems = consistency(rows, on_disk)
     if any(problems.values()):
         problems = _look_again(tracker, storage_dir)
-    stats = compute_statistics(doc, target, now.isoformat(timespec="seconds"))
+    stats = statistics_of(totals, target, now.isoformat(timespec="seconds"))
     progress = stats["progress"]
     rate = _rate(rows, now, tracker.tz)
-    return {
+    report = {
         "generated_at": stats["timestamp"],
-        "metadata_file": str(tracker.path),
+        "metadata_store": tracker.name,
         "storage_directory": str(storage_dir),
         "summary": stats["summary"],
         "progress": progress,
         "rate": {**rate, **_projection(progress, rate["hours_last_24h"], now)},
         "speakers": _speakers(rows),
-        "durations": _durations(doc),
+        "durations": _durations(rows),
         "storage": _storage(rows, on_disk, storage_dir),
+        "failures": tracker.failure_summary(recent=RECENT_FAILURES),
         "consistency": {"ok": not any(problems.values()), **problems},
     }
+    return report, rows
 
 
 def _rate(rows: list[dict[str, Any]], now: datetime, tz: tzinfo) -> dict[str, Any]:
@@ -174,13 +144,13 @@ def _speakers(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return groups
 
 
-def _durations(doc: Document) -> dict[str, Any]:
+def _durations(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Distribution of conversation lengths (all speakers together), in seconds."""
-    seconds = sorted(
-        float(entry["total"]["duration_seconds"])
-        for entry in doc["conversations"].values()
-        if entry.get("speakers")
-    )
+    per_conversation: dict[str, float] = {}
+    for row in rows:
+        cid = row["conversation_id"]
+        per_conversation[cid] = per_conversation.get(cid, 0.0) + float(row["duration_seconds"])
+    seconds = sorted(per_conversation.values())
     if not seconds:
         return {"conversations": 0, "min": None, "median": None, "p90": None, "max": None}
     # quantiles() needs two values; one conversation is its own 90th percentile.
@@ -218,7 +188,7 @@ def render(report: dict[str, Any]) -> str:
     filled = round(BAR_WIDTH * p["progress_percentage"] / 100)
     lines = [
         f"Storage report {report['generated_at']}",
-        f"  metadata {report['metadata_file']}, storage {report['storage_directory']}",
+        f"  metadata {report['metadata_store']}, storage {report['storage_directory']}",
         "",
         f"Progress toward {p['target_hours']:g} h",
         f"  [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {p['progress_percentage']:.2f}%"
@@ -246,10 +216,21 @@ def render(report: dict[str, Any]) -> str:
         f"  {sizes['wav_files']} .wav files, {_size(sizes['wav_bytes'])} on disk "
         f"(metadata records {_size(sizes['recorded_bytes'])}); {free} free",
         "",
+        *_failures(report["failures"]),
+        "",
         "Consistency",
         *_problems(report["consistency"]),
     ]
     return "\n".join(lines)
+
+
+def _failures(failures: dict[str, Any]) -> list[str]:
+    lines = [f"Failed attempts: {failures['total']} in all, {failures['last_24_hours']} in the "
+             "last 24 h"]  # fmt: skip
+    lines += [f"  {code:<22} {count}" for code, count in failures["by_error_last_24_hours"].items()]
+    lines += [f"  latest: {f['failed_at']} {f['conversation_id']}_{f['speaker_label']} "
+              f"{f['error_code']}: {f['detail']}" for f in failures.get("recent", [])]  # fmt: skip
+    return lines
 
 
 def summary_line(report: dict[str, Any]) -> str:
@@ -358,16 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings = get_settings()
-        tracker = MetadataTracker(
-            args.metadata_file or settings.metadata_file, settings.log_timezone
-        )
+        if args.metadata_file:
+            settings = settings.model_copy(update={"metadata_file": args.metadata_file})
+        tracker = MetadataTracker.from_settings(settings)
         storage_dir = Path(args.storage_dir or settings.audio_storage_dir)
         now = datetime.now(tracker.tz)
-        doc = tracker.snapshot()
-        report = build_report(tracker, doc, storage_dir, args.target, now)
+        report, rows = build_report(tracker, storage_dir, args.target, now)
         written = []
         if args.export_csv:
-            export_csv(file_rows(doc), args.export_csv)
+            export_csv(rows, args.export_csv)
             written.append(f"metadata exported to {args.export_csv}")
         if args.save:
             saved = Path(f"storage_report_{now.strftime('%Y%m%d_%H%M%S')}.json")

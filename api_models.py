@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any
+
+from pydantic import BaseModel, Field, create_model
+from pydantic.fields import FieldInfo
+
+from metadata_schema import StoredFile
 
 NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 NAME_RULE = "1-128 characters of letters, digits, '.', '_' or '-', not starting with '.'"
+
+
+def _computed(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's computed fields, shaped like its ordinary ones (annotation, description)."""
+    return {
+        name: FieldInfo(annotation=info.return_type, description=info.description)
+        for name, info in model.model_computed_fields.items()
+    }
 
 
 class ErrorPublic(BaseModel):
@@ -37,36 +50,32 @@ class HealthPublic(BaseModel):
     timestamp: str
 
 
-class DownloadResultPublic(BaseModel):
+class DownloadResultPublic(StoredFile):
     """One stored file."""
 
     status: str = Field(description="'success' (downloaded now) or 'exists' (already stored).")
     conversation_id: str
     speaker_label: str
     filename: str = Field(description="{conversation_id}_{speaker_label}.wav")
-    filepath: str
-    file_size_mb: float
-    duration_seconds: float = Field(description="Read from the written WAV.")
-    sample_rate: int = Field(description="Always 16000.")
-    channels: int = Field(description="Always 1.")
-    url: str
-    sha256: str
-    downloaded_at: str
 
 
-class DualItemPublic(BaseModel):
+# The stored file's fields, each optional: a failed item of a dual download has none of them.
+_OptionalStoredFile: type[BaseModel] = create_model(
+    "_OptionalStoredFile",
+    **{
+        name: (field.annotation | None, Field(default=None, description=field.description))
+        for name, field in {**StoredFile.model_fields, **_computed(StoredFile)}.items()
+    },  # type: ignore[call-overload]
+)
+
+
+class DualItemPublic(_OptionalStoredFile):  # type: ignore[misc,valid-type]
     """One speaker's outcome inside a dual download."""
 
     speaker: str
     filename: str
     status: str = Field(description="'success', 'exists' or 'failed'.")
-    filepath: str | None = None
-    file_size_mb: float | None = None
-    duration_seconds: float | None = None
-    sample_rate: int | None = None
-    channels: int | None = None
     url: str
-    sha256: str | None = None
     error: str | None = Field(default=None, description="Why it failed (failed only).")
     error_code: str | None = Field(default=None, description="Short code (failed only).")
 
@@ -108,24 +117,21 @@ class ProgressPublic(BaseModel):
     target_reached: bool
 
 
+class FailuresPublic(BaseModel):
+    total: int = Field(description="Failed download attempts ever recorded.")
+    last_24_hours: int
+    by_error_last_24_hours: dict[str, int] = Field(description="Error code -> attempts.")
+
+
 class StatisticsPublic(BaseModel):
     summary: SummaryPublic
     progress: ProgressPublic
+    failures: FailuresPublic
     timestamp: str
 
 
-class StoredFilePublic(BaseModel):
+class StoredFilePublic(StoredFile):
     """A file sub-entry of the metadata."""
-
-    filepath: str
-    url: str
-    file_size_bytes: int
-    file_size_mb: float
-    duration_seconds: float
-    sample_rate: int
-    channels: int
-    sha256: str
-    downloaded_at: str
 
 
 class TotalsPublic(BaseModel):

@@ -15,11 +15,9 @@ import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -38,16 +36,15 @@ from errors import (
     UrlConflict,
 )
 from fetcher import Fetcher
-from metadata_tracker import MB, FileRecord, MetadataTracker
+from metadata_schema import MB, StoredFile
+from metadata_tracker import MetadataTracker
 from settings import Settings
-from url_policy import UrlPolicy
+from storage_layout import remove_leftovers, stored_name, temporary_stem
+from url_policy import UrlPolicy, without_query
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1024 * 1024
-MAX_REDIRECTS = 5
 _NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
-_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.(?:download|wav)$")
 
 
 # Input rules ---------------------------------------------------------------------------------
@@ -89,36 +86,11 @@ class StoredAudio:
     status: str  # "success" (downloaded now) or "exists" (already stored from the same URL)
     conversation_id: str
     speaker_label: str
-    filename: str
-    filepath: str
-    url: str
-    file_size_bytes: int
-    file_size_mb: float
-    duration_seconds: float
-    sample_rate: int
-    channels: int
-    sha256: str
-    downloaded_at: str
+    file: StoredFile
 
-    @classmethod
-    def from_record(
-        cls, status: str, conversation_id: str, speaker_label: str, record: dict[str, Any]
-    ) -> StoredAudio:
-        return cls(
-            status=status,
-            conversation_id=conversation_id,
-            speaker_label=speaker_label,
-            filename=Path(record["filepath"]).name,
-            filepath=record["filepath"],
-            url=record["url"],
-            file_size_bytes=record["file_size_bytes"],
-            file_size_mb=record["file_size_mb"],
-            duration_seconds=record["duration_seconds"],
-            sample_rate=record["sample_rate"],
-            channels=record["channels"],
-            sha256=record["sha256"],
-            downloaded_at=record["downloaded_at"],
-        )
+    @property
+    def filename(self) -> str:
+        return stored_name(self.conversation_id, self.speaker_label)
 
 
 class AudioDownloader:
@@ -149,23 +121,22 @@ class AudioDownloader:
     def prepare_storage(self) -> int:
         """Create the storage directory and remove leftovers of dead processes; returns count."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
-        removed = 0
-        for path in self.storage_dir.iterdir():
-            match = _TEMP_RE.match(path.name)
-            if match and not _pid_alive(int(match.group(1))):
-                path.unlink(missing_ok=True)
-                removed += 1
-        if removed:
-            log.info("removed %d leftover temporary file(s) from %s", removed, self.storage_dir)
-        return removed
+        return remove_leftovers(self.storage_dir)
 
     def target_path(self, conversation_id: str, speaker_label: str) -> Path:
-        return self.storage_dir / f"{conversation_id}_{speaker_label}.wav"
+        return self.storage_dir / stored_name(conversation_id, speaker_label)
 
     async def download(
         self, conversation_id: str, speaker_label: str, url: str, overwrite: bool = False
     ) -> StoredAudio:
-        """Store one speaker's audio of a conversation; logs the outcome either way."""
+        """Store one speaker's audio of a conversation; logs the outcome and records failures.
+
+        Malformed input is refused before anything is attempted; every failure after that is
+        kept in the store, so reports can say what fails and how often.
+        """
+        validate_name("conversation_id", conversation_id)
+        validate_name("speaker_label", speaker_label)
+        validate_url("audio_url", url)
         started = time.monotonic()
         try:
             result = await self._download(conversation_id, speaker_label, url, overwrite)
@@ -175,13 +146,25 @@ class AudioDownloader:
                 conversation_id, speaker_label, url, exc.code, exc.message,
                 time.monotonic() - started,
             )  # fmt: skip
+            await anyio.to_thread.run_sync(self._record_failure, conversation_id, speaker_label,
+                                           url, exc)  # fmt: skip
             raise
         log.info(
             "conversation=%s speaker=%s url=%s outcome=%s duration=%.2fs size=%.2fMB took=%.2fs",
-            conversation_id, speaker_label, url, result.status, result.duration_seconds,
-            result.file_size_mb, time.monotonic() - started,
+            conversation_id, speaker_label, url, result.status, result.file.duration_seconds,
+            result.file.file_size_mb, time.monotonic() - started,
         )  # fmt: skip
         return result
+
+    def _record_failure(
+        self, conversation_id: str, speaker_label: str, url: str, exc: AudioError
+    ) -> None:
+        public = without_query(url)
+        try:
+            self.tracker.record_failure(conversation_id, speaker_label, public, exc.code,
+                                        exc.message.replace(url, public))  # fmt: skip
+        except AudioError as problem:  # the answer is the download's error, not this one
+            log.error("cannot record the failure of %s: %s", public, problem.message)
 
     async def download_many(
         self, conversation_id: str, urls: dict[str, str], overwrite: bool = False
@@ -202,9 +185,6 @@ class AudioDownloader:
     async def _download(
         self, conversation_id: str, speaker_label: str, url: str, overwrite: bool
     ) -> StoredAudio:
-        validate_name("conversation_id", conversation_id)
-        validate_name("speaker_label", speaker_label)
-        validate_url("audio_url", url)
         self.policy.check_host(httpx.URL(url))
         existing = await anyio.to_thread.run_sync(
             self._existing, conversation_id, speaker_label, url, overwrite
@@ -260,24 +240,24 @@ class AudioDownloader:
             return None
         path = self.target_path(conversation_id, speaker_label)
         try:
-            intact = path.stat().st_size == record["file_size_bytes"]
+            intact = path.stat().st_size == record.file_size_bytes
         except OSError:
             intact = False
         if not intact:
             log.warning("stored file %s is missing or changed; downloading it again", path)
             return None
-        if record["url"] != url:
+        if record.url != url:
             raise UrlConflict(
-                f"{conversation_id}_{speaker_label}.wav is already stored from {record['url']}, "
-                f"not {url}; send overwrite=true to replace it"
+                f"{path.name} is already stored from {record.url}, not {url}; send "
+                "overwrite=true to replace it"
             )
-        return StoredAudio.from_record("exists", conversation_id, speaker_label, record)
+        return StoredAudio("exists", conversation_id, speaker_label, record)
 
     async def _fetch_convert_store(
         self, conversation_id: str, speaker_label: str, url: str
     ) -> StoredAudio:
         self.storage_dir.mkdir(parents=True, exist_ok=True)
-        stem = f".{conversation_id}_{speaker_label}.{os.getpid()}.{uuid.uuid4().hex}"
+        stem = temporary_stem(conversation_id, speaker_label)
         source = self.storage_dir / f"{stem}.download"
         converted = self.storage_dir / f"{stem}.wav"
         final = self.target_path(conversation_id, speaker_label)
@@ -293,7 +273,7 @@ class AudioDownloader:
                 )  # fmt: skip
             source.unlink(missing_ok=True)
             record = await anyio.to_thread.run_sync(self._describe, converted, final, url)
-            entry = await anyio.to_thread.run_sync(
+            await anyio.to_thread.run_sync(
                 self.tracker.record_file,
                 conversation_id, speaker_label, record, lambda: os.replace(converted, final),
             )  # fmt: skip
@@ -309,11 +289,9 @@ class AudioDownloader:
         finally:
             source.unlink(missing_ok=True)
             converted.unlink(missing_ok=True)
-        return StoredAudio.from_record(
-            "success", conversation_id, speaker_label, entry["speakers"][speaker_label]
-        )
+        return StoredAudio("success", conversation_id, speaker_label, record)
 
-    def _describe(self, converted: Path, final: Path, url: str) -> FileRecord:
+    def _describe(self, converted: Path, final: Path, url: str) -> StoredFile:
         info = read_wav_info(converted)
         if info.duration_seconds <= 0:
             raise NotAudio("it decoded to no audio at all")
@@ -322,7 +300,7 @@ class AudioDownloader:
             raise AudioTooLong(
                 f"{url} is longer than MAX_AUDIO_HOURS={self.settings.max_audio_hours:g}"
             )
-        return FileRecord(
+        return StoredFile(
             filepath=str(final),
             url=url,
             file_size_bytes=converted.stat().st_size,
@@ -338,15 +316,3 @@ def _storage_error(exc: OSError, directory: Path) -> AudioError:
     if exc.errno == 28:  # ENOSPC
         return InsufficientStorage(f"no space left in {directory}: {exc}")
     return StorageError(f"cannot write in {directory}: {exc}")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -14,7 +14,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from errors import AudioError, SourceError, SourceTimeout, TooLarge
-from metadata_document import MB
+from metadata_schema import MB
 from settings import Settings
 from url_policy import GuardedTransport, UrlPolicy
 

@@ -8,7 +8,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,8 +39,10 @@ from api_models import (
 from audio_downloader import AudioDownloader, StoredAudio
 from converter import ffmpeg_version
 from logger import setup_logging
-from metadata_tracker import MB, MetadataTracker
+from metadata_schema import MB
+from metadata_tracker import JsonExporter, MetadataTracker
 from settings import Settings, get_settings
+from storage_layout import stored_name, wav_files
 
 VERSION = "1.0.0"
 MAX_URL_CHARS = 8192
@@ -111,22 +113,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         setup_logging(active)
         tracker = MetadataTracker.from_settings(active)
         try:
-            count = tracker.check()
+            count = await anyio.to_thread.run_sync(tracker.check)
         except errors.AudioError as exc:
             log.error("refusing to start: %s", exc.message)
+            tracker.close()
             raise
         downloader = AudioDownloader(active, tracker)
         downloader.prepare_storage()
         version = await anyio.to_thread.run_sync(ffmpeg_version, downloader.ffmpeg)
+        exporter = JsonExporter(tracker, active.metadata_export_seconds)
+        exporter.start()
         app.state.services = Services(active, tracker, downloader, version)
         log.info(
-            "ready: storage=%s metadata=%s (%d conversations) ffmpeg=%s (%s)",
-            active.audio_storage_dir, active.metadata_file, count, downloader.ffmpeg, version,
+            "ready: storage=%s store=%s (%d conversations) export=%s ffmpeg=%s (%s)",
+            active.audio_storage_dir, tracker.name, count, active.metadata_file,
+            downloader.ffmpeg, version,
         )  # fmt: skip
         try:
             yield
         finally:
             await downloader.aclose()
+            await anyio.to_thread.run_sync(exporter.stop)
+            tracker.close()
 
     app = FastAPI(
         title="Diarization audio downloader",
@@ -332,48 +340,36 @@ def _routes() -> Any:
 
 
 def _public_fields(stored: StoredAudio) -> dict[str, Any]:
-    data = asdict(stored)
-    data.pop("file_size_bytes")
-    return data
+    return {
+        **stored.file.model_dump(),
+        "status": stored.status,
+        "conversation_id": stored.conversation_id,
+        "speaker_label": stored.speaker_label,
+        "filename": stored.filename,
+    }
 
 
 def _dual_item(
     label: str, url: str, outcome: StoredAudio | errors.AudioError, conversation_id: str
 ) -> DualItemPublic:
-    filename = f"{conversation_id}_{label}.wav"
     if isinstance(outcome, errors.AudioError):
         return DualItemPublic(
-            speaker=label, filename=filename, status="failed", url=url,
-            error=outcome.message, error_code=outcome.code,
+            speaker=label, filename=stored_name(conversation_id, label), status="failed",
+            url=url, error=outcome.message, error_code=outcome.code,
         )  # fmt: skip
     return DualItemPublic(
-        speaker=label,
-        filename=outcome.filename,
+        **outcome.file.model_dump(), speaker=label, filename=outcome.filename,
         status=outcome.status,
-        filepath=outcome.filepath,
-        file_size_mb=outcome.file_size_mb,
-        duration_seconds=outcome.duration_seconds,
-        sample_rate=outcome.sample_rate,
-        channels=outcome.channels,
-        url=outcome.url,
-        sha256=outcome.sha256,
-    )
+    )  # fmt: skip
 
 
 def _storage_listing(storage: Path) -> StorageInfoPublic:
-    files: list[str] = []
-    total = 0
-    if storage.is_dir():
-        for entry in os.scandir(storage):
-            if entry.name.endswith(".wav") and not entry.name.startswith(".") and entry.is_file():
-                files.append(entry.name)
-                total += entry.stat().st_size
-    files.sort()
+    found = wav_files(storage)
     return StorageInfoPublic(
         storage_directory=str(storage),
-        total_files=len(files),
-        total_size_mb=round(total / MB, 2),
-        files=files,
+        total_files=len(found),
+        total_size_mb=round(sum(found.values()) / MB, 2),
+        files=sorted(found),
     )
 
 

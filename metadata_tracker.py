@@ -1,384 +1,721 @@
-"""The live metadata file: the only code that reads or writes conversations_metadata.json.
+"""The metadata store: the only code that reads or writes the database of stored files.
 
-The document is one JSON object:
+SQLite by default, in a file beside the JSON document (DATABASE_FILE), or PostgreSQL when
+DATABASE_URL names one, so that service processes on several hosts share one record. Every
+write is one short transaction that first moves the store's revision on: on SQLite it starts
+with `BEGIN IMMEDIATE` (writers queue on the busy timeout instead of failing with "database is
+locked"), on PostgreSQL the revision row's lock orders writers the same way. A downloader's
+`publish` step (renaming the finished WAV into place) runs inside that transaction, so a file
+on disk and its record change together.
 
-    {"schema_version": 1, "updated_at": "...", "revision": 7, "conversation_count": 2,
-     "recent_changes": [{"revision": 7, "conversations": {"<id>": <entry>}}, ...],
-     "conversations": {"<id>": <entry>, ...}}
+`conversations_metadata.json` is an export of the store, rewritten by `JsonExporter` a couple
+of seconds after changes (and by `--export-json`). On first start in a folder that has only a
+JSON document of the earlier design, the document is imported, every entry and timestamp
+as it was. A database that cannot be opened, or whose schema version this code does not know,
+stops everything with a message naming it; nothing is created or overwritten then.
 
-and each entry holds the conversation's timestamps, one sub-entry per speaker label and the
-conversation's totals. Every write happens under an inter-process lock, goes to a temporary
-file that is flushed and fsynced, keeps the previous version as `<file>.bak` (a hard link, so
-it costs nothing) and is renamed into place: readers never see a torn document, and writers in
-several processes never lose each other's updates.
-
-Reads take no lock and are cached on the file's identity (inode, size, mtime), so an unchanged
-file is parsed once per process. A process whose cached version is a few revisions behind
-(another worker wrote) catches up from `recent_changes`, the entries the last few writes
-replaced, read from the head of the file: the whole document is parsed again only when the
-process is too far behind, or the file was written by something else than this module (its
-revision did not move on). The totals behind `/statistics` are kept beside the cached document
-and updated by each change, so answering them does not walk every conversation again.
-
-Run as a script, it prints the collection statistics.
+Run as a script, it prints the collection statistics, or writes the JSON export.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import shutil
 import sys
 import threading
-import uuid
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
-from datetime import datetime, tzinfo
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from itertools import groupby
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-import orjson
 from filelock import FileLock, Timeout
 from pydantic import ValidationError
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    cast,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 
 from errors import AudioError, MetadataCorrupt, StorageError
-from metadata_document import MB as MB
-from metadata_document import (
+from metadata_document import Entry, Totals, make_entry, read_document, statistics_of
+from metadata_document import write_document as write_document
+from metadata_schema import (
+    MIGRATIONS,
     SCHEMA_VERSION,
-    Aggregate,
-    catch_up,
-    empty_document,
-    entry_totals,
-    next_journal,
-    revision_of,
-    statistics_of,
+    StoredFile,
+    conversations,
+    failures,
+    files,
+    metadata,
+    micros,
+    speaker_totals,
+    store_info,
 )
-from metadata_document import Document as Document
-from metadata_document import Entry as Entry
-from metadata_document import compute_statistics as compute_statistics
 from settings import Settings, get_settings
+from storage_layout import stored_name
 
-LOCK_TIMEOUT_SECONDS = 120
-# Where the head ends: the top-level key is the only one indented by exactly two spaces, and
-# JSON strings cannot hold a raw newline.
-_HEAD_END = b',\n  "conversations": '
-_HEAD_CHUNK = 64 * 1024
-_HEAD_LIMIT = 8 * 1024 * 1024
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_SECONDS = 120
+FAILURE_WINDOW = timedelta(hours=24)
+EXPORT_BATCH_ROWS = 2000
+_INIT_LOCK_KEY = 0x6D657461  # PostgreSQL advisory lock taken while a store is created
+_FILE_FIELDS = list(StoredFile.model_fields)
+T = TypeVar("T")
+
+
+def database_url(settings: Settings) -> str:
+    """DATABASE_URL, else SQLite at DATABASE_FILE, else a file beside the JSON document."""
+    if settings.database_url:
+        url = settings.database_url
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):  # the psycopg 3 driver, not SQLAlchemy's default
+                return "postgresql+psycopg://" + url.removeprefix(plain)
+        return url
+    path = settings.database_file or Path(settings.metadata_file).with_suffix(".sqlite3")
+    return f"sqlite:///{Path(path).resolve()}"
 
 
 @dataclass(frozen=True)
-class FileRecord:
-    """What is stored about one converted file."""
+class Export:
+    """One JSON export: where, how many conversations, how big, how long it took."""
 
-    filepath: str
-    url: str
-    file_size_bytes: int
-    duration_seconds: float
-    sample_rate: int
-    channels: int
-    sha256: str
-    downloaded_at: str
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["file_size_mb"] = round(self.file_size_bytes / MB, 3)
-        data["duration_seconds"] = round(self.duration_seconds, 3)
-        return data
+    path: Path
+    conversations: int
+    size_bytes: int
+    seconds: float
+    revision: int
 
 
 class MetadataTracker:
-    """Reads and atomically rewrites one metadata file; safe across threads and processes."""
+    """The store of stored files, failures and totals; safe across threads, processes, hosts."""
 
-    def __init__(self, path: Path | str, tz: tzinfo | str = "UTC") -> None:
-        self.path = Path(path)
+    def __init__(self, url: str, export_path: Path | str, tz: tzinfo | str = "UTC") -> None:
+        self.url = make_url(url)
+        self.export_path = Path(export_path)
         self.tz = ZoneInfo(tz) if isinstance(tz, str) else tz
-        self.backup_path = self.path.with_name(self.path.name + ".bak")
-        self._file_lock = FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_SECONDS)
-        self._thread_lock = threading.Lock()
-        self._cache: tuple[tuple[int, int, int], Document] | None = None
-        # The aggregate of one document object (compared by identity, never by value).
-        self._aggregate: tuple[Document, Aggregate] | None = None
-        self._cache_guard = threading.Lock()
+        self.name = self.url.render_as_string(hide_password=True)
+        self._sqlite = self.url.get_backend_name() == "sqlite"
+        self.engine = self._engine()
+        self._opened = False
+        self._open_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MetadataTracker:
-        return cls(settings.metadata_file, settings.log_timezone)
+    def from_settings(cls, settings: Settings, export_path: Path | None = None) -> MetadataTracker:
+        return cls(
+            database_url(settings), export_path or settings.metadata_file, settings.log_timezone
+        )
+
+    def _engine(self) -> Engine:
+        if not self._sqlite:
+            return create_engine(self.url, pool_pre_ping=True, pool_size=8, max_overflow=16)
+        engine = create_engine(
+            self.url, connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # transactions begin where this module says
+            dbapi_connection.execute("PRAGMA synchronous=FULL")
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            writing = conn.get_execution_options().get("writing", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+        return engine
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     def now(self) -> str:
         return datetime.now(self.tz).isoformat(timespec="seconds")
 
-    # Reading -------------------------------------------------------------------------------
+    def epoch(self, stamp: str) -> float:
+        moment = datetime.fromisoformat(stamp)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=self.tz)
+        return moment.timestamp()
 
-    def snapshot(self) -> Document:
-        """The current document (treat it as read-only); raises MetadataCorrupt if unreadable."""
-        try:
-            handle = open(self.path, "rb")  # noqa: SIM115 - closed below, fstat needs the fd
-        except FileNotFoundError:
-            return empty_document()
-        except OSError as exc:
-            raise StorageError(f"cannot read metadata file {self.path}: {exc}") from exc
-        with handle:
-            st = os.fstat(handle.fileno())
-            identity = (st.st_ino, st.st_size, st.st_mtime_ns)
-            with self._cache_guard:
-                cached = self._cache
-                totals = self._aggregate
-            if cached is not None and cached[0] == identity:
-                return cached[1]
-            caught_up = None
-            if cached is not None:
-                head = _read_head(handle)
-                if head is not None:
-                    old = cached[1]
-                    old_totals = totals[1] if totals is not None and totals[0] is old else None
-                    caught_up = catch_up(old, head, old_totals)
-            if caught_up is not None:
-                doc, new_totals = caught_up
-            else:
-                handle.seek(0)
-                doc, new_totals = self._parse(handle.read()), None
-        with self._cache_guard:
-            self._cache = (identity, doc)
-            if new_totals is not None:
-                self._aggregate = (doc, new_totals)
-        return doc
+    # Transactions ----------------------------------------------------------------------------
 
-    def _parse(self, raw: bytes) -> Document:
-        hint = f"; the last good version, if any, is {self.backup_path}"
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Database errors become the product's errors, naming the store, in one place."""
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            yield
+        except sa_exc.DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            if isinstance(exc, sa_exc.OperationalError) or exc.connection_invalidated:
+                raise StorageError(f"metadata database {self.name}: {reason}") from exc
             raise MetadataCorrupt(
-                f"metadata file {self.path} is not valid JSON ({exc}); refusing to touch it{hint}"
+                f"metadata database {self.name} cannot be used: {reason}; refusing to touch it"
             ) from exc
-        if not isinstance(doc, dict) or not isinstance(doc.get("conversations"), dict):
-            raise MetadataCorrupt(
-                f"metadata file {self.path} has no 'conversations' object; refusing to touch it"
-                f"{hint}"
-            )
-        return doc
 
-    def check(self) -> int:
-        """Fail loudly if the file cannot be used; returns the number of conversations."""
-        return len(self.snapshot()["conversations"])
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A read transaction: one consistent view of the store."""
+        self.open()
+        with self._translated(), self.engine.connect() as conn:
+            if not self._sqlite:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
 
-    def get_conversation(self, conversation_id: str) -> Entry | None:
-        entry: Entry | None = self.snapshot()["conversations"].get(conversation_id)
-        return entry
+    @contextmanager
+    def _writing(self, bump: bool = True) -> Iterator[Connection]:
+        """A write transaction holding the store's write lock; moves the revision on."""
+        self.open()
+        with self._translated(), self._write_transaction() as conn:
+            if bump:
+                conn.execute(update(store_info).values(revision=store_info.c.revision + 1))
+            yield conn
 
-    def get_file(self, conversation_id: str, speaker_label: str) -> dict[str, Any] | None:
-        entry = self.get_conversation(conversation_id)
-        if entry is None:
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(writing=True)
+            with conn.begin():
+                if not self._sqlite:
+                    conn.execute(select(store_info.c.revision).with_for_update())
+                yield conn
+
+    # Opening, creating, importing, migrating -------------------------------------------------
+
+    def open(self) -> None:
+        """Make sure the store exists and is of this code's version (once per process)."""
+        if self._opened:
+            return
+        with self._open_lock:
+            if self._opened:
+                return
+            if self._sqlite:
+                Path(self.url.database or ".").parent.mkdir(parents=True, exist_ok=True)
+            with self._translated():
+                with self._init_transaction() as conn:
+                    version = self._version(conn)
+                    if version is None:
+                        self._create(conn)
+                    elif version != SCHEMA_VERSION:
+                        self._migrate(conn, version)
+                if self._sqlite:
+                    self._use_wal()
+            self._opened = True
+
+    def _use_wal(self) -> None:
+        """Write-ahead logging: readers never wait for the writer (kept in the file once set)."""
+        raw = self.engine.raw_connection()
+        try:
+            if raw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                raw.execute("PRAGMA journal_mode=WAL")
+        finally:
+            raw.close()
+
+    @contextmanager
+    def _init_transaction(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(writing=True)
+            with conn.begin():
+                if not self._sqlite:
+                    conn.execute(select(func.pg_advisory_xact_lock(_INIT_LOCK_KEY)))
+                yield conn
+
+    def _version(self, conn: Connection) -> int | None:
+        tables = set(inspect(conn).get_table_names())
+        if not tables:
             return None
-        found: dict[str, Any] | None = entry.get("speakers", {}).get(speaker_label)
-        return found
+        if store_info.name not in tables:
+            raise MetadataCorrupt(
+                f"metadata database {self.name} holds tables ({', '.join(sorted(tables))}) but "
+                "no store_info: it is not this service's store; refusing to touch it"
+            )
+        version = conn.execute(select(store_info.c.schema_version)).scalar()
+        if not isinstance(version, int):
+            raise MetadataCorrupt(f"metadata database {self.name} has no schema version")
+        return version
 
-    def list_conversations(self, limit: int, offset: int) -> tuple[int, list[Entry]]:
-        conversations = self.snapshot()["conversations"]
-        total = len(conversations)
-        if offset >= total:
-            return total, []
-        items = list(conversations.values())
-        return total, items[offset : offset + limit]
+    def _migrate(self, conn: Connection, version: int) -> None:
+        if version > SCHEMA_VERSION or any(
+            step not in MIGRATIONS for step in range(version, SCHEMA_VERSION)
+        ):
+            raise MetadataCorrupt(
+                f"metadata database {self.name} has schema version {version}; this code knows "
+                f"version {SCHEMA_VERSION} and how to migrate from "
+                f"{sorted(MIGRATIONS) or 'no older version'}; refusing to touch it"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            log.info("migrating %s from schema version %d to %d", self.name, step, step + 1)
+            MIGRATIONS[step](conn)
+        conn.execute(update(store_info).values(schema_version=SCHEMA_VERSION))
 
-    def iter_files(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """(conversation_id, speaker_label, file sub-entry) for every stored file."""
-        for cid, entry in self.snapshot()["conversations"].items():
-            for label, record in entry.get("speakers", {}).items():
-                yield cid, label, record
+    def _create(self, conn: Connection) -> None:
+        """A new store; the JSON document of the earlier design, if there is one, imported."""
+        document = read_document(self.export_path)  # refuses a corrupt one before any change
+        metadata.create_all(conn)
+        conn.execute(
+            store_info.insert().values(
+                id=1, schema_version=SCHEMA_VERSION, revision=0, exported_revision=0
+            )
+        )
+        if document is not None and document["conversations"]:
+            count = self._import(conn, document)
+            _keep_copy(self.export_path)
+            log.info("imported %d conversations from %s into %s", count, self.export_path,
+                     self.name)  # fmt: skip
+        log.info("created metadata store %s (schema version %d)", self.name, SCHEMA_VERSION)
 
-    def statistics(self, target_hours: float = 100.0) -> dict[str, Any]:
-        return statistics_of(self.aggregate(), target_hours, self.now())
+    def _import(self, conn: Connection, document: dict[str, Any]) -> int:
+        conversation_rows, file_rows = [], []
+        for conversation_id, entry in document["conversations"].items():
+            speakers = entry.get("speakers") if isinstance(entry, dict) else None
+            if not speakers:
+                log.warning("import: conversation %r has no stored file; skipped", conversation_id)
+                continue
+            try:
+                conversation_rows.append(
+                    {"conversation_id": conversation_id, "created_at": str(entry["created_at"]),
+                     "updated_at": str(entry["updated_at"])}
+                )  # fmt: skip
+                for label, record in speakers.items():
+                    stored = StoredFile.model_validate(record)
+                    file_rows.append(self._file_row(conversation_id, label, stored))
+            except (KeyError, TypeError, ValueError, ValidationError) as exc:
+                raise MetadataCorrupt(
+                    f"metadata file {self.export_path}: conversation {conversation_id!r} cannot "
+                    f"be imported ({exc}); refusing to import it"
+                ) from exc
+        for start in range(0, len(conversation_rows), EXPORT_BATCH_ROWS):
+            conn.execute(
+                conversations.insert(), conversation_rows[start : start + EXPORT_BATCH_ROWS]
+            )
+        for start in range(0, len(file_rows), EXPORT_BATCH_ROWS):
+            conn.execute(files.insert(), file_rows[start : start + EXPORT_BATCH_ROWS])
+        self._recount(conn)
+        conn.execute(update(store_info).values(revision=store_info.c.revision + 1))
+        return len(conversation_rows)
 
-    def aggregate(self) -> Aggregate:
-        """The current document's totals, counted once per document version."""
-        doc = self.snapshot()
-        with self._cache_guard:
-            if self._aggregate is not None and self._aggregate[0] is doc:
-                return self._aggregate[1]
-        totals = Aggregate.of(doc)
-        with self._cache_guard:
-            self._aggregate = (doc, totals)
-        return totals
-
-    # Writing -------------------------------------------------------------------------------
+    # Writing ---------------------------------------------------------------------------------
 
     def record_file(
         self,
         conversation_id: str,
         speaker_label: str,
-        record: FileRecord,
+        stored: StoredFile,
         publish: Callable[[], None] | None = None,
     ) -> Entry:
-        """Add or replace one speaker's file in a conversation and return the new entry.
+        """Add or replace one speaker's file of a conversation; returns the conversation.
 
-        `publish` runs under the lock just before the document is written (the downloader
-        renames the finished WAV into place there), so the file on disk and its entry always
-        change together: concurrent writers of the same file cannot leave metadata describing
-        another writer's bytes.
+        `publish` runs inside the write transaction, after the rows are written and before the
+        commit: if it raises, nothing is recorded.
         """
-        return self._record([(conversation_id, speaker_label, record)], publish)[0]
-
-    def record_many(self, records: Iterable[tuple[str, str, FileRecord]]) -> list[Entry]:
-        """Record several (conversation_id, speaker_label, record) files in one write.
-
-        The same as calling `record_file` for each in order, at the cost of one write: for
-        imports and back-fills, where one rewrite of the document per file would dominate.
-        """
-        return self._record(list(records), None)
-
-    def _record(
-        self, records: list[tuple[str, str, FileRecord]], publish: Callable[[], None] | None
-    ) -> list[Entry]:
-        with self._locked():
-            doc = self.snapshot()
-            with self._cache_guard:
-                cached = self._aggregate
-            totals = cached[1] if cached is not None and cached[0] is doc else None
-            conversations = dict(doc["conversations"])
-            now = self.now()
-            entries = []
-            changed: dict[str, Entry] = {}
-            for conversation_id, speaker_label, record in records:
-                old = conversations.get(conversation_id)
-                speakers = dict(old["speakers"]) if old else {}
-                speakers[speaker_label] = record.to_dict()
-                entry: Entry = {
-                    "conversation_id": conversation_id,
-                    "created_at": old["created_at"] if old else now,
-                    "updated_at": now,
-                    "speakers": speakers,
-                    "total": entry_totals(speakers),
-                }
-                conversations[conversation_id] = entry
-                changed[conversation_id] = entry
-                entries.append(entry)
-                if totals is not None:
-                    totals = totals.replace(old, entry)
+        now = self.now()
+        with self._writing() as conn:
+            old = conn.execute(
+                select(files.c.file_size_bytes, files.c.duration_seconds).where(
+                    files.c.conversation_id == conversation_id,
+                    files.c.speaker_label == speaker_label,
+                )
+            ).first()
+            self._upsert_conversations(conn, [conversation_id], now)
+            self._upsert_files(conn, [self._file_row(conversation_id, speaker_label, stored)])
+            delta_files, delta_micros, delta_bytes = (
+                1,
+                micros(stored.duration_seconds),
+                (stored.file_size_bytes),
+            )
+            if old is not None:
+                delta_files = 0
+                delta_micros -= micros(old.duration_seconds)
+                delta_bytes -= old.file_size_bytes
+            self._add_totals(conn, speaker_label, delta_files, delta_micros, delta_bytes)
             if publish is not None:
                 publish()
-            revision = revision_of(doc) + 1
-            new_doc = {
-                "schema_version": SCHEMA_VERSION,
-                "updated_at": now,
-                "revision": revision,
-                "conversation_count": len(conversations),
-                "recent_changes": next_journal(doc, revision, changed),
-                "conversations": conversations,
-            }
-            self._write(new_doc)
-            if totals is not None:
-                with self._cache_guard:
-                    self._aggregate = (new_doc, totals)
-        return entries
+            entry = self._entries(conn, [conversation_id])[0]
+        return entry
 
-    def _locked(self) -> _Locked:
-        return _Locked(self)
+    def record_many(self, items: Iterable[tuple[str, str, StoredFile]]) -> int:
+        """Record many (conversation_id, speaker_label, file) at once, in order; for back-fills.
 
-    def _write(self, doc: Document) -> None:
-        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
-        directory = self.path.parent
-        tmp = directory / f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if self.path.exists():
-                self._keep_backup()
-            os.replace(tmp, self.path)
-            _fsync_directory(directory)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise StorageError(f"cannot write metadata file {self.path}: {exc}") from exc
-        st = os.stat(self.path)
-        with self._cache_guard:
-            self._cache = ((st.st_ino, st.st_size, st.st_mtime_ns), doc)
-
-    def _keep_backup(self) -> None:
-        """Point `<file>.bak` at the version about to be replaced (a hard link: no copy)."""
-        link = self.backup_path.with_name(f".{self.backup_path.name}.{uuid.uuid4().hex}")
-        try:
-            os.link(self.path, link)
-        except OSError:
-            return  # a filesystem without hard links keeps no backup rather than failing writes
-        os.replace(link, self.backup_path)
-
-    # Checks --------------------------------------------------------------------------------
-
-    def snapshot_locked(self, read: Callable[[], Any]) -> tuple[Document, Any]:
-        """The document and `read()`'s result with no write in between: both under the lock.
-
-        For read-only checks that compare the document with the files on disk, which a write
-        changes one after the other (file, then document). Every writer waits meanwhile, so
-        `read` must be quick, like listing the storage directory.
+        The same as `record_file` for each, in one transaction; returns how many were given.
         """
-        with self._locked():
-            return self.snapshot(), read()
+        now = self.now()
+        rows = [self._file_row(cid, label, stored) for cid, label, stored in items]
+        with self._writing() as conn:
+            for start in range(0, len(rows), EXPORT_BATCH_ROWS):
+                batch = rows[start : start + EXPORT_BATCH_ROWS]
+                self._upsert_conversations(conn, [r["conversation_id"] for r in batch], now)
+                self._upsert_files(conn, batch)
+            self._recount(conn)
+        return len(rows)
 
+    def record_failure(
+        self, conversation_id: str, speaker_label: str, url: str, code: str, detail: str
+    ) -> None:
+        """Keep one failed attempt (the caller removes secrets from `url` and `detail`)."""
+        now = self.now()
+        with self._writing(bump=False) as conn:
+            conn.execute(
+                failures.insert().values(
+                    conversation_id=conversation_id, speaker_label=speaker_label, url=url,
+                    error_code=code, detail=detail, failed_at=now, failed_epoch=self.epoch(now),
+                )
+            )  # fmt: skip
 
-def _read_head(handle: BinaryIO) -> Document | None:
-    """The document without its conversations, read from the start of the file."""
-    handle.seek(0)
-    buffer = b""
-    while len(buffer) < _HEAD_LIMIT:
-        chunk = handle.read(_HEAD_CHUNK)
-        if not chunk:
-            return None
-        start = max(len(buffer) - len(_HEAD_END), 0)
-        buffer += chunk
-        end = buffer.find(_HEAD_END, start)
-        if end >= 0:
-            try:
-                head = orjson.loads(buffer[:end] + b"\n}")
-            except orjson.JSONDecodeError:
+    def _insert(self) -> Any:
+        return sqlite.insert if self._sqlite else postgresql.insert
+
+    def _upsert_conversations(self, conn: Connection, ids: list[str], now: str) -> None:
+        unique = list(dict.fromkeys(ids))
+        statement = self._insert()(conversations)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[conversations.c.conversation_id],
+                set_={"updated_at": statement.excluded.updated_at},
+            ),
+            [{"conversation_id": cid, "created_at": now, "updated_at": now} for cid in unique],
+        )
+
+    def _upsert_files(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        statement = self._insert()(files)
+        keys = {"conversation_id", "speaker_label"}
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[files.c.conversation_id, files.c.speaker_label],
+                set_={c.name: statement.excluded[c.name] for c in files.c if c.name not in keys},
+            ),
+            rows,
+        )
+
+    def _add_totals(
+        self, conn: Connection, label: str, count: int, duration: int, size: int
+    ) -> None:
+        statement = self._insert()(speaker_totals).values(
+            speaker_label=label, files=count, duration_micros=duration, size_bytes=size
+        )
+        t = speaker_totals.c
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[t.speaker_label],
+                set_={
+                    "files": t.files + statement.excluded.files,
+                    "duration_micros": t.duration_micros + statement.excluded.duration_micros,
+                    "size_bytes": t.size_bytes + statement.excluded.size_bytes,
+                },
+            )
+        )
+
+    def _recount(self, conn: Connection) -> None:
+        """speaker_totals counted again from the files (after bulk changes)."""
+        conn.execute(speaker_totals.delete())
+        per_file = cast(func.round(files.c.duration_seconds * 1_000_000), BigInteger)
+        conn.execute(
+            speaker_totals.insert().from_select(
+                ["speaker_label", "files", "duration_micros", "size_bytes"],
+                select(
+                    files.c.speaker_label, func.count(), func.sum(per_file),
+                    func.sum(files.c.file_size_bytes),
+                ).group_by(files.c.speaker_label),
+            )
+        )  # fmt: skip
+
+    def _file_row(self, conversation_id: str, label: str, stored: StoredFile) -> dict[str, Any]:
+        row = {name: getattr(stored, name) for name in _FILE_FIELDS}
+        row.update(conversation_id=conversation_id, speaker_label=label,
+                   downloaded_epoch=self.epoch(stored.downloaded_at))  # fmt: skip
+        return row
+
+    # Reading ---------------------------------------------------------------------------------
+
+    def check(self) -> int:
+        """Open the store (failing loudly if it cannot be used); returns its conversations."""
+        with self._reading() as conn:
+            return self._count(conn)
+
+    def get_file(self, conversation_id: str, speaker_label: str) -> StoredFile | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                select(*(files.c[name] for name in _FILE_FIELDS)).where(
+                    files.c.conversation_id == conversation_id,
+                    files.c.speaker_label == speaker_label,
+                )
+            ).first()
+        return None if row is None else StoredFile.model_construct(**row._asdict())
+
+    def get_conversation(self, conversation_id: str) -> Entry | None:
+        with self._reading() as conn:
+            found = self._entries(conn, [conversation_id])
+        return found[0] if found else None
+
+    def list_conversations(self, limit: int, offset: int) -> tuple[int, list[Entry]]:
+        """One page of conversations in the order they were first stored, and the total."""
+        with self._reading() as conn:
+            total = self._count(conn)
+            ids = list(
+                conn.execute(
+                    select(conversations.c.conversation_id)
+                    .order_by(conversations.c.seq)
+                    .limit(limit)
+                    .offset(offset)
+                ).scalars()
+            )
+            return total, self._entries(conn, ids)
+
+    def totals(self) -> Totals:
+        with self._reading() as conn:
+            return self._totals(conn)
+
+    def snapshot(self) -> tuple[list[dict[str, Any]], Totals]:
+        """Every stored file (as `file_rows`) and the totals, from one consistent view."""
+        with self._reading() as conn:
+            return self._file_rows(conn), self._totals(conn)
+
+    def _totals(self, conn: Connection) -> Totals:
+        micros_sum, size_sum = conn.execute(
+            select(
+                func.coalesce(func.sum(speaker_totals.c.duration_micros), 0),
+                func.coalesce(func.sum(speaker_totals.c.size_bytes), 0),
+            )
+        ).one()
+        by_time = select(files.c.downloaded_at).limit(1)
+        return Totals(
+            conversations=self._count(conn),
+            micros=int(micros_sum),
+            size_bytes=int(size_sum),
+            first=conn.execute(by_time.order_by(files.c.downloaded_epoch.asc())).scalar(),
+            last=conn.execute(by_time.order_by(files.c.downloaded_epoch.desc())).scalar(),
+        )
+
+    def statistics(self, target_hours: float = 100.0) -> dict[str, Any]:
+        """The `/statistics` answer: hours, averages, progress, and failures of the last day."""
+        result = statistics_of(self.totals(), target_hours, self.now())
+        result["failures"] = self.failure_summary()
+        return result
+
+    def failure_summary(self, recent: int = 0) -> dict[str, Any]:
+        """Failed attempts: in all, in the last 24 hours by error code, and the latest few."""
+        since = time.time() - FAILURE_WINDOW.total_seconds()
+        with self._reading() as conn:
+            total = conn.execute(select(func.count()).select_from(failures)).scalar_one()
+            by_code: dict[str, int] = dict(
+                conn.execute(
+                    select(failures.c.error_code, func.count())
+                    .where(failures.c.failed_epoch >= since)
+                    .group_by(failures.c.error_code)
+                    .order_by(failures.c.error_code)
+                ).all()
+            )
+            latest = conn.execute(
+                select(failures).order_by(failures.c.id.desc()).limit(recent)
+            ).mappings()
+            summary: dict[str, Any] = {
+                "total": total,
+                "last_24_hours": sum(by_code.values()),
+                "by_error_last_24_hours": by_code,
+            }
+            if recent:
+                summary["recent"] = [
+                    {k: v for k, v in row.items() if k not in ("id", "failed_epoch")}
+                    for row in latest
+                ]
+        return summary
+
+    def file_rows(self) -> list[dict[str, Any]]:
+        """One flat row per stored file with its conversation's timestamps, in stored order."""
+        with self._reading() as conn:
+            return self._file_rows(conn)
+
+    def file_rows_locked(self, read: Callable[[], T]) -> tuple[list[dict[str, Any]], T]:
+        """The rows and `read()`'s result with no write in between: both under the write lock.
+
+        For checks that compare the store with the files on disk, which a write changes
+        together; every writer waits meanwhile, so `read` must be quick.
+        """
+        with self._writing(bump=False) as conn:
+            return self._file_rows(conn), read()
+
+    def _count(self, conn: Connection) -> int:
+        return int(conn.execute(select(func.count()).select_from(conversations)).scalar_one())
+
+    def _joined(self) -> Any:
+        c = conversations.c
+        return (
+            select(c.conversation_id, c.created_at, c.updated_at, files.c.speaker_label,
+                   *(files.c[name] for name in _FILE_FIELDS))
+            .join_from(conversations, files, c.conversation_id == files.c.conversation_id)
+            .order_by(c.seq, files.c.speaker_label)
+        )  # fmt: skip
+
+    def _file_rows(self, conn: Connection) -> list[dict[str, Any]]:
+        rows = []
+        for row in conn.execute(self._joined()).mappings():
+            stored = StoredFile.model_construct(**{n: row[n] for n in _FILE_FIELDS})
+            rows.append(
+                {"conversation_id": row["conversation_id"], "speaker_label": row["speaker_label"],
+                 "filename": stored_name(row["conversation_id"], row["speaker_label"]),
+                 **stored.model_dump(), "conversation_created_at": row["created_at"],
+                 "conversation_updated_at": row["updated_at"]}
+            )  # fmt: skip
+        return rows
+
+    def _entries(self, conn: Connection, ids: list[str]) -> list[Entry]:
+        if not ids:
+            return []
+        found = conn.execute(
+            self._joined().where(conversations.c.conversation_id.in_(ids))
+        ).mappings()
+        return [entry for _, entry in _group_entries(found)]
+
+    # The JSON export -------------------------------------------------------------------------
+
+    def export_due(self) -> bool:
+        """Whether the store changed since the JSON document was last written."""
+        with self._reading() as conn:
+            revision, exported = conn.execute(
+                select(store_info.c.revision, store_info.c.exported_revision)
+            ).one()
+        return bool(exported < revision)
+
+    def export_json(self, force: bool = False, path: Path | None = None) -> Export | None:
+        """Write the JSON document from one consistent view of the store.
+
+        Without `force`, only when the store changed since the last export (by any process or
+        host); returns None when there was nothing to do.
+        """
+        target = path or self.export_path
+        started = time.perf_counter()
+        with self._reading() as conn:
+            revision, exported = conn.execute(
+                select(store_info.c.revision, store_info.c.exported_revision)
+            ).one()
+            if not force and exported >= revision:
                 return None
-            return head if isinstance(head, dict) else None
-    return None
+            count = self._count(conn)
+            rows = conn.execution_options(yield_per=EXPORT_BATCH_ROWS).execute(self._joined())
+            size = write_document(target, count, self.now(), _group_entries(rows.mappings()))
+        if target == self.export_path:
+            with self._writing(bump=False) as conn:
+                conn.execute(
+                    update(store_info)
+                    .where(store_info.c.exported_revision < revision)
+                    .values(exported_revision=revision)
+                )
+        return Export(target, count, size, time.perf_counter() - started, revision)
 
 
-class _Locked:
-    """Holds the thread lock, then the inter-process file lock."""
-
-    def __init__(self, tracker: MetadataTracker) -> None:
-        self.tracker = tracker
-
-    def __enter__(self) -> None:
-        self.tracker._thread_lock.acquire()
-        try:
-            self.tracker.path.parent.mkdir(parents=True, exist_ok=True)
-            self.tracker._file_lock.acquire()
-        except (Timeout, OSError) as exc:
-            self.tracker._thread_lock.release()
-            raise StorageError(f"cannot lock metadata file {self.tracker.path}: {exc}") from exc
-
-    def __exit__(self, *exc_info: object) -> None:
-        try:
-            self.tracker._file_lock.release()
-        finally:
-            self.tracker._thread_lock.release()
+def _group_entries(rows: Iterable[Any]) -> Iterator[tuple[str, Entry]]:
+    """Joined conversation/file rows, in conversation order, as one entry per conversation."""
+    for conversation_id, group in groupby(rows, key=lambda row: row["conversation_id"]):
+        speakers, first = {}, None
+        for row in group:
+            first = first or row
+            speakers[row["speaker_label"]] = StoredFile.model_construct(
+                **{name: row[name] for name in _FILE_FIELDS}
+            )
+        assert first is not None
+        yield (
+            conversation_id,
+            make_entry(conversation_id, first["created_at"], first["updated_at"], speakers),
+        )
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def _keep_copy(path: Path) -> None:
+    """Keep the imported document as `<file>.v1` (a hard link where possible)."""
+    copy = path.with_name(path.name + ".v1")
+    if copy.exists():
+        return
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        os.link(path, copy)
+    except OSError:
+        shutil.copy2(path, copy)
+
+
+class JsonExporter:
+    """Keeps the JSON document at most `interval` seconds behind the store, off request paths.
+
+    Every process of the service runs one; a lock beside the document lets one process at a
+    time write it, and the store's exported revision tells the others there is nothing to do.
+    """
+
+    def __init__(self, tracker: MetadataTracker, interval: float) -> None:
+        self.tracker = tracker
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="json-export", daemon=True)
+        self._lock = FileLock(str(tracker.export_path) + ".lock", timeout=0)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop, after one last export so the document is current when the service ends."""
+        self._stop.set()
+        self._thread.join()
+        self.export(wait=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.export(wait=False)
+
+    def export(self, wait: bool) -> Export | None:
+        try:
+            if not self.tracker.export_due():
+                return None
+            with self._lock.acquire(timeout=BUSY_TIMEOUT_SECONDS if wait else 0):
+                done = self.tracker.export_json()
+        except Timeout:
+            return None  # another process is writing it
+        except (AudioError, OSError) as exc:
+            log.warning("JSON export failed: %s", getattr(exc, "message", exc))
+            return None
+        if done is not None:
+            log.debug("exported %d conversations to %s (%.2f s)", done.conversations,
+                      done.path, done.seconds)  # fmt: skip
+        return done
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the collection statistics as the service computes them."""
-    parser = argparse.ArgumentParser(description="Print statistics of the collected audio.")
+    """Print the collection statistics as the service computes them, or write the JSON export."""
+    parser = argparse.ArgumentParser(
+        description="Print statistics of the collected audio, or write the JSON export."
+    )
     parser.add_argument("--target", type=float, default=100.0, help="target hours (default 100)")
-    parser.add_argument("--metadata-file", type=Path, help="metadata file (default from settings)")
+    parser.add_argument(
+        "--metadata-file", type=Path,
+        help="the JSON document (default METADATA_FILE); the default SQLite store sits beside it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--export-json", action="store_true", help="write the JSON document from the store now"
+    )
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
-        tracker = MetadataTracker(
-            args.metadata_file or settings.metadata_file, settings.log_timezone
-        )
+        if args.metadata_file:
+            settings = settings.model_copy(update={"metadata_file": args.metadata_file})
+        tracker = MetadataTracker.from_settings(settings)
+        if args.export_json:
+            done = tracker.export_json(force=True)
+            assert done is not None
+            print(f"exported {done.conversations} conversations to {done.path} "
+                  f"({done.size_bytes / 1e6:.1f} MB, {done.seconds:.2f} s)")  # fmt: skip
+            return 0
         stats = tracker.statistics(args.target)
     except ValidationError as exc:
         problem = exc.errors()[0]

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     audio_storage_dir: Path = Path("./downloaded_audios")
     metadata_file: Path = Path("./conversations_metadata.json")
     log_dir: Path = Path("./logs")
+    # The store: PostgreSQL when DATABASE_URL is set, else SQLite at DATABASE_FILE (default:
+    # beside METADATA_FILE, as conversations_metadata.sqlite3).
+    database_url: str | None = None
+    database_file: Path | None = None
+    metadata_export_seconds: float = Field(default=2.0, gt=0)
 
     # How the service listens and logs.
     host: str = "0.0.0.0"
@@ -71,7 +76,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("ffmpeg_binary", "api_key", mode="before")
+    @field_validator("ffmpeg_binary", "api_key", "database_url", "database_file", mode="before")
     @classmethod
     def _blank_means_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -1,25 +1,41 @@
-"""Case 3: the cost of recording one more conversation, and of /statistics, as metadata grows."""
+"""Case 3: recording one more file, /statistics, start-up, memory and the JSON export, as the
+store grows."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
-from bench.harness import Context, Row, client, median, ms, service, timed
-from metadata_tracker import FileRecord, MetadataTracker
+from conftest import make_settings
+
+from bench.harness import (
+    Context,
+    Row,
+    client,
+    median,
+    ms,
+    process_tree,
+    rss_mb,
+    service,
+    timed,
+)
+from metadata_schema import StoredFile
+from metadata_tracker import MetadataTracker
 
 CASE3 = "3 metadata at scale"
-FILL_CHUNK = 20_000  # files per write while filling; the fill itself is not measured
+FILL_CHUNK = 20_000  # files per transaction while filling; the fill itself is not measured
 CROSS_SAMPLES = 5
-# Targets per size: (record, statistics) in seconds; sizes without one are reported only.
-TARGETS = {20_000: 0.1, 100_000: 0.5}
+# Targets at the largest size: record one file, /statistics, a new server's first /statistics,
+# server memory over an empty store.
+RECORD_TARGET, STATISTICS_TARGET, FIRST_TARGET, MEMORY_TARGET_MB = 0.020, 0.050, 0.200, 50.0
 TZ = "Asia/Kolkata"
 
 
-def _record(n: int, speaker: str) -> FileRecord:
-    """A file record shaped like a real one (paths, URL, hash), for conversation number n."""
-    return FileRecord(
+def _record(n: int, speaker: str) -> StoredFile:
+    """A stored file shaped like a real one (paths, URL, hash), for conversation number n."""
+    return StoredFile(
         filepath=f"/srv/diarization/downloaded_audios/call{n:07d}_{speaker}.wav",
         url=f"https://recordings.example.com/2026/01/call{n:07d}/{speaker}.mp3",
         file_size_bytes=5_760_044 + n % 1000,
@@ -31,7 +47,7 @@ def _record(n: int, speaker: str) -> FileRecord:
     )
 
 
-def _conversations(start: int, stop: int) -> Iterator[tuple[str, str, FileRecord]]:
+def _conversations(start: int, stop: int) -> Iterator[tuple[str, str, StoredFile]]:
     for n in range(start, stop):
         for speaker in ("agent", "customer"):
             yield f"call{n:07d}", speaker, _record(n, speaker)
@@ -42,11 +58,25 @@ def _fill(tracker: MetadataTracker, start: int, stop: int) -> None:
         tracker.record_many(_conversations(chunk, min(chunk + FILL_CHUNK, stop)))
 
 
-def _verdict(size: int, seconds: float) -> tuple[str, bool | None]:
-    limit = TARGETS.get(size)
-    if limit is None:
+def _server_figures(base: Path, samples: int) -> dict[str, object]:
+    """A freshly started server on the store: its first /statistics, then warm ones, its memory."""
+    with service(base) as server, client(server.base_url) as http:
+        assert server.proc is not None
+        first = timed(lambda: http.get("/statistics").raise_for_status())
+        warm = [timed(lambda: http.get("/statistics").raise_for_status()) for _ in range(samples)]
+        pages = [timed(lambda: http.get("/conversations", params={"limit": 100, "offset": 0})
+                       .raise_for_status()) for _ in range(samples)]  # fmt: skip
+        memory = sum(rss_mb(pid) for pid in process_tree(server.proc.pid))
+        counted = http.get("/statistics").json()["summary"]["total_conversations"]
+    return {"first": first, "warm": warm, "pages": pages, "memory": memory, "counted": counted}
+
+
+def _target(applies: bool, limit: float, value: float, unit: str = "ms") -> tuple[str, bool | None]:
+    """The target cell and verdict of a measure, at the size the targets are set for."""
+    if not applies:
         return "", None
-    return f"<= {ms(limit)}", seconds <= limit
+    return (f"<= {ms(limit)}", value <= limit) if unit == "ms" else (f"< {limit:g} MB",
+                                                                      value < limit)  # fmt: skip
 
 
 def run(ctx: Context) -> list[Row]:
@@ -54,25 +84,26 @@ def run(ctx: Context) -> list[Row]:
     base = ctx.work / "case3"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    path = base / "conversations_metadata.json"
-    filler = MetadataTracker(path, TZ)
+    settings = make_settings(base, log_timezone=TZ)
+    filler = MetadataTracker.from_settings(settings)
     rows: list[Row] = []
-    held = 0  # conversations in the file so far (the fill plus every measured record)
+    held = 0  # conversations in the store so far (the fill plus every measured record)
     extra = 10_000_000  # numbers of conversations recorded while measuring
+    empty_memory: float | None = None
+    largest = max(scale.metadata_sizes)
     for size in scale.metadata_sizes:
         if size > held:
             _fill(filler, held, size)
         held = max(held, size)
-        # A fresh tracker is what a newly started process has: it parses the file once.
-        writer = MetadataTracker(path, TZ)
-        load = timed(writer.check)
+        writer = MetadataTracker.from_settings(settings)  # what a newly started process has
+        writer.check()
         recording: list[float] = []
         for _ in range(scale.metadata_samples):
             extra += 1
             recording.append(
                 timed(partial(writer.record_file, f"x{extra}", "agent", _record(extra, "agent")))
             )
-        # Recording in a process that does not hold the latest version: another one wrote last.
+        # Recording right after another process wrote.
         cold_recording: list[float] = []
         for _ in range(CROSS_SAMPLES):
             extra += 2
@@ -82,32 +113,44 @@ def run(ctx: Context) -> list[Row]:
                     partial(writer.record_file, f"x{extra + 1}", "agent", _record(extra, "agent"))
                 )
             )
-        with service(base) as server, client(server.base_url) as http:
-            http.get("/statistics").raise_for_status()
-            answering = [timed(lambda: http.get("/statistics").raise_for_status())
-                         for _ in range(scale.metadata_samples)]  # fmt: skip
-            after_write: list[float] = []
-            for _ in range(CROSS_SAMPLES):
-                extra += 1
-                writer.record_file(f"x{extra}", "agent", _record(extra, "agent"))
-                after_write.append(timed(lambda: http.get("/statistics").raise_for_status()))
-            counted = http.get("/statistics").json()["summary"]["total_conversations"]
+        server = _server_figures(base, scale.metadata_samples)
         expected = writer.check()
-        if counted != expected:
-            raise RuntimeError(f"/statistics counts {counted}, the file holds {expected}")
+        if server["counted"] != expected:
+            raise RuntimeError(f"/statistics counts {server['counted']}, the store {expected}")
+        export = writer.export_json(force=True, path=base / "export.json")
+        assert export is not None
+        writer.close()
+        memory = float(server["memory"])  # type: ignore[arg-type]
+        if empty_memory is None:
+            empty_memory = memory
+        growth = memory - empty_memory
+        at_largest = size == largest and size > 0
         label = f"{size:,} conversations"
         warm = f"median of {scale.metadata_samples}"
-        behind = f"another process wrote last, median of {CROSS_SAMPLES}"
-        for measure, values in (
-            (f"record one more ({warm})", recording),
-            (f"record one more ({behind})", cold_recording),
-            (f"/statistics ({warm})", answering),
-            (f"/statistics ({behind})", after_write),
-        ):
-            rows.append(Row(CASE3, f"{label}: {measure}", ms(median(values)),
-                            *_verdict(size, median(values))))  # fmt: skip
-        rows.append(
-            Row(CASE3, f"{label}: first read in a new process; file size",
-                f"{ms(load)}; {path.stat().st_size / 1e6:.1f} MB")
-        )  # fmt: skip
+
+        target = partial(_target, at_largest)
+        record = median(recording)
+        answer = median(server["warm"])  # type: ignore[arg-type]
+        first = float(server["first"])  # type: ignore[arg-type]
+        rows += [
+            Row(CASE3, f"{label}: record one more ({warm})", ms(record),
+                *target(RECORD_TARGET, record)),
+            Row(CASE3, f"{label}: record one more (another process wrote last, median of "
+                f"{CROSS_SAMPLES})", ms(median(cold_recording))),
+            Row(CASE3, f"{label}: /statistics ({warm})", ms(answer),
+                *target(STATISTICS_TARGET, answer)),
+            Row(CASE3, f"{label}: first /statistics of a freshly started server", ms(first),
+                *target(FIRST_TARGET, first)),
+            Row(CASE3, f"{label}: /conversations page of 100 ({warm})",
+                ms(median(server["pages"]))),  # type: ignore[arg-type]
+            Row(CASE3, f"{label}: server RSS after those requests (growth over empty store)",
+                f"{memory:.1f} MB ({growth:+.1f} MB)", *target(MEMORY_TARGET_MB, growth, "MB")),
+            Row(CASE3, f"{label}: JSON export (time; size)",
+                f"{export.seconds * 1000:.0f} ms; {export.size_bytes / 1e6:.1f} MB"),
+        ]  # fmt: skip
+    filler.close()
+    database = Path(base / "conversations_metadata.sqlite3")
+    rows.append(
+        Row(CASE3, "database file size at the end", f"{database.stat().st_size / 1e6:.1f} MB")
+    )
     return rows

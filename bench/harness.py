@@ -205,6 +205,11 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def rss_mb(pid: int) -> float:
+    """The resident memory of one process now, in MB."""
+    return _status_kb(pid, "VmRSS") / 1024
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants, from /proc (uvicorn's supervisor and its workers)."""
     found, queue = [], [pid]

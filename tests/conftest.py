@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from audio_factory import make_corpus
 from fastapi.testclient import TestClient
 from source_server import SourceServer
+from sqlalchemy.engine import make_url
 
 from main import create_app
+from metadata_tracker import MetadataTracker, database_url
 from settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,9 +65,48 @@ def make_settings(base: Path, **overrides: object) -> Settings:
         "download_retry_max_wait_seconds": 0.5,
         "convert_timeout_seconds": 60,
         "min_free_disk_mb": 1,
+        "metadata_export_seconds": 0.2,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type,call-arg]
+
+
+def exported_document(
+    settings: Settings, until: Callable[[dict[str, Any]], bool], timeout: float = 30
+) -> dict[str, Any]:
+    """The JSON export once `until(document)` holds: it trails the store by design."""
+    path = Path(settings.metadata_file)
+    deadline = time.monotonic() + timeout
+    while True:
+        document: dict[str, Any] | None = None
+        with contextlib.suppress(FileNotFoundError):
+            document = json.loads(path.read_text())
+        if document is not None and until(document):
+            return document
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not reach the expected state: {document}")
+        time.sleep(0.05)
+
+
+def recorded_conversations(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Every conversation the store holds (the record, not its JSON export), by id."""
+    tracker = MetadataTracker.from_settings(settings)
+    try:
+        _, entries = tracker.list_conversations(1_000_000, 0)
+    finally:
+        tracker.close()
+    return {entry["conversation_id"]: entry for entry in entries}
+
+
+def copy_store(original: Settings, copy: Settings) -> None:
+    """Copy a live SQLite store with SQLite's own backup, as a consistent snapshot."""
+    source = sqlite3.connect(make_url(database_url(original)).database or "")
+    target = sqlite3.connect(make_url(database_url(copy)).database or "")
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
 
 
 @pytest.fixture

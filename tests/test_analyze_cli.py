@@ -22,7 +22,14 @@ from cli_helpers import (
     wav_durations,
     write_csv,
 )
-from conftest import ROOT, ServerProcess, make_settings, settings_env
+from conftest import (
+    ROOT,
+    ServerProcess,
+    copy_store,
+    make_settings,
+    recorded_conversations,
+    settings_env,
+)
 from source_server import SourceServer
 
 import metadata_tracker
@@ -47,7 +54,7 @@ def store(
     original, _ = populated
     copy = make_settings(tmp_path)
     shutil.copytree(original.audio_storage_dir, copy.audio_storage_dir)
-    shutil.copy(original.metadata_file, copy.metadata_file)
+    copy_store(original, copy)
     use_settings(monkeypatch, copy)
     return copy
 
@@ -157,13 +164,12 @@ def test_export_csv_has_every_field_of_every_file(
     assert main(["--export-csv"]) == 0
     with open(tmp_path / "conversations_metadata.csv", encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    doc = json.loads(Path(store.metadata_file).read_text())
     expected = {
         (cid, label): {"conversation_id": cid, "speaker_label": label,
                        "filename": f"{cid}_{label}.wav", **record,
                        "conversation_created_at": entry["created_at"],
                        "conversation_updated_at": entry["updated_at"]}
-        for cid, entry in doc["conversations"].items()
+        for cid, entry in recorded_conversations(store).items()
         for label, record in entry["speakers"].items()
     }  # fmt: skip
     assert len(rows) == len(expected) == 12
@@ -189,12 +195,15 @@ def test_save_and_check_target(
 def test_corrupt_metadata_is_one_line_and_exit_1(
     store: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A metadata file that does not parse is reported in one line, in both scripts."""
-    Path(store.metadata_file).write_text('{"conversations": ')
+    """A store that is not a database is reported in one line, in both scripts, and kept."""
+    path = Path(store.metadata_file).with_suffix(".sqlite3")
+    path.write_bytes(b"not a database " * 100)
     assert main([]) == 1
     assert metadata_tracker.main([]) == 1
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 2 and all(line.startswith("error: metadata file ") for line in lines)
+    assert len(lines) == 2 and all(line.startswith(f"error: metadata database sqlite:///{path}")
+                                   for line in lines), lines  # fmt: skip
+    assert path.read_bytes() == b"not a database " * 100
 
 
 def test_metadata_tracker_prints_the_statistics_endpoint_numbers(

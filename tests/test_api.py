@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import array
-import json
 import math
 import wave
 from pathlib import Path
 
 import pytest
 from audio_factory import FORMATS
+from conftest import exported_document
 from fastapi.testclient import TestClient
 from source_server import SourceServer
 
@@ -366,7 +366,10 @@ def test_metadata_file_holds_every_documented_field(
             "audio_url_customer": source.file_url("opus.opus"),
         },
     ).json()
-    doc = json.loads(Path(settings.metadata_file).read_text())
+    both = {"agent", "customer"}
+    doc = exported_document(
+        settings, lambda d: set(d["conversations"].get("m1", {}).get("speakers", ())) == both
+    )
     entry = doc["conversations"]["m1"]
     assert entry["conversation_id"] == "m1"
     assert entry["created_at"] and entry["updated_at"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from cli_helpers import (
     wav_durations,
     write_csv,
 )
-from conftest import ServerProcess, free_port, make_settings
+from conftest import ServerProcess, free_port, make_settings, recorded_conversations
 from source_server import SourceServer
 
 from batch_download_from_csv import main
@@ -39,7 +38,7 @@ def failed_files(directory: Path) -> list[Path]:
 
 
 def stored_conversations(settings: Settings) -> set[str]:
-    return set(json.loads(Path(settings.metadata_file).read_text())["conversations"])
+    return set(recorded_conversations(settings))
 
 
 def test_thirteen_rows_then_resume_downloads_nothing(

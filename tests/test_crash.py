@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from audio_factory import make_audio, make_long_mp3
-from conftest import ServerProcess, make_settings
+from conftest import ServerProcess, make_settings, recorded_conversations
 from source_server import SourceServer
 
 pytestmark = pytest.mark.slow
@@ -96,8 +96,7 @@ def test_sigkill_mid_job_loses_nothing_and_leaves_nothing(
     assert temp_files(storage, suffix), "the kill did not land mid-job"
     # ffmpeg dies with the server instead of running on as an orphan.
     wait_for(lambda: not ffmpeg_running_in(storage), timeout=5)
-    doc = json.loads(Path(settings.metadata_file).read_text())
-    assert list(doc["conversations"]) == ["before"]
+    assert list(recorded_conversations(settings)) == ["before"]
 
     restarted = ServerProcess(settings).start()
     try:
@@ -115,10 +114,7 @@ def test_sigkill_mid_job_loses_nothing_and_leaves_nothing(
     finally:
         restarted.stop()
     assert stats["summary"]["total_conversations"] == 2
-    assert sorted(json.loads(Path(settings.metadata_file).read_text())["conversations"]) == [
-        "before",
-        "victim",
-    ]
+    assert sorted(recorded_conversations(settings)) == ["before", "victim"]
 
 
 def _rss_kb(pid: int) -> int:

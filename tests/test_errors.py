@@ -13,13 +13,15 @@ from fastapi.testclient import TestClient
 from source_server import SourceServer
 
 from main import create_app
+from metadata_tracker import MetadataTracker
 from settings import Settings
 
 
 def assert_nothing_stored(settings: Settings) -> None:
-    """No file of any kind in storage, and no conversation in the metadata."""
+    """No file of any kind in storage, no conversation in the store or its JSON export."""
     storage = Path(settings.audio_storage_dir)
     assert sorted(p.name for p in storage.iterdir()) == []
+    assert MetadataTracker.from_settings(settings).check() == 0
     metadata = Path(settings.metadata_file)
     if metadata.exists():
         assert json.loads(metadata.read_text())["conversations"] == {}
@@ -190,7 +192,11 @@ def test_bad_conversation_ids_and_labels_are_400(
     dual = client.post("/download/dual", data={"conversation_id": name, "audio_url_agent": url})
     assert dual.status_code == 400
     assert_nothing_stored(settings)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "store"]
+    assert MetadataTracker.from_settings(settings).failure_summary()["total"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "conversations_metadata.sqlite3", "conversations_metadata.sqlite3-shm",
+        "conversations_metadata.sqlite3-wal", "logs", "store",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["a", "A-b_c.d", "9" * 128, "conv.001", "-x"])

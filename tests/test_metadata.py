@@ -1,148 +1,344 @@
-"""The metadata file: atomic, locked across processes, backed up, never overwritten when corrupt."""
+"""The metadata store: transactions across processes, totals, import, refusals, the JSON export."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import multiprocessing
-import os
+import sqlite3
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import make_settings
+from conftest import exported_document, make_settings
 from fastapi.testclient import TestClient
+from source_server import SourceServer
 
 from errors import MetadataCorrupt
 from main import create_app
-from metadata_tracker import FileRecord, MetadataTracker, main
+from metadata_schema import StoredFile
+from metadata_tracker import JsonExporter, MetadataTracker, main
+from settings import Settings
+
+DATA = Path(__file__).resolve().parent / "data"
 
 
-def record(n: int, seconds: float = 60.0) -> FileRecord:
-    return FileRecord(
+def stored(n: int, seconds: float = 60.0, stamp: str | None = None) -> StoredFile:
+    return StoredFile(
         filepath=f"/store/c{n}.wav",
         url=f"http://127.0.0.1/{n}.mp3",
-        file_size_bytes=32000 * int(seconds),
-        duration_seconds=seconds,
+        file_size_bytes=32000 * int(seconds) + n,
+        duration_seconds=seconds + n / 1000,
         sample_rate=16000,
         channels=1,
-        sha256="0" * 64,
-        downloaded_at=f"2026-01-01T00:00:{n % 60:02d}+05:30",
+        sha256=f"{n:064x}",
+        downloaded_at=stamp or f"2026-01-01T00:{n // 60 % 60:02d}:{n % 60:02d}+05:30",
     )
 
 
-def _writer(path: str, worker: int, count: int) -> None:
-    tracker = MetadataTracker(path, "Asia/Kolkata")
+def tracker_at(directory: Path, tz: str = "Asia/Kolkata") -> MetadataTracker:
+    return MetadataTracker.from_settings(make_settings(directory, log_timezone=tz))
+
+
+@pytest.fixture
+def tracker(tmp_path: Path) -> Iterator[MetadataTracker]:
+    opened = tracker_at(tmp_path)
+    yield opened
+    opened.close()
+
+
+def everything(tracker: MetadataTracker) -> dict[str, dict[str, Any]]:
+    _, entries = tracker.list_conversations(1_000_000, 0)
+    return {entry["conversation_id"]: entry for entry in entries}
+
+
+def recount(entries: dict[str, dict[str, Any]]) -> tuple[int, float, int]:
+    """Conversations, seconds and bytes counted from the entries themselves."""
+    files = [f for e in entries.values() for f in e["speakers"].values()]
+    return (
+        len(entries),
+        round(sum(f["duration_seconds"] for f in files), 3),
+        sum(f["file_size_bytes"] for f in files),
+    )
+
+
+def _writer(directory: str, worker: int, count: int) -> None:
+    tracker = tracker_at(Path(directory))
     for n in range(count):
-        tracker.record_file(f"w{worker}_{n}", "agent", record(n))
-        tracker.record_file(f"shared_{n}", f"speaker{worker}", record(n))
+        tracker.record_file(f"w{worker}_{n}", "agent", stored(n))
+        tracker.record_file(f"shared_{n}", f"speaker{worker}", stored(n))
 
 
 def test_concurrent_processes_never_lose_an_update(tmp_path: Path) -> None:
-    """Four processes writing at once: every entry and every speaker survives, JSON stays valid."""
-    path = tmp_path / "meta.json"
+    """Four processes writing at once: every entry and speaker survives and the totals add up."""
     workers, count = 4, 25
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(path), w, count)) for w in range(workers)]
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, count)) for w in range(workers)]
     for proc in procs:
         proc.start()
     for proc in procs:
-        proc.join(60)
+        proc.join(120)
         assert proc.exitcode == 0
-    doc = json.loads(path.read_text())
-    conversations = doc["conversations"]
-    assert len(conversations) == workers * count + count
+    tracker = tracker_at(tmp_path)
+    entries = everything(tracker)
+    assert len(entries) == workers * count + count
     for n in range(count):
-        assert set(conversations[f"shared_{n}"]["speakers"]) == {
-            f"speaker{w}" for w in range(workers)
-        }
-        assert conversations[f"shared_{n}"]["total"]["files"] == workers
-    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        assert set(entries[f"shared_{n}"]["speakers"]) == {f"speaker{w}" for w in range(workers)}
+        assert entries[f"shared_{n}"]["total"]["files"] == workers
+    totals = tracker.totals()
+    conversations, seconds, size = recount(entries)
+    assert (totals.conversations, round(totals.micros / 1e6, 3), totals.size_bytes) == (
+        conversations, seconds, size,
+    )  # fmt: skip
 
 
-def test_each_write_keeps_the_previous_version_as_bak(tmp_path: Path) -> None:
-    """After a write, <file>.bak holds exactly the document before it."""
-    tracker = MetadataTracker(tmp_path / "meta.json")
-    tracker.record_file("a", "agent", record(1))
-    before = (tmp_path / "meta.json").read_bytes()
-    tracker.record_file("b", "agent", record(2))
-    assert (tmp_path / "meta.json.bak").read_bytes() == before
-    assert set(json.loads((tmp_path / "meta.json").read_text())["conversations"]) == {"a", "b"}
-
-
-def test_replacing_a_speaker_recomputes_totals(tmp_path: Path) -> None:
+def test_replacing_a_speaker_recomputes_totals(tracker: MetadataTracker) -> None:
     """Recording the same speaker again replaces it; totals count it once and created_at stays."""
-    tracker = MetadataTracker(tmp_path / "meta.json")
-    first = tracker.record_file("a", "agent", record(1, seconds=60))
-    tracker.record_file("a", "customer", record(2, seconds=30))
-    last = tracker.record_file("a", "agent", record(3, seconds=120))
+    first = tracker.record_file("a", "agent", stored(1, seconds=60))
+    tracker.record_file("a", "customer", stored(2, seconds=30))
+    last = tracker.record_file("a", "agent", stored(3, seconds=120))
     assert last["created_at"] == first["created_at"]
     assert last["total"]["files"] == 2
-    assert last["total"]["duration_seconds"] == 150
-    assert tracker.statistics(1)["summary"]["total_minutes"] == 2.5
+    assert last["total"]["duration_seconds"] == pytest.approx(150.005)
+    assert tracker.statistics(1)["summary"]["total_minutes"] == round(150.005 / 60, 2)
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"conversations": []}', b""])
-def test_corrupt_file_is_refused_and_left_untouched(tmp_path: Path, content: bytes) -> None:
-    """A file that does not parse raises MetadataCorrupt naming it, and is never overwritten."""
-    path = tmp_path / "meta.json"
-    path.write_bytes(content)
-    tracker = MetadataTracker(path)
-    with pytest.raises(MetadataCorrupt, match=str(path)):
-        tracker.statistics(10)
-    with pytest.raises(MetadataCorrupt):
-        tracker.record_file("a", "agent", record(1))
-    assert path.read_bytes() == content
+def test_totals_kept_by_writes_equal_a_recount(tracker: MetadataTracker) -> None:
+    """Totals kept write by write, with replacements and bulk writes, equal a full recount."""
+    tracker.record_file("early", "agent", stored(1, stamp="2025-06-01T00:00:00+00:00"))
+    for n in range(2, 40):
+        tracker.record_file(f"c{n % 9}", f"s{n % 2}", stored(n))
+    tracker.record_many([(f"bulk{n % 5}", "agent", stored(100 + n)) for n in range(12)])
+    tracker.record_file("early", "agent", stored(5))
+    entries = everything(tracker)
+    totals = tracker.totals()
+    assert (totals.conversations, round(totals.micros / 1e6, 3), totals.size_bytes) == recount(
+        entries
+    )
+    assert totals.conversations == 15
 
 
-def test_server_refuses_to_start_on_a_corrupt_file(tmp_path: Path) -> None:
-    """The app's start-up fails on a corrupt metadata file and leaves it as it was."""
-    settings = make_settings(tmp_path)
-    Path(settings.metadata_file).write_text("{oops")
-    with pytest.raises(MetadataCorrupt), TestClient(create_app(settings)):
-        pass
-    assert Path(settings.metadata_file).read_text() == "{oops"
-
-
-def test_snapshot_sees_writes_of_other_instances(tmp_path: Path) -> None:
-    """A reader's cache notices a write made by another tracker (another process in real life)."""
-    reader = MetadataTracker(tmp_path / "meta.json")
-    writer = MetadataTracker(tmp_path / "meta.json")
-    assert reader.check() == 0
-    writer.record_file("a", "agent", record(1))
-    assert reader.get_conversation("a") is not None
-    writer.record_file("b", "agent", record(2))
-    assert reader.check() == 2
-
-
-def test_statistics_mixed_time_zones_sort_by_instant(tmp_path: Path) -> None:
+def test_first_and_last_download_compare_instants(tracker: MetadataTracker) -> None:
     """first/last download compare instants, not strings, when offsets differ."""
-    tracker = MetadataTracker(tmp_path / "meta.json")
-    early = FileRecord(**{**record(1).__dict__, "downloaded_at": "2026-01-01T10:00:00+05:30"})
-    late = FileRecord(**{**record(2).__dict__, "downloaded_at": "2026-01-01T05:00:00+00:00"})
-    tracker.record_file("a", "agent", early)
-    tracker.record_file("b", "agent", late)
+    tracker.record_file("a", "agent", stored(1, stamp="2026-01-01T10:00:00+05:30"))
+    tracker.record_file("b", "agent", stored(2, stamp="2026-01-01T05:00:00+00:00"))
     summary = tracker.statistics(1)["summary"]
     assert summary["first_download"] == "2026-01-01T10:00:00+05:30"
     assert summary["last_download"] == "2026-01-01T05:00:00+00:00"
 
 
-def test_script_prints_the_same_statistics(
+def test_record_many_equals_recording_one_at_a_time(tmp_path: Path) -> None:
+    """record_many leaves the same conversations, files and totals as record_file for each."""
+    items = [(f"c{n % 7}", f"s{n % 3}", stored(n)) for n in range(30)]
+    one, many = tracker_at(tmp_path / "one"), tracker_at(tmp_path / "many")
+    for cid, label, record in items:
+        one.record_file(cid, label, record)
+    assert many.record_many(items) == 30
+    first, second = everything(one), everything(many)
+    assert list(first) == list(second)
+    for cid in first:
+        assert first[cid]["speakers"] == second[cid]["speakers"]
+        assert first[cid]["total"] == second[cid]["total"]
+    assert one.totals() == many.totals()
+
+
+def test_a_failing_publish_records_nothing(tracker: MetadataTracker) -> None:
+    """If publishing the file fails, the transaction is rolled back: no row, no total."""
+    tracker.record_file("kept", "agent", stored(1))
+
+    def broken() -> None:
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError):
+        tracker.record_file("lost", "agent", stored(2), broken)
+    assert list(everything(tracker)) == ["kept"]
+    assert tracker.totals().conversations == 1 and tracker.totals().size_bytes == 32000 * 60 + 1
+
+
+# Import of the earlier JSON document --------------------------------------------------------
+
+
+def v1_document(name: str) -> bytes:
+    """A document written by the JSON-file store that the database replaces (tests/data)."""
+    return gzip.decompress((DATA / f"metadata_v1_{name}.json.gz").read_bytes())
+
+
+@pytest.mark.parametrize("name", ["small", "large"])
+def test_first_start_imports_the_json_document_intact(tmp_path: Path, name: str) -> None:
+    """A service started where only the old JSON document exists keeps every entry as it was."""
+    settings = make_settings(tmp_path)
+    raw = v1_document(name)
+    Path(settings.metadata_file).write_bytes(raw)
+    old = json.loads(raw)["conversations"]
+    with TestClient(create_app(settings)) as client:
+        page = client.get("/conversations", params={"limit": 1000, "offset": 0}).json()
+        stats = client.get("/statistics", params={"target_hours": 10}).json()
+    assert page["total"] == len(old)
+    assert [e["conversation_id"] for e in page["conversations"]] == list(old)[:1000]
+    imported = everything(MetadataTracker.from_settings(settings))
+    assert list(imported) == list(old)
+    for cid, entry in old.items():
+        assert imported[cid] == entry, cid
+    conversations, seconds, size = recount(old)
+    assert stats["summary"]["total_conversations"] == conversations
+    assert stats["summary"]["total_minutes"] == round(seconds / 60, 2)
+    assert stats["summary"]["total_size_mb"] == round(size / 1024 / 1024, 2)
+    stamps = [f["downloaded_at"] for e in old.values() for f in e["speakers"].values()]
+    assert stats["summary"]["first_download"] == min(stamps, key=datetime_of)
+    assert stats["summary"]["last_download"] == max(stamps, key=datetime_of)
+    # The original is kept beside the export, which now has the new head and no journal.
+    assert (tmp_path / "conversations_metadata.json.v1").read_bytes() == raw
+    exported = json.loads(Path(settings.metadata_file).read_text())
+    assert exported["schema_version"] == 2 and "recent_changes" not in exported
+    assert exported["conversations"] == old
+
+
+def datetime_of(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def test_a_corrupt_json_document_is_not_imported(tmp_path: Path) -> None:
+    """An unreadable old document stops the start-up, is left as it was, and no store is made."""
+    settings = make_settings(tmp_path)
+    Path(settings.metadata_file).write_text('{"conversations": ')
+    with pytest.raises(MetadataCorrupt, match=r"conversations_metadata\.json"):
+        MetadataTracker.from_settings(settings).check()
+    assert Path(settings.metadata_file).read_text() == '{"conversations": '
+    database = sqlite3.connect(tmp_path / "conversations_metadata.sqlite3")
+    assert database.execute("select name from sqlite_master").fetchall() == []
+
+
+def _unknown_version(path: Path) -> None:
+    tracker = MetadataTracker(f"sqlite:///{path}", path.with_suffix(".json"))
+    tracker.check()
+    tracker.close()
+    with sqlite3.connect(path) as db:
+        db.execute("update store_info set schema_version = 99")
+    sqlite3.connect(path).execute("pragma wal_checkpoint(truncate)").close()
+
+
+def _foreign_tables(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("create table invoices (id integer primary key, total real)")
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"this is not a database\n" * 400)
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (_garbage, "cannot be used"),
+        (_unknown_version, "schema version 99"),
+        (_foreign_tables, "invoices"),
+    ],
+)
+def test_an_unusable_database_is_refused_and_left_untouched(
+    tmp_path: Path, make: Any, says: str
+) -> None:
+    """Garbage, an unknown schema version or another program's tables: refused, not changed."""
+    settings = make_settings(tmp_path)
+    path = tmp_path / "conversations_metadata.sqlite3"
+    make(path)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(MetadataCorrupt, match=says) as raised:
+        MetadataTracker.from_settings(settings).check()
+    assert str(path) in raised.value.message
+    with pytest.raises(MetadataCorrupt), TestClient(create_app(settings)):
+        pass
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+# The JSON export -----------------------------------------------------------------------------
+
+
+def test_the_export_is_the_store_as_a_json_document(tracker: MetadataTracker) -> None:
+    """The export holds every conversation as the API shows it, is rewritten only when needed."""
+    for n in range(5):
+        tracker.record_file(f"c{n}", "agent", stored(n))
+    tracker.record_file("c1", "customer", stored(9))
+    done = tracker.export_json()
+    assert done is not None and done.conversations == 5
+    document = json.loads(tracker.export_path.read_text())
+    assert set(document) == {"schema_version", "updated_at", "conversation_count", "conversations"}
+    assert document["conversation_count"] == 5
+    assert document["conversations"] == everything(tracker)
+    assert done.size_bytes == tracker.export_path.stat().st_size
+    assert tracker.export_json() is None  # nothing changed since
+    tracker.record_file("c9", "agent", stored(10))
+    assert tracker.export_due()
+    assert tracker.export_json() is not None
+    assert "c9" in json.loads(tracker.export_path.read_text())["conversations"]
+    leftovers = [p.name for p in tracker.export_path.parent.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_the_exporter_follows_writes_of_other_processes(tmp_path: Path) -> None:
+    """A running exporter picks up a write made through another connection within seconds."""
+    settings = make_settings(tmp_path, metadata_export_seconds=0.2)
+    serving, elsewhere = MetadataTracker.from_settings(settings), tracker_at(tmp_path)
+    serving.check()
+    exporter = JsonExporter(serving, settings.metadata_export_seconds)
+    exporter.start()
+    try:
+        elsewhere.record_file("from_elsewhere", "agent", stored(1))
+        started = time.monotonic()
+        exported_document(settings, lambda d: "from_elsewhere" in d["conversations"], timeout=10)
+        lag = time.monotonic() - started
+    finally:
+        exporter.stop()
+    assert lag < 5
+
+
+def test_failures_are_kept_without_query_strings(
+    client: TestClient, source: SourceServer, settings: Settings
+) -> None:
+    """A failed download is kept with its code and time, and the URL's query never is."""
+    url = source.url("/status/404?X-Amz-Signature=s3cr3t&token=abc")
+    response = client.post("/download/single", data={"conversation_id": "f1", "audio_url": url})
+    assert response.status_code == 502
+    stats = client.get("/statistics").json()
+    assert stats["failures"] == {
+        "total": 1, "last_24_hours": 1, "by_error_last_24_hours": {"source_error": 1},
+    }  # fmt: skip
+    (failure,) = MetadataTracker.from_settings(settings).failure_summary(recent=5)["recent"]
+    assert failure["conversation_id"] == "f1" and failure["speaker_label"] == "speaker"
+    assert failure["error_code"] == "source_error"
+    assert failure["url"] == url.split("?")[0]
+    assert "s3cr3t" not in json.dumps(failure)
+
+
+def test_script_prints_statistics_and_exports(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`python metadata_tracker.py` prints the numbers /statistics would answer."""
-    path = tmp_path / "meta.json"
-    tracker = MetadataTracker(path)
-    tracker.record_file("a", "agent", record(1, seconds=1800))
+    """`metadata_tracker.py` prints the /statistics numbers; --export-json writes the document."""
+    tracker = tracker_at(tmp_path)
+    tracker.record_file("a", "agent", stored(1, seconds=1800))
+    path = tmp_path / "conversations_metadata.json"
     assert main(["--metadata-file", str(path), "--target", "1"]) == 0
     printed = json.loads(capsys.readouterr().out)
     expected = tracker.statistics(1)
     printed.pop("timestamp"), expected.pop("timestamp")
     assert printed == expected
     assert printed["progress"]["progress_percentage"] == 50.0
+    assert main(["--metadata-file", str(path), "--export-json"]) == 0
+    assert "exported 1 conversations" in capsys.readouterr().out
+    assert json.loads(path.read_text())["conversations"] == everything(tracker)
 
 
-def test_no_lock_or_temp_files_leak_into_the_metadata_directory(tmp_path: Path) -> None:
-    """Only the document, its backup and the lock file live beside it after many writes."""
-    tracker = MetadataTracker(tmp_path / "meta.json")
+def test_only_the_store_lives_beside_the_document(tracker: MetadataTracker) -> None:
+    """Writes leave the database (and its WAL files) and, once exported, the document."""
     for n in range(20):
-        tracker.record_file(f"c{n}", "agent", record(n))
-    assert sorted(os.listdir(tmp_path)) == ["meta.json", "meta.json.bak", "meta.json.lock"]
+        tracker.record_file(f"c{n}", "agent", stored(n))
+    tracker.export_json()
+    names = sorted(p.name for p in tracker.export_path.parent.iterdir() if p.is_file())
+    assert names == [
+        "conversations_metadata.json", "conversations_metadata.sqlite3",
+        "conversations_metadata.sqlite3-shm", "conversations_metadata.sqlite3-wal",
+    ]  # fmt: skip

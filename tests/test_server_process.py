@@ -12,7 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 from audio_factory import make_long_mp3
-from conftest import ROOT, ServerProcess, free_port, make_settings, settings_env
+from conftest import (
+    ROOT,
+    ServerProcess,
+    free_port,
+    make_settings,
+    recorded_conversations,
+    settings_env,
+)
 from source_server import SourceServer
 
 from settings import Settings
@@ -64,6 +71,8 @@ def test_four_workers_record_forty_concurrent_downloads(
         stats = httpx.get(
             server.base_url + "/statistics", params={"target_hours": 1}, trust_env=False, timeout=60
         ).json()
+    assert sorted(recorded_conversations(settings)) == [f"cc{n:02d}" for n in range(40)]
+    # The JSON export is current once the service has stopped.
     doc = json.loads(Path(settings.metadata_file).read_text())
     assert sorted(doc["conversations"]) == [f"cc{n:02d}" for n in range(40)]
     files = sorted(p.name for p in Path(settings.audio_storage_dir).iterdir())

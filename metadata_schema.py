@@ -1,0 +1,134 @@
+"""The metadata store's schema: its tables, its version, and the stored-file record.
+
+One definition serves SQLite and PostgreSQL (SQLAlchemy Core). `SCHEMA_VERSION` is the version
+these tables describe; metadata_tracker.py refuses a store of any other version it cannot
+migrate, and `MIGRATIONS` holds the code that brings an older store up to date, one step each.
+
+Tables:
+- `store_info`: one row: schema version, `revision` (moved on by every write, so the JSON
+  export knows when it is behind), `exported_revision` (the revision the export last wrote).
+- `conversations`: one row per conversation that has a stored file; `seq` keeps the order
+  in which conversations were first stored.
+- `files`: one row per stored WAV (conversation id + speaker label), every field of
+  `StoredFile` plus `downloaded_epoch` (the same instant as a number, for ordering and ranges).
+- `speaker_totals`: files, microseconds of audio and bytes per speaker label, kept by every
+  write in the same transaction, so the collection's totals are read without a scan.
+- `failures`: every failed download attempt: who, the URL without its query string, the error
+  code and detail, when.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+MB = 1024 * 1024
+NAME_LENGTH = 128  # conversation ids and speaker labels (api_models.NAME_PATTERN)
+STAMP_LENGTH = 40  # ISO 8601 with microseconds and offset fits in 32
+
+metadata = MetaData()
+
+store_info = Table(
+    "store_info",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("schema_version", Integer, nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("exported_revision", BigInteger, nullable=False),
+)
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("conversation_id", String(NAME_LENGTH), nullable=False, unique=True),
+    Column("created_at", String(STAMP_LENGTH), nullable=False),
+    Column("updated_at", String(STAMP_LENGTH), nullable=False),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("conversation_id", String(NAME_LENGTH), primary_key=True),
+    Column("speaker_label", String(NAME_LENGTH), primary_key=True),
+    Column("filepath", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("file_size_bytes", BigInteger, nullable=False),
+    Column("duration_seconds", Float, nullable=False),
+    Column("sample_rate", Integer, nullable=False),
+    Column("channels", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("downloaded_at", String(STAMP_LENGTH), nullable=False),
+    Column("downloaded_epoch", Float, nullable=False),
+    Index("files_by_time", "downloaded_epoch"),
+)
+
+speaker_totals = Table(
+    "speaker_totals",
+    metadata,
+    Column("speaker_label", String(NAME_LENGTH), primary_key=True),
+    Column("files", BigInteger, nullable=False),
+    Column("duration_micros", BigInteger, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+)
+
+failures = Table(
+    "failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("conversation_id", String(NAME_LENGTH), nullable=False),
+    Column("speaker_label", String(NAME_LENGTH), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("error_code", String(64), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("failed_at", String(STAMP_LENGTH), nullable=False),
+    Column("failed_epoch", Float, nullable=False),
+    Index("failures_by_time", "failed_epoch"),
+)
+
+# MIGRATIONS[n] brings a store of version n to version n + 1 inside one write transaction.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+class StoredFile(BaseModel):
+    """One stored WAV file: what the store records and what clients are told about it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    filepath: str = Field(description="Where the WAV is stored.")
+    url: str = Field(description="The URL it was downloaded from.")
+    file_size_bytes: int
+    duration_seconds: float = Field(description="Read from the written WAV header.")
+    sample_rate: int = Field(description="Always 16000.")
+    channels: int = Field(description="Always 1.")
+    sha256: str = Field(description="SHA-256 of the stored WAV file.")
+    downloaded_at: str = Field(description="ISO 8601 in LOG_TIMEZONE, with its offset.")
+
+    @field_validator("duration_seconds")
+    @classmethod
+    def _milliseconds(cls, value: float) -> float:
+        return round(value, 3)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def file_size_mb(self) -> float:
+        return round(self.file_size_bytes / MB, 3)
+
+
+def micros(seconds: float) -> int:
+    """Whole microseconds: totals stay exact whatever order files are added and replaced in."""
+    return round(seconds * 1_000_000)
