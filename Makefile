@@ -1,14 +1,15 @@
-# Every target creates .venv and installs the pinned requirements itself.
+# Every target creates .venv and installs the pinned requirements itself; `make test` also
+# installs PostgreSQL from apt when it is missing (the tests start a server of their own).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test lint format run demo bench bench-smoke clean
+.PHONY: help install postgresql test lint format run demo bench bench-smoke clean
 
 help:
 	@echo "make demo   - the whole workflow offline, on temporary storage"
-	@echo "make test   - every test"
+	@echo "make test   - every test (installs PostgreSQL from apt first if it is missing)"
 	@echo "make run    - start the service (HOST/PORT from .env or the environment)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - the performance benchmark"
@@ -21,7 +22,20 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Any initdb will do: the tests make a throw-away cluster with it and never use the system one.
+PG_INITDB ?= $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) \
+                         $(shell command -v initdb 2>/dev/null))
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+postgresql:
+ifeq ($(PG_INITDB),)
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
+else
+	@echo "PostgreSQL server binaries: $(dir $(PG_INITDB))"
+endif
+
+test: $(STAMP) postgresql
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -1,4 +1,5 @@
-"""Shared fixtures: real audio, a misbehaving source server, the app, real server processes."""
+"""Shared fixtures: real audio, a misbehaving source server, the app, real server processes,
+and a real PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import httpx
 import pytest
 from audio_factory import make_corpus
 from fastapi.testclient import TestClient
+from pg_server import PostgresServer, PostgresUnavailable
 from source_server import SourceServer
 from sqlalchemy.engine import make_url
 
@@ -205,3 +207,40 @@ def server_process(settings: Settings) -> Iterator[ServerProcess]:
     """One real single-worker uvicorn process on this test's storage."""
     with ServerProcess(settings) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the tests' own on 127.0.0.1, started the first time a test asks
+    for it (tests that do not pay nothing) and deleted with its data at the end of the session."""
+    server = PostgresServer()
+    try:
+        server.start()
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def new_database_url(postgres_server: PostgresServer) -> Iterator[Callable[[], str]]:
+    """Makes fresh empty databases (test_<n>) and returns their SQLAlchemy URLs; each is
+    dropped after the test."""
+    names: list[str] = []
+
+    def make() -> str:
+        names.append(postgres_server.create_database())
+        return postgres_server.url(names[-1])
+
+    yield make
+    for name in names:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def database_url(new_database_url: Callable[[], str]) -> str:
+    """A fresh empty database for this test:
+    postgresql+psycopg://postgres@127.0.0.1:<port>/test_<n>."""
+    return new_database_url()

@@ -394,6 +394,7 @@ class SourceServer:
         #: Unexpected exceptions raised in handlers (client disconnects are not errors).
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
+        self._hit = threading.Condition(self._lock)  # notified on every request
         self._stop_event = threading.Event()
         self._connections: set[socket.socket] = set()
         self._httpd: _HTTPServer | None = None
@@ -472,9 +473,19 @@ class SourceServer:
         with self._lock:
             self.hits.clear()
 
+    def wait_for_hits(self, path: str, count: int = 1, timeout: float = 30) -> bool:
+        """Block until `path` has had at least `count` requests; False if `timeout` ran out.
+
+        Tests order events with this instead of sleeping: a request that has reached the
+        server is one the client is now waiting on.
+        """
+        with self._hit:
+            return self._hit.wait_for(lambda: self.hits[path] >= count, timeout)
+
     def _count_hit(self, path: str) -> int:
-        with self._lock:
+        with self._hit:
             self.hits[path] += 1
+            self._hit.notify_all()
             return self.hits[path]
 
     def _track(self, conn: socket.socket) -> None:

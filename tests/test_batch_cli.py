@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -206,9 +205,7 @@ def test_service_dying_mid_batch_stops_with_one_line(
 
     def kill_while_the_second_is_fetched() -> None:
         # One at a time: the second row is sent only once the first one's answer is in.
-        deadline = time.monotonic() + 30
-        while not source.hits["/slow/2/mp3.mp3"] and time.monotonic() < deadline:
-            time.sleep(0.01)
+        source.wait_for_hits("/slow/2/mp3.mp3", timeout=30)
         server.kill()
 
     killer = threading.Thread(target=kill_while_the_second_is_fetched)

@@ -251,8 +251,9 @@ def test_slow_delays_headers_while_server_stays_responsive(
     """/slow/0.5/<name> takes at least 0.5 s while other requests are answered meanwhile."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         started = time.perf_counter()
+        already = server.hits["/slow/0.5/a.mp3"]
         slow = pool.submit(client.get, server.url("/slow/0.5/a.mp3"))
-        time.sleep(0.05)
+        assert server.wait_for_hits("/slow/0.5/a.mp3", already + 1, timeout=5)
         with httpx.Client(timeout=5.0, trust_env=False) as other:
             assert other.get(server.url("/html")).status_code == 200
         assert time.perf_counter() - started < 0.4
@@ -394,6 +395,22 @@ def test_hits_are_counted_under_concurrency(server: SourceServer) -> None:
     assert server.hits[path] - before == 40
 
 
+def test_wait_for_hits_wakes_on_the_request_and_times_out_without_one(server: SourceServer) -> None:
+    """wait_for_hits returns True as soon as the request arrives, False when none does."""
+    path = "/status/204"
+    already = server.hits[path]
+    assert not server.wait_for_hits(path, already + 1, timeout=0.05)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        started = time.perf_counter()
+        later = pool.submit(
+            lambda: httpx.get(server.url(path), timeout=5.0, trust_env=False).status_code
+        )
+        assert server.wait_for_hits(path, already + 1, timeout=10)
+        assert time.perf_counter() - started < 5
+        assert later.result() == 204
+    assert server.hits[path] == already + 1
+
+
 def test_stop_is_prompt_and_quiet_with_streams_open(
     root: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -412,7 +429,7 @@ def test_stop_is_prompt_and_quiet_with_streams_open(
 
     threading.Thread(target=slow, daemon=True).start()
     client.get(srv.url("/nope"))
-    time.sleep(0.1)
+    assert srv.wait_for_hits("/slow/30/a.mp3", timeout=5)  # the slow handler is now sleeping
     started = time.perf_counter()
     srv.stop()
     assert time.perf_counter() - started < 1.0

@@ -248,7 +248,9 @@ def test_jobs_beyond_the_limit_get_503_with_retry_after(
             )
         )
         holder.start()
-        time.sleep(0.5)
+        # The job slot is taken before the download starts, so once the source sees the
+        # request the only slot is held for the next two seconds.
+        assert source.wait_for_hits("/slow/2/mp3.mp3")
         second = client.post(
             "/download/single",
             data={"conversation_id": "wait", "audio_url": source.file_url("mp3.mp3")},
@@ -294,12 +296,14 @@ def test_hostile_sources_fail_in_time_while_health_answers(
                 data={"conversation_id": "h", "audio_url": source.url(path)},
                 timeout=60,
             )
+            # Probe from the moment the hostile source is being fetched until the job ends.
+            assert source.wait_for_hits(path)
             worst = 0.0
             while not job.done():
                 probe = time.monotonic()
                 assert client.get("/health", timeout=5).status_code == 200
                 worst = max(worst, time.monotonic() - probe)
-                time.sleep(0.1)
+                concurrent.futures.wait([job], timeout=0.1)
             response = job.result()
             elapsed = time.monotonic() - started
     assert response.status_code == status, response.text
@@ -387,7 +391,7 @@ def test_conversions_never_exceed_their_limit(tmp_path: Path, long_source: Sourc
             most = 0
             while not all(job.done() for job in jobs):
                 most = max(most, len(_ffmpeg_processes_for(storage)))
-                time.sleep(0.05)
+                concurrent.futures.wait(jobs, timeout=0.05)
             answers = [job.result() for job in jobs]
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert most == 1

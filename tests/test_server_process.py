@@ -111,14 +111,15 @@ def test_health_answers_while_long_conversions_run(tmp_path: Path, long_audio: P
                 ]
                 latencies: list[float] = []
                 busy_probes = 0
-                await asyncio.sleep(0.3)
+                # Probing starts once all four jobs are under way: the source has their requests.
+                assert await asyncio.to_thread(src.wait_for_hits, "/files/long.mp3", 4)
                 while not all(job.done() for job in jobs):
                     started = time.monotonic()
                     response = await client.get("/health")
                     latencies.append(time.monotonic() - started)
                     assert response.status_code == 200
                     busy_probes += not all(job.done() for job in jobs)
-                    await asyncio.sleep(0.05)
+                    await asyncio.wait(jobs, timeout=0.05)
                 return latencies, [job.result() for job in jobs], busy_probes
 
         latencies, results, busy_probes = asyncio.run(scenario())
