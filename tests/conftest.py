@@ -25,7 +25,8 @@ from source_server import SourceServer
 from sqlalchemy.engine import make_url
 
 from main import create_app
-from metadata_tracker import MetadataTracker, database_url
+from metadata_tracker import MetadataTracker
+from metadata_tracker import database_url as store_url
 from settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +69,7 @@ def make_settings(base: Path, **overrides: object) -> Settings:
         "convert_timeout_seconds": 60,
         "min_free_disk_mb": 1,
         "metadata_export_seconds": 0.2,
+        "database_url": None,  # a DATABASE_URL in the developer's environment is not the tests'
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type,call-arg]
@@ -102,8 +104,8 @@ def recorded_conversations(settings: Settings) -> dict[str, dict[str, Any]]:
 
 def copy_store(original: Settings, copy: Settings) -> None:
     """Copy a live SQLite store with SQLite's own backup, as a consistent snapshot."""
-    source = sqlite3.connect(make_url(database_url(original)).database or "")
-    target = sqlite3.connect(make_url(database_url(copy)).database or "")
+    source = sqlite3.connect(make_url(store_url(original)).database or "")
+    target = sqlite3.connect(make_url(store_url(copy)).database or "")
     try:
         source.backup(target)
     finally:
@@ -134,7 +136,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment variables that reproduce `settings` in a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HTTP_PROXY", "HTTPS_PROXY"))}
     for name, value in settings.model_dump().items():
-        if isinstance(value, list):
+        if value is None:
+            env.pop(name.upper(), None)
+        elif isinstance(value, list):
             env[name.upper()] = ",".join(str(item) for item in value)
         elif value is not None:
             env[name.upper()] = str(value)

@@ -8,7 +8,7 @@ import json
 import multiprocessing
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +39,39 @@ def stored(n: int, seconds: float = 60.0, stamp: str | None = None) -> StoredFil
     )
 
 
-def tracker_at(directory: Path, tz: str = "Asia/Kolkata") -> MetadataTracker:
-    return MetadataTracker.from_settings(make_settings(directory, log_timezone=tz))
+def tracker_at(directory: Path, url: str | None = None) -> MetadataTracker:
+    settings = make_settings(directory, log_timezone="Asia/Kolkata", database_url=url)
+    return MetadataTracker.from_settings(settings)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str | None:
+    """None for the default SQLite store, else the URL of a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("database_url")
+    return url
 
 
 @pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[MetadataTracker]:
-    opened = tracker_at(tmp_path)
-    yield opened
-    opened.close()
+def make_tracker() -> Iterator[Callable[..., MetadataTracker]]:
+    """tracker_at, with every tracker's connections closed after the test."""
+    made: list[MetadataTracker] = []
+
+    def make(directory: Path, url: str | None = None) -> MetadataTracker:
+        made.append(tracker_at(directory, url))
+        return made[-1]
+
+    yield make
+    for tracker in made:
+        tracker.close()
+
+
+@pytest.fixture
+def tracker(
+    tmp_path: Path, backend: str | None, make_tracker: Callable[..., MetadataTracker]
+) -> MetadataTracker:
+    return make_tracker(tmp_path, backend)
 
 
 def everything(tracker: MetadataTracker) -> dict[str, dict[str, Any]]:
@@ -65,24 +89,29 @@ def recount(entries: dict[str, dict[str, Any]]) -> tuple[int, float, int]:
     )
 
 
-def _writer(directory: str, worker: int, count: int) -> None:
-    tracker = tracker_at(Path(directory))
+def _writer(directory: str, url: str | None, worker: int, count: int) -> None:
+    tracker = tracker_at(Path(directory), url)
     for n in range(count):
         tracker.record_file(f"w{worker}_{n}", "agent", stored(n))
         tracker.record_file(f"shared_{n}", f"speaker{worker}", stored(n))
+    tracker.close()
 
 
-def test_concurrent_processes_never_lose_an_update(tmp_path: Path) -> None:
+def test_concurrent_processes_never_lose_an_update(
+    tmp_path: Path, backend: str | None, make_tracker: Callable[..., MetadataTracker]
+) -> None:
     """Four processes writing at once: every entry and speaker survives and the totals add up."""
     workers, count = 4, 25
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, count)) for w in range(workers)]
+    procs = [
+        ctx.Process(target=_writer, args=(str(tmp_path), backend, w, count)) for w in range(workers)
+    ]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(120)
         assert proc.exitcode == 0
-    tracker = tracker_at(tmp_path)
+    tracker = make_tracker(tmp_path, backend)
     entries = everything(tracker)
     assert len(entries) == workers * count + count
     for n in range(count):
@@ -130,10 +159,15 @@ def test_first_and_last_download_compare_instants(tracker: MetadataTracker) -> N
     assert summary["last_download"] == "2026-01-01T05:00:00+00:00"
 
 
-def test_record_many_equals_recording_one_at_a_time(tmp_path: Path) -> None:
-    """record_many leaves the same conversations, files and totals as record_file for each."""
+def test_record_many_equals_recording_one_at_a_time(
+    tmp_path: Path,
+    new_database_url: Callable[[], str],
+    make_tracker: Callable[..., MetadataTracker],
+) -> None:
+    """record_many leaves the same conversations, files and totals as record_file for each,
+    on either database."""
     items = [(f"c{n % 7}", f"s{n % 3}", stored(n)) for n in range(30)]
-    one, many = tracker_at(tmp_path / "one"), tracker_at(tmp_path / "many")
+    one, many = make_tracker(tmp_path / "one"), make_tracker(tmp_path / "many", new_database_url())
     for cid, label, record in items:
         one.record_file(cid, label, record)
     assert many.record_many(items) == 30
@@ -167,9 +201,11 @@ def v1_document(name: str) -> bytes:
 
 
 @pytest.mark.parametrize("name", ["small", "large"])
-def test_first_start_imports_the_json_document_intact(tmp_path: Path, name: str) -> None:
+def test_first_start_imports_the_json_document_intact(
+    tmp_path: Path, backend: str | None, name: str, make_tracker: Callable[..., MetadataTracker]
+) -> None:
     """A service started where only the old JSON document exists keeps every entry as it was."""
-    settings = make_settings(tmp_path)
+    settings = make_settings(tmp_path, database_url=backend)
     raw = v1_document(name)
     Path(settings.metadata_file).write_bytes(raw)
     old = json.loads(raw)["conversations"]
@@ -178,7 +214,7 @@ def test_first_start_imports_the_json_document_intact(tmp_path: Path, name: str)
         stats = client.get("/statistics", params={"target_hours": 10}).json()
     assert page["total"] == len(old)
     assert [e["conversation_id"] for e in page["conversations"]] == list(old)[:1000]
-    imported = everything(MetadataTracker.from_settings(settings))
+    imported = everything(make_tracker(tmp_path, backend))
     assert list(imported) == list(old)
     for cid, entry in old.items():
         assert imported[cid] == entry, cid
@@ -279,10 +315,12 @@ def test_the_export_is_the_store_as_a_json_document(tracker: MetadataTracker) ->
     assert leftovers == []
 
 
-def test_the_exporter_follows_writes_of_other_processes(tmp_path: Path) -> None:
+def test_the_exporter_follows_writes_of_other_processes(
+    tmp_path: Path, backend: str | None, make_tracker: Callable[..., MetadataTracker]
+) -> None:
     """A running exporter picks up a write made through another connection within seconds."""
-    settings = make_settings(tmp_path, metadata_export_seconds=0.2)
-    serving, elsewhere = MetadataTracker.from_settings(settings), tracker_at(tmp_path)
+    settings = make_settings(tmp_path, metadata_export_seconds=0.2, database_url=backend)
+    serving, elsewhere = make_tracker(tmp_path, backend), make_tracker(tmp_path, backend)
     serving.check()
     exporter = JsonExporter(serving, settings.metadata_export_seconds)
     exporter.start()
@@ -332,8 +370,9 @@ def test_script_prints_statistics_and_exports(
     assert json.loads(path.read_text())["conversations"] == everything(tracker)
 
 
-def test_only_the_store_lives_beside_the_document(tracker: MetadataTracker) -> None:
-    """Writes leave the database (and its WAL files) and, once exported, the document."""
+def test_only_the_store_lives_beside_the_document(tmp_path: Path) -> None:
+    """Writes leave the SQLite database (and its WAL files) and, once exported, the document."""
+    tracker = tracker_at(tmp_path)
     for n in range(20):
         tracker.record_file(f"c{n}", "agent", stored(n))
     tracker.export_json()
