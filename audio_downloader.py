@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 import httpx
 
+from conversion_slots import ConversionSlots
 from converter import read_wav_info, resolve_ffmpeg, run_ffmpeg, sha256_of
 from errors import (
     AudioError,
@@ -111,9 +112,9 @@ class AudioDownloader:
         )
         self._fetcher = Fetcher(settings, self.policy, client)
         self._jobs = asyncio.Semaphore(settings.max_concurrent_jobs)
-        # Conversions are CPU-bound: more ffmpeg processes than cores convert no faster and
-        # starve the event loop (and /health) of CPU. Downloads of other jobs go on meanwhile.
-        self._conversions = asyncio.Semaphore(settings.max_concurrent_conversions)
+        self._conversions = ConversionSlots(
+            settings.conversion_slots_dir, settings.max_concurrent_conversions
+        )
 
     async def aclose(self) -> None:
         await self._fetcher.aclose()
@@ -121,6 +122,7 @@ class AudioDownloader:
     def prepare_storage(self) -> int:
         """Create the storage directory and remove leftovers of dead processes; returns count."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self._conversions.prepare()
         return remove_leftovers(self.storage_dir)
 
     def target_path(self, conversation_id: str, speaker_label: str) -> Path:
@@ -265,7 +267,7 @@ class AudioDownloader:
             await self._fetcher.fetch(url, source, self._check_free_space)
             if source.stat().st_size == 0:
                 raise NotAudio("the body is empty")
-            async with self._conversions:
+            async with self._conversions.slot():
                 await run_ffmpeg(
                     self.ffmpeg, source, converted,
                     max_seconds=self.settings.max_audio_hours * 3600,

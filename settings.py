@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -53,8 +54,9 @@ class Settings(BaseSettings):
     convert_timeout_seconds: float = Field(default=3600, gt=0)
     max_audio_hours: float = Field(default=6, gt=0)
     max_concurrent_jobs: int = Field(default=8, ge=1)
-    # Default: the number of CPU cores.
+    # Per host, across every service process: default the number of CPU cores.
     max_concurrent_conversions: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    conversion_slots_dir: Path = Path(tempfile.gettempdir()) / "diarization-conversion-slots"
     job_queue_timeout_seconds: float = Field(default=300, ge=0)
     min_free_disk_mb: float = Field(default=1024, ge=0)
 

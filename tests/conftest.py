@@ -69,6 +69,7 @@ def make_settings(base: Path, **overrides: object) -> Settings:
         "convert_timeout_seconds": 60,
         "min_free_disk_mb": 1,
         "metadata_export_seconds": 0.2,
+        "conversion_slots_dir": base / "slots",
         "database_url": None,  # a DATABASE_URL in the developer's environment is not the tests'
     }
     values.update(overrides)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import ipaddress
 import shutil
 import time
@@ -366,32 +368,30 @@ def test_odd_values_in_every_field_are_400_and_write_nothing(
     assert [p for p in after if p not in before and not p.startswith("audio_downloader.log")] == []
 
 
-def test_conversions_never_exceed_their_limit(tmp_path: Path, long_source: SourceServer) -> None:
-    """With MAX_CONCURRENT_CONVERSIONS=1, three long jobs run one ffmpeg at a time, all succeed."""
+@pytest.mark.parametrize("servers", [1, 3])
+def test_conversions_never_exceed_their_limit(
+    tmp_path: Path, long_source: SourceServer, servers: int
+) -> None:
+    """With MAX_CONCURRENT_CONVERSIONS=1, three long jobs run one ffmpeg at a time on the host,
+    whether one server process takes all three or three processes take one each."""
     settings = make_settings(tmp_path, max_concurrent_conversions=1)
     storage = Path(settings.audio_storage_dir)
-    with ServerProcess(settings) as server:
-        import concurrent.futures
-
-        with (
-            httpx.Client(base_url=server.base_url, trust_env=False, timeout=120) as client,
-            concurrent.futures.ThreadPoolExecutor(3) as pool,
-        ):
-            jobs = [
-                pool.submit(
-                    client.post,
-                    "/download/single",
-                    data={
-                        "conversation_id": f"l{n}",
-                        "audio_url": long_source.file_url("long.mp3"),
-                    },
-                )
-                for n in range(3)
-            ]
-            most = 0
-            while not all(job.done() for job in jobs):
-                most = max(most, len(_ffmpeg_processes_for(storage)))
-                concurrent.futures.wait(jobs, timeout=0.05)
-            answers = [job.result() for job in jobs]
+    with contextlib.ExitStack() as stack:
+        hosts = [stack.enter_context(ServerProcess(settings)).base_url for _ in range(servers)]
+        client = stack.enter_context(httpx.Client(trust_env=False, timeout=120))
+        pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(3))
+        jobs = [
+            pool.submit(
+                client.post,
+                hosts[n % servers] + "/download/single",
+                data={"conversation_id": f"l{n}", "audio_url": long_source.file_url("long.mp3")},
+            )
+            for n in range(3)
+        ]
+        most = 0
+        while not all(job.done() for job in jobs):
+            most = max(most, len(_ffmpeg_processes_for(storage)))
+            concurrent.futures.wait(jobs, timeout=0.05)
+        answers = [job.result() for job in jobs]
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert most == 1
