@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -28,12 +27,21 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tqdm import tqdm
 
 from audio_downloader import validate_name, validate_url
+from cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    fail,
+    invalid_settings,
+    positive_float,
+    positive_int,
+)
 from errors import AudioError, Busy, InvalidInput, Unauthorized
 from service_client import ServiceClient, ServiceUnreachable
 from settings import get_settings
 
 DEFAULT_CSV = Path(__file__).resolve().parent / "examples" / "conversations.csv"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_UNREACHABLE = 3
 BUSY_ATTEMPTS = 4  # a service with every job slot taken says when to come back
 BUSY_MAX_WAIT_SECONDS = 60.0
 
@@ -291,34 +299,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("csv", nargs="?", type=Path, default=DEFAULT_CSV, help="default: %(default)s")
     add("--server", help="service URL (default: http://127.0.0.1:PORT from the settings)")
-    add("--concurrency", type=_positive_int, default=4, help="conversations at once (default 4)")
+    add("--concurrency", type=positive_int, default=4, help="conversations at once (default 4)")
     add("--id-column", default="conversation_id", metavar="NAME", help="default: %(default)s")
     add("--agent-column", default="agent_audio_url", metavar="NAME", help="default: %(default)s")
     add("--customer-column", metavar="NAME", help="optional; default: customer_audio_url")
     add("--overwrite", action="store_true", help="download again what is already stored")
-    add("--stop-at-target", type=_positive_float, metavar="HOURS",
+    add("--stop-at-target", type=positive_float, metavar="HOURS",
         help="send no more rows once the service reports HOURS collected")  # fmt: skip
     add("--failed-rows-dir", type=Path, default=Path("."), metavar="DIR",
         help="where failed_rows_<timestamp>.csv goes (default: current directory)")  # fmt: skip
-    add("--timeout", type=_positive_float, metavar="SECONDS",
+    add("--timeout", type=positive_float, metavar="SECONDS",
         help="longest wait for one conversation (default: DOWNLOAD_DEADLINE_SECONDS + "
         "CONVERT_TIMEOUT_SECONDS)")  # fmt: skip
     add("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         data = read_csv(args.csv, columns)
     except ValidationError as exc:
-        return fail(EXIT_USAGE, f"invalid settings: {first_problem(exc)}")
+        return fail(EXIT_USAGE, invalid_settings(exc))
     except AudioError as exc:
         return fail(EXIT_USAGE, exc.message)
     client = ServiceClient.from_settings(settings, args.server, args.timeout)
@@ -397,18 +391,6 @@ def _retry_command(path: Path, args: argparse.Namespace) -> str:
         if value != default:
             parts += [f"--{option.replace('_', '-')}", str(value)]
     return " ".join(parts)
-
-
-def first_problem(exc: ValidationError) -> str:
-    """The first invalid setting, named as its environment variable."""
-    problem = exc.errors()[0]
-    return f"{'.'.join(map(str, problem['loc'])).upper()}: {problem['msg']}"
-
-
-def fail(code: int, message: str) -> int:
-    """Say what went wrong in one line on stderr and hand back the exit code."""
-    print(f"error: {message}", file=sys.stderr)
-    return code
 
 
 if __name__ == "__main__":
