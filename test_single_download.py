@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from batch_download_from_csv import DEFAULT_CSV, Columns, Row, read_csv
 from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings, positive_float
+from conversations_csv import DEFAULT_CSV, Columns, Row, read_csv
 from converter import TARGET_CHANNELS, TARGET_SAMPLE_RATE, read_wav_info
 from errors import AudioError, InvalidInput, Unauthorized
 from service_client import ServiceClient, ServiceUnreachable
