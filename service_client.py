@@ -2,8 +2,8 @@
 
 Error answers (`{"detail", "error"}`) come back as the errors.py class of the same code, so a
 script catches AudioError once whether the problem was found here or on the server. A service
-that cannot be reached, or that is not this service, is ServiceUnreachable. When API_KEY is set
-the client sends it as X-API-Key, as the service expects.
+that cannot be reached, that went away during a request, or that is not this service, is
+ServiceUnreachable. When API_KEY is set the client sends it as X-API-Key, as the service expects.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from settings import Settings
 _ERRORS_BY_CODE: dict[str, type[errors.AudioError]] = {
     cls.code: cls for cls in errors.AudioError.__subclasses__()
 }
+_HINT = "is it running? Start it with `make run`, or pass --server"
+PROBE_TIMEOUT_SECONDS = 10.0
 
 
 class ServiceUnreachable(errors.AudioError):
@@ -90,17 +92,37 @@ class ServiceClient:
             return self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ServiceUnreachable(
-                f"cannot reach the service at {self.base_url} ({exc}); is it running? "
-                "Start it with `make run`, or pass --server"
+                f"cannot reach the service at {self.base_url} ({exc}); {_HINT}"
             ) from exc
         except httpx.TimeoutException as exc:
             raise errors.AudioError(
                 f"no answer from {self.base_url}{path} within {self.timeout:g} s"
             ) from exc
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            # The connection broke before the answer. Whether the service is gone, or only this
+            # exchange failed, decides if the caller stops (or turns to another service).
+            if self._gone():
+                raise ServiceUnreachable(
+                    f"cannot reach the service at {self.base_url}: it went away during {path} "
+                    f"({type(exc).__name__}: {exc}); {_HINT}"
+                ) from exc
+            raise errors.AudioError(
+                f"{self.base_url}{path} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         except httpx.HTTPError as exc:
             raise errors.AudioError(
                 f"{self.base_url}{path} failed: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _gone(self) -> bool:
+        """Whether nothing answers at the service's address any more."""
+        try:
+            self._http.get("/health", timeout=PROBE_TIMEOUT_SECONDS)
+        except (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError):
+            return True
+        except httpx.HTTPError:  # slow or odd, but there
+            return False
+        return False
 
     def _json(self, response: httpx.Response, path: str) -> dict[str, Any]:
         try:
