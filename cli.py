@@ -1,4 +1,4 @@
-"""What the command-line scripts share: exit codes, one-line errors, positive-number options."""
+"""What the command-line scripts share: exit codes, one-line errors and warnings, number options."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ def fail(code: int, message: str) -> int:
     """Say what went wrong in one line on stderr and hand back the exit code."""
     print(error_line(message), file=sys.stderr)
     return code
+
+
+def warn(message: str) -> None:
+    """Something the user should know that does not stop the script, in one line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def invalid_settings(exc: ValidationError) -> str:

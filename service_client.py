@@ -4,11 +4,14 @@ Error answers (`{"detail", "error"}`) come back as the errors.py class of the sa
 script catches AudioError once whether the problem was found here or on the server. A service
 that cannot be reached, that went away during a request, or that is not this service, is
 ServiceUnreachable. When API_KEY is set the client sends it as X-API-Key, as the service expects.
+ServicePool spreads requests over several services of one store.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import httpx
 
@@ -20,6 +23,7 @@ _ERRORS_BY_CODE: dict[str, type[errors.AudioError]] = {
 }
 _HINT = "is it running? Start it with `make run`, or pass --server"
 PROBE_TIMEOUT_SECONDS = 10.0
+T = TypeVar("T")
 
 
 class ServiceUnreachable(errors.AudioError):
@@ -140,4 +144,81 @@ class ServiceClient:
         raise ServiceUnreachable(
             f"{self.base_url}{path} answered HTTP {response.status_code} without the service's "
             "JSON; is --server the audio downloader service?"
+        )
+
+
+class ServicePool:
+    """Several services sharing one store, as one: each request goes to the live service with the
+    fewest requests in flight (in turn when tied), and a service that cannot be reached leaves
+    the rotation, its request going to another. Thread-safe."""
+
+    def __init__(self, clients: Sequence[ServiceClient]) -> None:
+        self.clients = list(clients)
+        self._live = list(clients)
+        self._in_flight = dict.fromkeys(self.clients, 0)
+        self._turn = 0
+        self._lock = threading.Lock()
+        #: (base URL, why) of each service taken out of the rotation, in that order.
+        self.dropped: list[tuple[str, str]] = []
+        self._last_reason = ""
+
+    @property
+    def live(self) -> list[ServiceClient]:
+        with self._lock:
+            return list(self._live)
+
+    def check(self) -> None:
+        """Ask every service for /health and access now; the unreachable ones leave at once.
+
+        Raises ServiceUnreachable when none answers, Unauthorized when one refuses the API key.
+        """
+        for client in self.live:
+            try:
+                client.health()
+                client.check_access()
+            except ServiceUnreachable as exc:
+                self._drop(client, exc)
+        with self._lock:
+            if not self._live:
+                raise self._none_left()
+
+    def call(self, request: Callable[[ServiceClient], T]) -> T:
+        """`request(client)` on the least busy live service, again on another while unreachable."""
+        while True:
+            client = self._take()
+            try:
+                return request(client)
+            except ServiceUnreachable as exc:
+                self._drop(client, exc)
+            finally:
+                with self._lock:
+                    self._in_flight[client] -= 1
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    def _take(self) -> ServiceClient:
+        with self._lock:
+            if not self._live:
+                raise self._none_left()
+            start = self._turn % len(self._live)
+            self._turn += 1
+            turn_order = self._live[start:] + self._live[:start]
+            client = min(turn_order, key=self._in_flight.__getitem__)
+            self._in_flight[client] += 1
+            return client
+
+    def _drop(self, client: ServiceClient, exc: ServiceUnreachable) -> None:
+        with self._lock:
+            if client in self._live:
+                self._live.remove(client)
+                self.dropped.append((client.base_url, exc.message))
+            self._last_reason = exc.message
+
+    def _none_left(self) -> ServiceUnreachable:
+        if len(self.clients) == 1:
+            return ServiceUnreachable(self._last_reason)
+        return ServiceUnreachable(
+            f"none of the {len(self.clients)} services answers; the last: {self._last_reason}"
         )
