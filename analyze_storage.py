@@ -25,13 +25,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings, positive_float
 from errors import AudioError, StorageError
 from metadata_document import statistics_of
 from metadata_tracker import MetadataTracker
 from settings import get_settings
 from storage_layout import wav_files
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BELOW_TARGET, EXIT_INCONSISTENT = 0, 1, 2, 3, 4
+EXIT_BELOW_TARGET, EXIT_INCONSISTENT = 3, 4
 RATE_WINDOW = timedelta(hours=24)
 SPEAKER_GROUPS = ("agent", "customer", "other")
 EXPORT_COLUMNS = [
@@ -308,7 +309,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "3 target not reached (with --check-target), 4 problems found (with --strict).",
     )
     add = parser.add_argument
-    add("--target", type=_positive, default=100.0, metavar="HOURS", help="default: 100")
+    add("--target", type=positive_float, default=100.0, metavar="HOURS", help="default: 100")
     add("--metadata-file", type=Path, help="default: METADATA_FILE from the settings")
     add("--storage-dir", type=Path, help="default: AUDIO_STORAGE_DIR from the settings")
     output = parser.add_mutually_exclusive_group()
@@ -326,13 +327,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--strict", action="store_true", help="exit 4 when the consistency check finds problems")
     add("--check-target", action="store_true", help="exit 3 while the target is not reached")
     return parser.parse_args(argv)
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,13 +348,11 @@ def main(argv: list[str] | None = None) -> int:
             saved.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             written.append(f"report saved to {saved}")
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        name = str(problem["loc"][0]).upper()
-        return _fail(EXIT_USAGE, f"invalid settings: {name}: {problem['msg']}")
+        return fail(EXIT_USAGE, invalid_settings(exc))
     except AudioError as exc:
-        return _fail(EXIT_ERROR, exc.message)
+        return fail(EXIT_FAILED, exc.message)
     except OSError as exc:
-        return _fail(EXIT_ERROR, f"cannot write the report: {exc}")
+        return fail(EXIT_FAILED, f"cannot write the report: {exc}")
     if args.json:
         print(json.dumps(report, indent=2))
     elif args.summary_line:
@@ -370,15 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     for line in written:  # stdout stays pure JSON or one line for the tools that read it
         print(line, file=sys.stderr if args.json or args.summary_line else sys.stdout)
     if args.strict and not report["consistency"]["ok"]:
-        return _fail(EXIT_INCONSISTENT, "the metadata and the stored files disagree (see above)")
+        return fail(EXIT_INCONSISTENT, "the metadata and the stored files disagree (see above)")
     if args.check_target and not report["progress"]["target_reached"]:
         return EXIT_BELOW_TARGET
     return EXIT_OK
-
-
-def _fail(code: int, message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
 
 
 if __name__ == "__main__":

@@ -5,21 +5,26 @@ is counted as skipped and nothing is downloaded, so running the same command aga
 where the last run stopped. Rows that failed are written to `failed_rows_<timestamp>.csv` with
 the input's header, ready to be passed back as the CSV.
 
+With several --server options the rows are spread over those services (of one store): each row
+goes to the one with the fewest rows in flight. A service that does not answer at the start is
+left out with a warning; one that stops answering during the run leaves the rotation and its
+row is sent to another. Only when none is left does the run stop.
+
 Exit codes: 0 every row stored or skipped (or the target was reached); 1 some rows failed or
-were invalid; 2 the CSV or an option is unusable; 3 the service could not be reached or refused
+were invalid; 2 the CSV or an option is unusable; 3 no service could be reached, or one refused
 the API key.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,121 +32,24 @@ from pydantic import ValidationError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tqdm import tqdm
 
-from audio_downloader import validate_name, validate_url
-from errors import AudioError, Busy, InvalidInput, Unauthorized
-from service_client import ServiceClient, ServiceUnreachable
+from cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    fail,
+    invalid_settings,
+    positive_float,
+    positive_int,
+    warn,
+)
+from conversations_csv import DEFAULT_CSV, Columns, CsvInput, Row, read_csv, write_failed_rows
+from errors import AudioError, Busy, Unauthorized
+from service_client import ServiceClient, ServicePool, ServiceUnreachable
 from settings import get_settings
 
-DEFAULT_CSV = Path(__file__).resolve().parent / "examples" / "conversations.csv"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_UNREACHABLE = 3
 BUSY_ATTEMPTS = 4  # a service with every job slot taken says when to come back
 BUSY_MAX_WAIT_SECONDS = 60.0
-
-
-# The CSV ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Columns:
-    conversation_id: str = "conversation_id"
-    agent: str = "agent_audio_url"
-    customer: str = "customer_audio_url"
-    customer_required: bool = False
-
-
-@dataclass(frozen=True)
-class Row:
-    """One valid conversation of the CSV, with the record as read for failed_rows_*.csv."""
-
-    line: int
-    conversation_id: str
-    agent_url: str
-    customer_url: str | None
-    record: dict[str, str]
-
-
-@dataclass(frozen=True)
-class CsvInput:
-    fieldnames: list[str]
-    rows: list[Row]
-    invalid: list[tuple[int, str]]  # (line number, reason)
-
-
-def read_csv(path: Path, columns: Columns) -> CsvInput:
-    """Every row of the CSV, valid ones as Rows and invalid ones as (line, reason)."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
-            fieldnames = list(reader.fieldnames or [])
-            _check_header(path, fieldnames, columns)
-            rows: list[Row] = []
-            invalid: list[tuple[int, str]] = []
-            seen: dict[str, int] = {}
-            for record in reader:
-                line = reader.line_num
-                try:
-                    row = _row(line, record, fieldnames, columns)
-                except InvalidInput as exc:
-                    invalid.append((line, exc.message))
-                    continue
-                first = seen.setdefault(row.conversation_id, line)
-                if first != line:
-                    invalid.append((line, f"{row.conversation_id} repeats line {first}"))
-                    continue
-                rows.append(row)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidInput(f"cannot read CSV {path}: {exc}") from exc
-    return CsvInput(fieldnames, rows, invalid)
-
-
-def _check_header(path: Path, fieldnames: list[str], columns: Columns) -> None:
-    required = [columns.conversation_id, columns.agent]
-    if columns.customer_required:
-        required.append(columns.customer)
-    missing = [name for name in required if name not in fieldnames]
-    if missing:
-        raise InvalidInput(
-            f"CSV {path} has no column {', '.join(map(repr, missing))} (its header is "
-            f"{', '.join(fieldnames) or 'empty'}); name the columns with --id-column, "
-            f"--agent-column and --customer-column"
-        )
-
-
-def _row(line: int, record: dict[str | Any, Any], fieldnames: list[str], cols: Columns) -> Row:
-    def cell(name: str) -> str:
-        value = record.get(name)
-        return value.strip() if isinstance(value, str) else ""
-
-    conversation_id = cell(cols.conversation_id)
-    if not conversation_id:
-        raise InvalidInput(f"{cols.conversation_id} is blank")
-    validate_name(cols.conversation_id, conversation_id)
-    agent_url = cell(cols.agent)
-    if not agent_url:
-        raise InvalidInput(f"{cols.agent} is blank")
-    validate_url(cols.agent, agent_url)
-    customer_url = cell(cols.customer) or None
-    if customer_url is not None:
-        validate_url(cols.customer, customer_url)
-    kept = {name: record.get(name) or "" for name in fieldnames}
-    return Row(line, conversation_id, agent_url, customer_url, kept)
-
-
-def write_failed_rows(directory: Path, fieldnames: list[str], rows: Sequence[Row]) -> Path:
-    """The rows as they were read, under the input's header, in a new timestamped file."""
-    directory.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    path = directory / f"failed_rows_{stamp}.csv"
-    suffix = 1
-    while path.exists():  # two runs in one second must not overwrite each other's retries
-        suffix += 1
-        path = directory / f"failed_rows_{stamp}_{suffix}.csv"
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        writer.writeheader()
-        for row in sorted(rows, key=lambda r: r.line):
-            writer.writerow(row.record)
-    return path
 
 
 # The service -----------------------------------------------------------------------------
@@ -155,6 +63,7 @@ class Outcome:
     status: str
     hours_added: float = 0.0
     message: str = ""
+    server: str = ""  # the service that answered
 
 
 def send(client: ServiceClient, row: Row, overwrite: bool) -> Outcome:
@@ -174,8 +83,8 @@ def send(client: ServiceClient, row: Row, overwrite: bool) -> Outcome:
     except (ServiceUnreachable, Unauthorized):
         raise
     except AudioError as exc:
-        return Outcome(row, "failed", message=f"{exc.code}: {exc.message}")
-    return classify(row, body)
+        return Outcome(row, "failed", message=f"{exc.code}: {exc.message}", server=client.base_url)
+    return replace(classify(row, body), server=client.base_url)
 
 
 def _busy_wait(state: RetryCallState) -> float:
@@ -211,29 +120,39 @@ class Summary:
     sent: int = 0
     retry: list[Row] = field(default_factory=list)
     not_sent: list[Row] = field(default_factory=list)
+    took: Counter[str] = field(default_factory=Counter)  # rows answered, by service
 
     def add(self, outcome: Outcome) -> None:
         self.counts[outcome.status] += 1
         self.hours_added += outcome.hours_added
+        self.took[outcome.server] += 1
         if outcome.status in ("failed", "partial"):
             self.retry.append(outcome.row)
 
-    def report(self, invalid: int) -> str:
+    def report(self, invalid: int, services: ServicePool) -> str:
         elapsed = time.monotonic() - self.started
         per_minute = 60 / max(elapsed, 1e-9)
         c = self.counts
-        return (
-            "Summary:\n"
+        lines = [
+            "Summary:",
             f"  succeeded {c['succeeded']}, partial {c['partial']}, failed {c['failed']}, "
-            f"skipped {c['skipped']} (already stored), invalid rows {invalid}\n"
-            f"  hours added {self.hours_added:.4f} ({self.hours_added * 60:.1f} min of audio)\n"
+            f"skipped {c['skipped']} (already stored), invalid rows {invalid}",
+            f"  hours added {self.hours_added:.4f} ({self.hours_added * 60:.1f} min of audio)",
             f"  elapsed {elapsed:.1f} s, throughput {sum(c.values()) * per_minute:.1f} "
-            f"conversations/min, {self.hours_added * 60 * per_minute:.2f} min of audio per min"
-        )
+            f"conversations/min, {self.hours_added * 60 * per_minute:.2f} min of audio per min",
+        ]
+        if len(services.clients) > 1:
+            left = {url for url, _ in services.dropped}
+            took = [
+                f"{url} {self.took[url]}" + (" (left the rotation)" if url in left else "")
+                for url in (client.base_url for client in services.clients)
+            ]
+            lines.append(f"  rows per server: {', '.join(took)}")
+        return "\n".join(lines)
 
 
 def run_batch(
-    client: ServiceClient, rows: list[Row], args: argparse.Namespace, summary: Summary
+    services: ServicePool, rows: list[Row], args: argparse.Namespace, summary: Summary
 ) -> str | None:
     """Send the rows, `concurrency` at a time; returns why it stopped early, if it did."""
     queue: Iterator[Row] = iter(rows)
@@ -241,13 +160,15 @@ def run_batch(
     stop: str | None = None
     bar = tqdm(total=len(rows), unit="conv", disable=args.no_progress or None, dynamic_ncols=True)
     pool = ThreadPoolExecutor(max_workers=args.concurrency)
+    dropped = len(services.dropped)
     try:
         while True:
             while stop is None and len(in_flight) < args.concurrency:
                 row = next(queue, None)
                 if row is None:
                     break
-                in_flight[pool.submit(send, client, row, args.overwrite)] = row
+                request = partial(send, row=row, overwrite=args.overwrite)
+                in_flight[pool.submit(services.call, request)] = row
                 summary.sent += 1
             if not in_flight:
                 break
@@ -262,8 +183,13 @@ def run_batch(
                               f"{outcome.message}")  # fmt: skip
                 bar.update(1)
                 bar.set_postfix(failed=len(summary.retry), hours=f"+{summary.hours_added:.3f}")
+            for _, reason in services.dropped[dropped:]:
+                left = len(services.live)
+                bar.write(f"warning: {reason}; its rows go to the {left} other server(s)",
+                          file=sys.stderr)  # fmt: skip
+            dropped = len(services.dropped)
             if stop is None and args.stop_at_target and summary.hours_added > 0:
-                stop = _target_reached(client, args.stop_at_target)
+                stop = _target_reached(services, args.stop_at_target)
     except BaseException:
         summary.retry.extend(in_flight.values())  # their outcome is unknown: try them again
         raise
@@ -274,8 +200,8 @@ def run_batch(
     return stop
 
 
-def _target_reached(client: ServiceClient, target: float) -> str | None:
-    progress = client.statistics(target)["progress"]
+def _target_reached(services: ServicePool, target: float) -> str | None:
+    progress = services.call(lambda client: client.statistics(target))["progress"]
     reached, hours = progress["target_reached"], progress["current_hours"]
     return f"target of {target:g} h reached (the service has {hours:.4f} h)" if reached else None
 
@@ -286,39 +212,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(POST /download/dual). Conversations the service already stores are skipped, so the "
         "same command resumes an interrupted batch.",
         epilog="Exit codes: 0 all stored or skipped (or target reached), 1 some rows failed "
-        "or were invalid, 2 unusable CSV or settings, 3 service unreachable or API key refused.",
+        "or were invalid, 2 unusable CSV or settings, 3 no service reachable or API key refused.",
     )
     add = parser.add_argument
     add("csv", nargs="?", type=Path, default=DEFAULT_CSV, help="default: %(default)s")
-    add("--server", help="service URL (default: http://127.0.0.1:PORT from the settings)")
-    add("--concurrency", type=_positive_int, default=4, help="conversations at once (default 4)")
+    add("--server", action="append", metavar="URL",
+        help="service URL (default: http://127.0.0.1:PORT from the settings). Give it several "
+        "times to spread the rows over several services of one store; one that does not answer "
+        "at the start is left out with a warning, one that stops answering leaves the rotation "
+        "and its rows go to the others")  # fmt: skip
+    add("--concurrency", type=positive_int, default=4, metavar="N",
+        help="conversations in flight at once, over all servers (default 4)")  # fmt: skip
     add("--id-column", default="conversation_id", metavar="NAME", help="default: %(default)s")
     add("--agent-column", default="agent_audio_url", metavar="NAME", help="default: %(default)s")
     add("--customer-column", metavar="NAME", help="optional; default: customer_audio_url")
     add("--overwrite", action="store_true", help="download again what is already stored")
-    add("--stop-at-target", type=_positive_float, metavar="HOURS",
+    add("--stop-at-target", type=positive_float, metavar="HOURS",
         help="send no more rows once the service reports HOURS collected")  # fmt: skip
     add("--failed-rows-dir", type=Path, default=Path("."), metavar="DIR",
         help="where failed_rows_<timestamp>.csv goes (default: current directory)")  # fmt: skip
-    add("--timeout", type=_positive_float, metavar="SECONDS",
+    add("--timeout", type=positive_float, metavar="SECONDS",
         help="longest wait for one conversation (default: DOWNLOAD_DEADLINE_SECONDS + "
         "CONVERT_TIMEOUT_SECONDS)")  # fmt: skip
     add("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,35 +250,40 @@ def main(argv: list[str] | None = None) -> int:
         )
         data = read_csv(args.csv, columns)
     except ValidationError as exc:
-        return fail(EXIT_USAGE, f"invalid settings: {first_problem(exc)}")
+        return fail(EXIT_USAGE, invalid_settings(exc))
     except AudioError as exc:
         return fail(EXIT_USAGE, exc.message)
-    client = ServiceClient.from_settings(settings, args.server, args.timeout)
+    urls = dict.fromkeys(args.server or [None])  # in the order given, each once
+    services = ServicePool(
+        [ServiceClient.from_settings(settings, url, args.timeout) for url in urls]
+    )
     summary = Summary()
     try:
-        return _run(client, data, args, summary)
+        return _run(services, data, args, summary)
     except (ServiceUnreachable, Unauthorized) as exc:
-        return _stopped(EXIT_UNREACHABLE, exc.message, data, args, summary)
+        return _stopped(EXIT_UNREACHABLE, exc.message, data, args, summary, services)
     except KeyboardInterrupt:
-        return _stopped(130, "interrupted", data, args, summary)
+        return _stopped(130, "interrupted", data, args, summary, services)
     except AudioError as exc:
         return fail(EXIT_FAILED, exc.message)
     finally:
-        client.close()
+        services.close()
 
 
-def _run(client: ServiceClient, data: CsvInput, args: argparse.Namespace, summary: Summary) -> int:
-    client.health()
-    client.check_access()
-    print(f"{len(data.rows)} conversations in {args.csv} -> {client.base_url}")
+def _run(services: ServicePool, data: CsvInput, args: argparse.Namespace, summary: Summary) -> int:
+    services.check()
+    for _, reason in services.dropped:
+        warn(f"{reason}; going on with the {len(services.live)} other server(s)")
+    servers = ", ".join(client.base_url for client in services.live)
+    print(f"{len(data.rows)} conversations in {args.csv} -> {servers}")
     for line, reason in data.invalid:
         print(f"  INVALID line {line}: {reason}")
-    stop = _target_reached(client, args.stop_at_target) if args.stop_at_target else None
+    stop = _target_reached(services, args.stop_at_target) if args.stop_at_target else None
     if stop is None:
-        stop = run_batch(client, data.rows, args, summary)
+        stop = run_batch(services, data.rows, args, summary)
     else:
         summary.not_sent = list(data.rows)
-    print(summary.report(len(data.invalid)))
+    print(summary.report(len(data.invalid), services))
     if stop:
         print(f"Stopped: {stop}; {len(summary.not_sent)} conversations not sent.")
     if summary.retry:
@@ -377,11 +299,16 @@ def _run(client: ServiceClient, data: CsvInput, args: argparse.Namespace, summar
 
 
 def _stopped(
-    code: int, reason: str, data: CsvInput, args: argparse.Namespace, summary: Summary
+    code: int,
+    reason: str,
+    data: CsvInput,
+    args: argparse.Namespace,
+    summary: Summary,
+    services: ServicePool,
 ) -> int:
     """An early end: if anything was sent, keep what is left for a retry; then one line."""
     if summary.sent:
-        print(summary.report(len(data.invalid)))
+        print(summary.report(len(data.invalid), services))
         path = write_failed_rows(
             args.failed_rows_dir, data.fieldnames, summary.retry + summary.not_sent
         )
@@ -391,24 +318,14 @@ def _stopped(
 
 def _retry_command(path: Path, args: argparse.Namespace) -> str:
     parts = ["python3 batch_download_from_csv.py", str(path)]
-    defaults = {"server": None, "id_column": "conversation_id", "agent_column": "agent_audio_url"}
+    for server in args.server or []:
+        parts += ["--server", server]
+    defaults = {"id_column": "conversation_id", "agent_column": "agent_audio_url"}
     for option, default in {**defaults, "customer_column": None}.items():
         value = getattr(args, option)
         if value != default:
             parts += [f"--{option.replace('_', '-')}", str(value)]
     return " ".join(parts)
-
-
-def first_problem(exc: ValidationError) -> str:
-    """The first invalid setting, named as its environment variable."""
-    problem = exc.errors()[0]
-    return f"{'.'.join(map(str, problem['loc'])).upper()}: {problem['msg']}"
-
-
-def fail(code: int, message: str) -> int:
-    """Say what went wrong in one line on stderr and hand back the exit code."""
-    print(f"error: {message}", file=sys.stderr)
-    return code
 
 
 if __name__ == "__main__":

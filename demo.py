@@ -171,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
 def hourly_monitor(work: Path) -> int:
     """One cron-style run of the monitor, logging beside the demo's other files."""
     log = work / "hourly_log.txt"
+    # Without a .venv beside the script (a git worktree), its python3 is then the demo's own.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "TARGET_HOURS": str(TARGET_HOURS), "HOURLY_LOG_FILE": str(log),
-           "HOURLY_LOCK_FILE": str(work / "hourly.lock")}  # fmt: skip
+           "HOURLY_LOCK_FILE": str(work / "hourly.lock"), "PATH": path}  # fmt: skip
     print(f"\n=== One hourly monitor run (cron)\n$ TARGET_HOURS={TARGET_HOURS} ./hourly_monitor.sh")
     code = subprocess.run(["bash", str(ROOT / "hourly_monitor.sh")], env=env, check=False)
     print(f"$ cat hourly_log.txt\n{log.read_text()}(exit code {code.returncode})", flush=True)

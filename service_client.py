@@ -2,13 +2,16 @@
 
 Error answers (`{"detail", "error"}`) come back as the errors.py class of the same code, so a
 script catches AudioError once whether the problem was found here or on the server. A service
-that cannot be reached, or that is not this service, is ServiceUnreachable. When API_KEY is set
-the client sends it as X-API-Key, as the service expects.
+that cannot be reached, that went away during a request, or that is not this service, is
+ServiceUnreachable. When API_KEY is set the client sends it as X-API-Key, as the service expects.
+ServicePool spreads requests over several services of one store.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import httpx
 
@@ -18,6 +21,9 @@ from settings import Settings
 _ERRORS_BY_CODE: dict[str, type[errors.AudioError]] = {
     cls.code: cls for cls in errors.AudioError.__subclasses__()
 }
+_HINT = "is it running? Start it with `make run`, or pass --server"
+PROBE_TIMEOUT_SECONDS = 10.0
+T = TypeVar("T")
 
 
 class ServiceUnreachable(errors.AudioError):
@@ -90,17 +96,37 @@ class ServiceClient:
             return self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ServiceUnreachable(
-                f"cannot reach the service at {self.base_url} ({exc}); is it running? "
-                "Start it with `make run`, or pass --server"
+                f"cannot reach the service at {self.base_url} ({exc}); {_HINT}"
             ) from exc
         except httpx.TimeoutException as exc:
             raise errors.AudioError(
                 f"no answer from {self.base_url}{path} within {self.timeout:g} s"
             ) from exc
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            # The connection broke before the answer. Whether the service is gone, or only this
+            # exchange failed, decides if the caller stops (or turns to another service).
+            if self._gone():
+                raise ServiceUnreachable(
+                    f"cannot reach the service at {self.base_url}: it went away during {path} "
+                    f"({type(exc).__name__}: {exc}); {_HINT}"
+                ) from exc
+            raise errors.AudioError(
+                f"{self.base_url}{path} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         except httpx.HTTPError as exc:
             raise errors.AudioError(
                 f"{self.base_url}{path} failed: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _gone(self) -> bool:
+        """Whether nothing answers at the service's address any more."""
+        try:
+            self._http.get("/health", timeout=PROBE_TIMEOUT_SECONDS)
+        except (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError):
+            return True
+        except httpx.HTTPError:  # slow or odd, but there
+            return False
+        return False
 
     def _json(self, response: httpx.Response, path: str) -> dict[str, Any]:
         try:
@@ -118,4 +144,81 @@ class ServiceClient:
         raise ServiceUnreachable(
             f"{self.base_url}{path} answered HTTP {response.status_code} without the service's "
             "JSON; is --server the audio downloader service?"
+        )
+
+
+class ServicePool:
+    """Several services sharing one store, as one: each request goes to the live service with the
+    fewest requests in flight (in turn when tied), and a service that cannot be reached leaves
+    the rotation, its request going to another. Thread-safe."""
+
+    def __init__(self, clients: Sequence[ServiceClient]) -> None:
+        self.clients = list(clients)
+        self._live = list(clients)
+        self._in_flight = dict.fromkeys(self.clients, 0)
+        self._turn = 0
+        self._lock = threading.Lock()
+        #: (base URL, why) of each service taken out of the rotation, in that order.
+        self.dropped: list[tuple[str, str]] = []
+        self._last_reason = ""
+
+    @property
+    def live(self) -> list[ServiceClient]:
+        with self._lock:
+            return list(self._live)
+
+    def check(self) -> None:
+        """Ask every service for /health and access now; the unreachable ones leave at once.
+
+        Raises ServiceUnreachable when none answers, Unauthorized when one refuses the API key.
+        """
+        for client in self.live:
+            try:
+                client.health()
+                client.check_access()
+            except ServiceUnreachable as exc:
+                self._drop(client, exc)
+        with self._lock:
+            if not self._live:
+                raise self._none_left()
+
+    def call(self, request: Callable[[ServiceClient], T]) -> T:
+        """`request(client)` on the least busy live service, again on another while unreachable."""
+        while True:
+            client = self._take()
+            try:
+                return request(client)
+            except ServiceUnreachable as exc:
+                self._drop(client, exc)
+            finally:
+                with self._lock:
+                    self._in_flight[client] -= 1
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    def _take(self) -> ServiceClient:
+        with self._lock:
+            if not self._live:
+                raise self._none_left()
+            start = self._turn % len(self._live)
+            self._turn += 1
+            turn_order = self._live[start:] + self._live[:start]
+            client = min(turn_order, key=self._in_flight.__getitem__)
+            self._in_flight[client] += 1
+            return client
+
+    def _drop(self, client: ServiceClient, exc: ServiceUnreachable) -> None:
+        with self._lock:
+            if client in self._live:
+                self._live.remove(client)
+                self.dropped.append((client.base_url, exc.message))
+            self._last_reason = exc.message
+
+    def _none_left(self) -> ServiceUnreachable:
+        if len(self.clients) == 1:
+            return ServiceUnreachable(self._last_reason)
+        return ServiceUnreachable(
+            f"none of the {len(self.clients)} services answers; the last: {self._last_reason}"
         )

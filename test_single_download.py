@@ -14,20 +14,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from batch_download_from_csv import (
-    DEFAULT_CSV,
-    Columns,
-    Row,
-    fail,
-    first_problem,
-    read_csv,
-)
+from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings, positive_float
+from conversations_csv import DEFAULT_CSV, Columns, Row, read_csv
 from converter import TARGET_CHANNELS, TARGET_SAMPLE_RATE, read_wav_info
 from errors import AudioError, InvalidInput, Unauthorized
 from service_client import ServiceClient, ServiceUnreachable
 from settings import get_settings
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_UNREACHABLE = 3
 SAMPLE_WIDTH_BYTES = 2
 DURATION_TOLERANCE_SECONDS = 0.01
 
@@ -48,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--storage-dir", type=Path, metavar="DIR", help="where the stored files are read from "
         "(default: the path the service answers)")  # fmt: skip
     add("--overwrite", action="store_true", help="download again even if already stored")
-    add("--timeout", type=float, metavar="SECONDS",
+    add("--timeout", type=positive_float, metavar="SECONDS",
         help="longest wait for the download (default: as batch_download_from_csv.py)")  # fmt: skip
     args = parser.parse_args(argv)
     if bool(args.conversation_id) != bool(args.agent_url):
@@ -131,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = get_settings()
         row = chosen_row(args)
     except ValidationError as exc:
-        return fail(EXIT_USAGE, f"invalid settings: {first_problem(exc)}")
+        return fail(EXIT_USAGE, invalid_settings(exc))
     except AudioError as exc:
         return fail(EXIT_USAGE, exc.message)
     try:

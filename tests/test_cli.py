@@ -1,0 +1,68 @@
+"""What the scripts share (cli.py): invalid settings and bad numbers end in the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from cli_helpers import use_settings
+
+import analyze_storage
+import batch_download_from_csv
+import test_single_download
+from settings import Settings, get_settings
+
+SCRIPTS: dict[str, Callable[[list[str] | None], int]] = {
+    "batch_download_from_csv.py": batch_download_from_csv.main,
+    "test_single_download.py": test_single_download.main,
+    "analyze_storage.py": analyze_storage.main,
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_an_invalid_setting_is_one_line_naming_it_and_exit_2(
+    script: str,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A setting out of range is one `error: invalid settings: NAME: ...` line and exit 2."""
+    use_settings(monkeypatch, settings)
+    monkeypatch.setenv("DOWNLOAD_RETRIES", "99")
+    get_settings.cache_clear()
+    try:
+        assert SCRIPTS[script]([]) == 2
+    finally:
+        get_settings.cache_clear()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "error: invalid settings: DOWNLOAD_RETRIES: Input should be less than or equal to 20\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("script", "option", "value", "message"),
+    [
+        ("batch_download_from_csv.py", "--concurrency", "0", "must be at least 1; got 0"),
+        ("batch_download_from_csv.py", "--concurrency", "two", "not a whole number: 'two'"),
+        ("batch_download_from_csv.py", "--stop-at-target", "-5", "must be a positive number"),
+        ("batch_download_from_csv.py", "--timeout", "nan", "must be a positive number"),
+        ("test_single_download.py", "--timeout", "0", "must be a positive number; got '0'"),
+        ("analyze_storage.py", "--target", "inf", "must be a positive number; got 'inf'"),
+        ("analyze_storage.py", "--target", "lots", "not a number: 'lots'"),
+    ],
+)
+def test_numbers_that_must_be_positive_are_refused_as_usage_errors(
+    script: str,
+    option: str,
+    value: str,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Zero, negative, infinite or non-numeric values of a count or a duration are exit 2."""
+    with pytest.raises(SystemExit) as stopped:
+        SCRIPTS[script]([option, value])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {option}: {message}" in err
