@@ -13,18 +13,26 @@ recent changes at its head. `read_document` reads either version, for the one-ti
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
+from filelock import FileLock, Timeout
+from pydantic import ValidationError
 
-from errors import InvalidInput, MetadataCorrupt, StorageError
+from errors import AudioError, InvalidInput, MetadataCorrupt, StorageError
 from metadata_schema import MB, StoredFile
+
+log = logging.getLogger(__name__)
+BUSY_TIMEOUT_SECONDS = 120
 
 DOCUMENT_VERSION = 2
 
@@ -167,6 +175,119 @@ def write_document(
         tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write metadata file {path}: {exc}") from exc
     return size
+
+
+def document_rows(
+    document: dict[str, Any], path: Path
+) -> tuple[list[dict[str, str]], list[tuple[str, str, StoredFile]]]:
+    """A read document as conversation rows (in its order) and (id, label, file) triples.
+
+    Entries without any stored file are left out; anything else that does not fit is refused
+    with MetadataCorrupt naming the conversation, so an import takes all or nothing.
+    """
+    conversation_rows, stored = [], []
+    for conversation_id, entry in document["conversations"].items():
+        speakers = entry.get("speakers") if isinstance(entry, dict) else None
+        if not speakers:
+            log.warning("import: conversation %r has no stored file; skipped", conversation_id)
+            continue
+        try:
+            conversation_rows.append(
+                {"conversation_id": conversation_id, "created_at": str(entry["created_at"]),
+                 "updated_at": str(entry["updated_at"])}
+            )  # fmt: skip
+            for label, record in speakers.items():
+                stored.append((conversation_id, label, StoredFile.model_validate(record)))
+        except (AttributeError, KeyError, TypeError, ValueError, ValidationError) as exc:
+            raise MetadataCorrupt(
+                f"metadata file {path}: conversation {conversation_id!r} cannot be imported "
+                f"({exc}); refusing to import it"
+            ) from exc
+    return conversation_rows, stored
+
+
+def entries_from_rows(rows: Iterable[Any]) -> Iterator[tuple[str, Entry]]:
+    """Joined conversation/file rows, in conversation order, as one entry per conversation."""
+    for conversation_id, group in groupby(rows, key=lambda row: row["conversation_id"]):
+        speakers, first = {}, None
+        for row in group:
+            first = first or row
+            speakers[row["speaker_label"]] = StoredFile.model_construct(
+                **{name: row[name] for name in StoredFile.model_fields}
+            )
+        assert first is not None
+        yield (
+            conversation_id,
+            make_entry(conversation_id, first["created_at"], first["updated_at"], speakers),
+        )
+
+
+# Keeping the export current --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Export:
+    """One JSON export: where, how many conversations, how big, how long it took."""
+
+    path: Path
+    conversations: int
+    size_bytes: int
+    seconds: float
+    revision: int
+
+
+class Exportable(Protocol):
+    """What the exporter needs of the store (metadata_tracker.MetadataTracker)."""
+
+    export_path: Path
+
+    def export_due(self) -> bool: ...
+
+    def export_json(self, force: bool = False, path: Path | None = None) -> Export | None: ...
+
+
+class JsonExporter:
+    """Keeps the JSON document at most `interval` seconds behind the store, off request paths.
+
+    Every process of the service runs one; a lock beside the document lets one process at a
+    time write it, and the store's exported revision tells the others there is nothing to do.
+    """
+
+    def __init__(self, tracker: Exportable, interval: float) -> None:
+        self.tracker = tracker
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="json-export", daemon=True)
+        self._lock = FileLock(str(tracker.export_path) + ".lock", timeout=0)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop, after one last export so the document is current when the service ends."""
+        self._stop.set()
+        self._thread.join()
+        self.export(wait=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.export(wait=False)
+
+    def export(self, wait: bool) -> Export | None:
+        try:
+            if not self.tracker.export_due():
+                return None
+            with self._lock.acquire(timeout=BUSY_TIMEOUT_SECONDS if wait else 0):
+                done = self.tracker.export_json()
+        except Timeout:
+            return None  # another process is writing it
+        except (AudioError, OSError) as exc:
+            log.warning("JSON export failed: %s", getattr(exc, "message", exc))
+            return None
+        if done is not None:
+            log.debug("exported %d conversations to %s (%.2f s)", done.conversations,
+                      done.path, done.seconds)  # fmt: skip
+        return done
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -1,8 +1,9 @@
 """The metadata store's schema: its tables, its version, and the stored-file record.
 
 One definition serves SQLite and PostgreSQL (SQLAlchemy Core). `SCHEMA_VERSION` is the version
-these tables describe; metadata_tracker.py refuses a store of any other version it cannot
-migrate, and `MIGRATIONS` holds the code that brings an older store up to date, one step each.
+these tables describe; a store of any other version that `MIGRATIONS` cannot bring up to date,
+one step each, is refused. metadata_tracker.py opens every connection and transaction; the
+functions here run inside the ones it hands them.
 
 Tables:
 - `store_info`: one row: schema version, `revision` (moved on by every write, so the JSON
@@ -19,6 +20,7 @@ Tables:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
@@ -33,7 +35,16 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    cast,
+    func,
+    inspect,
+    select,
+    update,
 )
+
+from errors import MetadataCorrupt
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MB = 1024 * 1024
@@ -102,6 +113,63 @@ failures = Table(
 
 # MIGRATIONS[n] brings a store of version n to version n + 1 inside one write transaction.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+def create_schema(conn: Connection) -> None:
+    """Every table of this version, and the store_info row, in an empty database."""
+    metadata.create_all(conn)
+    conn.execute(
+        store_info.insert().values(
+            id=1, schema_version=SCHEMA_VERSION, revision=0, exported_revision=0
+        )
+    )
+
+
+def schema_version(conn: Connection, name: str) -> int | None:
+    """The store's schema version; None for an empty database, MetadataCorrupt for a foreign one."""
+    tables = set(inspect(conn).get_table_names())
+    if not tables:
+        return None
+    if store_info.name not in tables:
+        raise MetadataCorrupt(
+            f"metadata database {name} holds tables ({', '.join(sorted(tables))}) but no "
+            "store_info: it is not this service's store; refusing to touch it"
+        )
+    version = conn.execute(select(store_info.c.schema_version)).scalar()
+    if not isinstance(version, int):
+        raise MetadataCorrupt(f"metadata database {name} has no schema version")
+    return version
+
+
+def migrate(conn: Connection, name: str, version: int) -> None:
+    """Bring a store of an older `version` up to SCHEMA_VERSION, or refuse to touch it."""
+    if version > SCHEMA_VERSION or any(
+        step not in MIGRATIONS for step in range(version, SCHEMA_VERSION)
+    ):
+        raise MetadataCorrupt(
+            f"metadata database {name} has schema version {version}; this code knows version "
+            f"{SCHEMA_VERSION} and how to migrate from {sorted(MIGRATIONS) or 'no older version'};"
+            " refusing to touch it"
+        )
+    for step in range(version, SCHEMA_VERSION):
+        log.info("migrating %s from schema version %d to %d", name, step, step + 1)
+        MIGRATIONS[step](conn)
+    conn.execute(update(store_info).values(schema_version=SCHEMA_VERSION))
+
+
+def recount(conn: Connection) -> None:
+    """speaker_totals counted again from the files (after bulk changes)."""
+    conn.execute(speaker_totals.delete())
+    per_file = cast(func.round(files.c.duration_seconds * 1_000_000), BigInteger)
+    conn.execute(
+        speaker_totals.insert().from_select(
+            ["speaker_label", "files", "duration_micros", "size_bytes"],
+            select(
+                files.c.speaker_label, func.count(), func.sum(per_file),
+                func.sum(files.c.file_size_bytes),
+            ).group_by(files.c.speaker_label),
+        )
+    )  # fmt: skip
 
 
 class StoredFile(BaseModel):

@@ -24,29 +24,22 @@ import json
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from itertools import groupby
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from filelock import FileLock, Timeout
 from pydantic import ValidationError
 from sqlalchemy import (
-    BigInteger,
     Connection,
     Engine,
-    cast,
     create_engine,
     event,
     func,
-    inspect,
     select,
     update,
 )
@@ -54,18 +47,30 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
+from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings
 from errors import AudioError, MetadataCorrupt, StorageError
-from metadata_document import Entry, Totals, make_entry, read_document, statistics_of
-from metadata_document import write_document as write_document
+from metadata_document import (
+    Entry,
+    Export,
+    Totals,
+    document_rows,
+    entries_from_rows,
+    read_document,
+    statistics_of,
+    write_document,
+)
+from metadata_document import JsonExporter as JsonExporter
 from metadata_schema import (
-    MIGRATIONS,
     SCHEMA_VERSION,
     StoredFile,
     conversations,
+    create_schema,
     failures,
     files,
-    metadata,
     micros,
+    migrate,
+    recount,
+    schema_version,
     speaker_totals,
     store_info,
 )
@@ -76,7 +81,7 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_SECONDS = 120
 FAILURE_WINDOW = timedelta(hours=24)
-EXPORT_BATCH_ROWS = 2000
+BATCH_ROWS = 2000
 _INIT_LOCK_KEY = 0x6D657461  # PostgreSQL advisory lock taken while a store is created
 _FILE_FIELDS = list(StoredFile.model_fields)
 T = TypeVar("T")
@@ -92,17 +97,6 @@ def database_url(settings: Settings) -> str:
         return url
     path = settings.database_file or Path(settings.metadata_file).with_suffix(".sqlite3")
     return f"sqlite:///{Path(path).resolve()}"
-
-
-@dataclass(frozen=True)
-class Export:
-    """One JSON export: where, how many conversations, how big, how long it took."""
-
-    path: Path
-    conversations: int
-    size_bytes: int
-    seconds: float
-    revision: int
 
 
 class MetadataTracker:
@@ -211,11 +205,11 @@ class MetadataTracker:
                 Path(self.url.database or ".").parent.mkdir(parents=True, exist_ok=True)
             with self._translated():
                 with self._init_transaction() as conn:
-                    version = self._version(conn)
+                    version = schema_version(conn, self.name)
                     if version is None:
                         self._create(conn)
                     elif version != SCHEMA_VERSION:
-                        self._migrate(conn, version)
+                        migrate(conn, self.name, version)
                 if self._sqlite:
                     self._use_wal()
             self._opened = True
@@ -238,79 +232,22 @@ class MetadataTracker:
                     conn.execute(select(func.pg_advisory_xact_lock(_INIT_LOCK_KEY)))
                 yield conn
 
-    def _version(self, conn: Connection) -> int | None:
-        tables = set(inspect(conn).get_table_names())
-        if not tables:
-            return None
-        if store_info.name not in tables:
-            raise MetadataCorrupt(
-                f"metadata database {self.name} holds tables ({', '.join(sorted(tables))}) but "
-                "no store_info: it is not this service's store; refusing to touch it"
-            )
-        version = conn.execute(select(store_info.c.schema_version)).scalar()
-        if not isinstance(version, int):
-            raise MetadataCorrupt(f"metadata database {self.name} has no schema version")
-        return version
-
-    def _migrate(self, conn: Connection, version: int) -> None:
-        if version > SCHEMA_VERSION or any(
-            step not in MIGRATIONS for step in range(version, SCHEMA_VERSION)
-        ):
-            raise MetadataCorrupt(
-                f"metadata database {self.name} has schema version {version}; this code knows "
-                f"version {SCHEMA_VERSION} and how to migrate from "
-                f"{sorted(MIGRATIONS) or 'no older version'}; refusing to touch it"
-            )
-        for step in range(version, SCHEMA_VERSION):
-            log.info("migrating %s from schema version %d to %d", self.name, step, step + 1)
-            MIGRATIONS[step](conn)
-        conn.execute(update(store_info).values(schema_version=SCHEMA_VERSION))
-
     def _create(self, conn: Connection) -> None:
         """A new store; the JSON document of the earlier design, if there is one, imported."""
         document = read_document(self.export_path)  # refuses a corrupt one before any change
-        metadata.create_all(conn)
-        conn.execute(
-            store_info.insert().values(
-                id=1, schema_version=SCHEMA_VERSION, revision=0, exported_revision=0
-            )
-        )
+        create_schema(conn)
         if document is not None and document["conversations"]:
-            count = self._import(conn, document)
+            conversation_rows, stored = document_rows(document, self.export_path)
+            file_rows = [self._file_row(cid, label, f) for cid, label, f in stored]
+            for table, rows in ((conversations, conversation_rows), (files, file_rows)):
+                for start in range(0, len(rows), BATCH_ROWS):
+                    conn.execute(table.insert(), rows[start : start + BATCH_ROWS])
+            recount(conn)
+            conn.execute(update(store_info).values(revision=store_info.c.revision + 1))
             _keep_copy(self.export_path)
-            log.info("imported %d conversations from %s into %s", count, self.export_path,
-                     self.name)  # fmt: skip
+            log.info("imported %d conversations from %s into %s", len(conversation_rows),
+                     self.export_path, self.name)  # fmt: skip
         log.info("created metadata store %s (schema version %d)", self.name, SCHEMA_VERSION)
-
-    def _import(self, conn: Connection, document: dict[str, Any]) -> int:
-        conversation_rows, file_rows = [], []
-        for conversation_id, entry in document["conversations"].items():
-            speakers = entry.get("speakers") if isinstance(entry, dict) else None
-            if not speakers:
-                log.warning("import: conversation %r has no stored file; skipped", conversation_id)
-                continue
-            try:
-                conversation_rows.append(
-                    {"conversation_id": conversation_id, "created_at": str(entry["created_at"]),
-                     "updated_at": str(entry["updated_at"])}
-                )  # fmt: skip
-                for label, record in speakers.items():
-                    stored = StoredFile.model_validate(record)
-                    file_rows.append(self._file_row(conversation_id, label, stored))
-            except (KeyError, TypeError, ValueError, ValidationError) as exc:
-                raise MetadataCorrupt(
-                    f"metadata file {self.export_path}: conversation {conversation_id!r} cannot "
-                    f"be imported ({exc}); refusing to import it"
-                ) from exc
-        for start in range(0, len(conversation_rows), EXPORT_BATCH_ROWS):
-            conn.execute(
-                conversations.insert(), conversation_rows[start : start + EXPORT_BATCH_ROWS]
-            )
-        for start in range(0, len(file_rows), EXPORT_BATCH_ROWS):
-            conn.execute(files.insert(), file_rows[start : start + EXPORT_BATCH_ROWS])
-        self._recount(conn)
-        conn.execute(update(store_info).values(revision=store_info.c.revision + 1))
-        return len(conversation_rows)
 
     # Writing ---------------------------------------------------------------------------------
 
@@ -359,11 +296,11 @@ class MetadataTracker:
         now = self.now()
         rows = [self._file_row(cid, label, stored) for cid, label, stored in items]
         with self._writing() as conn:
-            for start in range(0, len(rows), EXPORT_BATCH_ROWS):
-                batch = rows[start : start + EXPORT_BATCH_ROWS]
+            for start in range(0, len(rows), BATCH_ROWS):
+                batch = rows[start : start + BATCH_ROWS]
                 self._upsert_conversations(conn, [r["conversation_id"] for r in batch], now)
                 self._upsert_files(conn, batch)
-            self._recount(conn)
+            recount(conn)
         return len(rows)
 
     def record_failure(
@@ -421,20 +358,6 @@ class MetadataTracker:
                 },
             )
         )
-
-    def _recount(self, conn: Connection) -> None:
-        """speaker_totals counted again from the files (after bulk changes)."""
-        conn.execute(speaker_totals.delete())
-        per_file = cast(func.round(files.c.duration_seconds * 1_000_000), BigInteger)
-        conn.execute(
-            speaker_totals.insert().from_select(
-                ["speaker_label", "files", "duration_micros", "size_bytes"],
-                select(
-                    files.c.speaker_label, func.count(), func.sum(per_file),
-                    func.sum(files.c.file_size_bytes),
-                ).group_by(files.c.speaker_label),
-            )
-        )  # fmt: skip
 
     def _file_row(self, conversation_id: str, label: str, stored: StoredFile) -> dict[str, Any]:
         row = {name: getattr(stored, name) for name in _FILE_FIELDS}
@@ -581,7 +504,7 @@ class MetadataTracker:
         found = conn.execute(
             self._joined().where(conversations.c.conversation_id.in_(ids))
         ).mappings()
-        return [entry for _, entry in _group_entries(found)]
+        return [entry for _, entry in entries_from_rows(found)]
 
     # The JSON export -------------------------------------------------------------------------
 
@@ -608,8 +531,8 @@ class MetadataTracker:
             if not force and exported >= revision:
                 return None
             count = self._count(conn)
-            rows = conn.execution_options(yield_per=EXPORT_BATCH_ROWS).execute(self._joined())
-            size = write_document(target, count, self.now(), _group_entries(rows.mappings()))
+            rows = conn.execution_options(yield_per=BATCH_ROWS).execute(self._joined())
+            size = write_document(target, count, self.now(), entries_from_rows(rows.mappings()))
         if target == self.export_path:
             with self._writing(bump=False) as conn:
                 conn.execute(
@@ -618,22 +541,6 @@ class MetadataTracker:
                     .values(exported_revision=revision)
                 )
         return Export(target, count, size, time.perf_counter() - started, revision)
-
-
-def _group_entries(rows: Iterable[Any]) -> Iterator[tuple[str, Entry]]:
-    """Joined conversation/file rows, in conversation order, as one entry per conversation."""
-    for conversation_id, group in groupby(rows, key=lambda row: row["conversation_id"]):
-        speakers, first = {}, None
-        for row in group:
-            first = first or row
-            speakers[row["speaker_label"]] = StoredFile.model_construct(
-                **{name: row[name] for name in _FILE_FIELDS}
-            )
-        assert first is not None
-        yield (
-            conversation_id,
-            make_entry(conversation_id, first["created_at"], first["updated_at"], speakers),
-        )
 
 
 def _keep_copy(path: Path) -> None:
@@ -645,50 +552,6 @@ def _keep_copy(path: Path) -> None:
         os.link(path, copy)
     except OSError:
         shutil.copy2(path, copy)
-
-
-class JsonExporter:
-    """Keeps the JSON document at most `interval` seconds behind the store, off request paths.
-
-    Every process of the service runs one; a lock beside the document lets one process at a
-    time write it, and the store's exported revision tells the others there is nothing to do.
-    """
-
-    def __init__(self, tracker: MetadataTracker, interval: float) -> None:
-        self.tracker = tracker
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="json-export", daemon=True)
-        self._lock = FileLock(str(tracker.export_path) + ".lock", timeout=0)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop, after one last export so the document is current when the service ends."""
-        self._stop.set()
-        self._thread.join()
-        self.export(wait=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.export(wait=False)
-
-    def export(self, wait: bool) -> Export | None:
-        try:
-            if not self.tracker.export_due():
-                return None
-            with self._lock.acquire(timeout=BUSY_TIMEOUT_SECONDS if wait else 0):
-                done = self.tracker.export_json()
-        except Timeout:
-            return None  # another process is writing it
-        except (AudioError, OSError) as exc:
-            log.warning("JSON export failed: %s", getattr(exc, "message", exc))
-            return None
-        if done is not None:
-            log.debug("exported %d conversations to %s (%.2f s)", done.conversations,
-                      done.path, done.seconds)  # fmt: skip
-        return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -715,18 +578,14 @@ def main(argv: list[str] | None = None) -> int:
             assert done is not None
             print(f"exported {done.conversations} conversations to {done.path} "
                   f"({done.size_bytes / 1e6:.1f} MB, {done.seconds:.2f} s)")  # fmt: skip
-            return 0
+            return EXIT_OK
         stats = tracker.statistics(args.target)
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        name = str(problem["loc"][0]).upper()
-        print(f"error: invalid settings: {name}: {problem['msg']}", file=sys.stderr)
-        return 2
+        return fail(EXIT_USAGE, invalid_settings(exc))
     except AudioError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
+        return fail(EXIT_FAILED, exc.message)
     print(json.dumps(stats, indent=2))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

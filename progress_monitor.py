@@ -113,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def check(log: HourlyLog, settings: Settings, target: float, command: str) -> None:
     """Log the progress line; past the target, the marker, and the command's outcome once."""
-    tracker = MetadataTracker(settings.metadata_file, settings.log_timezone)
-    now = datetime.now(tracker.tz)
-    report = build_report(
-        tracker, tracker.snapshot(), Path(settings.audio_storage_dir), target, now
-    )
+    tracker = MetadataTracker.from_settings(settings)
+    try:
+        now = datetime.now(tracker.tz)
+        report, _ = build_report(tracker, Path(settings.audio_storage_dir), target, now)
+    finally:
+        tracker.close()
     log.write(summary_line(report))
     if not report["progress"]["target_reached"]:
         return
