@@ -1,11 +1,12 @@
-# Every target creates .venv and installs the pinned requirements itself; `make test` also
-# installs PostgreSQL from apt when it is missing (the tests start a server of their own).
+# Every target creates .venv and installs the pinned requirements itself; `make test` and
+# `make bench` also install what they need from apt when it is missing: PostgreSQL (the tests
+# start a server of their own) and curl (the benchmark posts with it).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install postgresql test lint format run demo bench bench-smoke clean
+.PHONY: help install system-packages test lint format run demo bench bench-smoke clean
 
 help:
 	@echo "make demo   - the whole workflow offline, on temporary storage"
@@ -25,17 +26,19 @@ install: $(STAMP)
 # Any initdb will do: the tests make a throw-away cluster with it and never use the system one.
 PG_INITDB ?= $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) \
                          $(shell command -v initdb 2>/dev/null))
+CURL ?= $(shell command -v curl 2>/dev/null)
+APT_MISSING := $(strip $(if $(PG_INITDB),,postgresql) $(if $(CURL),,curl))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-postgresql:
-ifeq ($(PG_INITDB),)
+system-packages:
+ifneq ($(APT_MISSING),)
 	$(SUDO) apt-get update
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_MISSING)
 else
-	@echo "PostgreSQL server binaries: $(dir $(PG_INITDB))"
+	@echo "PostgreSQL server binaries: $(dir $(PG_INITDB)); curl: $(CURL)"
 endif
 
-test: $(STAMP) postgresql
+test: $(STAMP) system-packages
 	$(PY) -m pytest
 
 lint: $(STAMP)
@@ -54,11 +57,11 @@ demo: $(STAMP)
 	$(PY) demo.py
 
 # The benchmark's own tools (yt-dlp) go into the same venv, never into requirements.txt.
-bench: $(STAMP)
+bench: $(STAMP) system-packages
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PY) -m bench --output bench/.work/latest.md
 
-bench-smoke: $(STAMP)
+bench-smoke: $(STAMP) system-packages
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PY) -m bench --smoke
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import os
 import re
@@ -22,7 +21,6 @@ TARGET_SAMPLE_RATE = 16000
 TARGET_CHANNELS = 1
 HASH_CHUNK_BYTES = 1024 * 1024
 _FFMPEG_ERROR_CHARS = 400
-_PR_SET_PDEATHSIG = 1
 
 
 @lru_cache(maxsize=8)
@@ -68,13 +66,12 @@ async def run_ffmpeg(
         "-f", "wav", f"file:{target}",
     ]  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
-        *args,
+        *_dying_with_parent(), *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # its own process group, so a timeout kills everything it spawned
-        preexec_fn=_die_with_parent,
-    )
+    )  # fmt: skip
     try:
         _, stderr = await asyncio.wait_for(proc.communicate(), timeout)
     except BaseException:
@@ -99,10 +96,17 @@ def _ffmpeg_reason(stderr: bytes, source: Path) -> str:
     return re.sub(r"^\[[^]]*\] ", "", reason)[-_FFMPEG_ERROR_CHARS:]
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: if the server is killed outright, ffmpeg is killed too."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+@lru_cache(maxsize=1)
+def _dying_with_parent() -> tuple[str, ...]:
+    """The command prefix that makes ffmpeg die if the server is killed outright.
+
+    util-linux's setpriv sets the parent-death signal and then execs ffmpeg. Doing that in the
+    child from Python (preexec_fn) would call into libc between fork and exec, which is unsafe
+    in a threaded server, and forces a full fork of the server's memory for every file.
+    Without setpriv, ffmpeg still ends with its input or its timeout.
+    """
+    setpriv = shutil.which("setpriv")
+    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
 
 
 @dataclass(frozen=True)

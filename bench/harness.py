@@ -170,6 +170,7 @@ def service(base: Path, workers: int = 1, **overrides: object) -> Iterator[Serve
         "download_deadline_seconds": 3600,
         "convert_timeout_seconds": 3600,
         "log_level": "WARNING",
+        "metadata_export_seconds": 2.0,  # the default (the tests' own settings export faster)
     }
     values.update(overrides)
     base.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from source_server import SourceServer
 
-from bench import case_batch, case_long, case_metadata, case_workers
+from bench import case_batch, case_fixed, case_long, case_metadata, case_workers
 from bench.harness import FULL, ROOT, SMOKE, WORK, Context, Row, machine_summary, render_table
 
 CASES: dict[str, Callable[[Context], list[Row]]] = {
@@ -23,6 +23,7 @@ CASES: dict[str, Callable[[Context], list[Row]]] = {
     "3": case_metadata.run,
     "4": case_long.run_parallel,
     "5": case_workers.run,
+    "6": case_fixed.run,
 }
 
 
