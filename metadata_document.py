@@ -29,19 +29,22 @@ from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from errors import AudioError, InvalidInput, MetadataCorrupt, StorageError
-from metadata_schema import MB, StoredFile
+from metadata_schema import MB, StoredFile, size_mb
+
+FILE_FIELDS = list(StoredFile.model_fields)
 
 log = logging.getLogger(__name__)
 BUSY_TIMEOUT_SECONDS = 120
+EXPORT_REST_FACTOR = 4
 
 DOCUMENT_VERSION = 2
 
 Entry = dict[str, Any]
 
 
-def entry_totals(speakers: Mapping[str, StoredFile]) -> dict[str, Any]:
-    size = sum(f.file_size_bytes for f in speakers.values())
-    seconds = sum(f.duration_seconds for f in speakers.values())
+def entry_totals(speakers: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    size = sum(f["file_size_bytes"] for f in speakers.values())
+    seconds = sum(f["duration_seconds"] for f in speakers.values())
     return {
         "files": len(speakers),
         "file_size_bytes": size,
@@ -53,16 +56,26 @@ def entry_totals(speakers: Mapping[str, StoredFile]) -> dict[str, Any]:
 
 
 def make_entry(
-    conversation_id: str, created_at: str, updated_at: str, speakers: Mapping[str, StoredFile]
+    conversation_id: str, created_at: str, updated_at: str, speakers: dict[str, dict[str, Any]]
 ) -> Entry:
-    """One conversation as the document and the API show it."""
+    """One conversation as the document and the API show it; `speakers` holds file_dict()s."""
     return {
         "conversation_id": conversation_id,
         "created_at": created_at,
         "updated_at": updated_at,
-        "speakers": {label: f.model_dump() for label, f in speakers.items()},
+        "speakers": speakers,
         "total": entry_totals(speakers),
     }
+
+
+def file_dict(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A stored file's fields, from a row holding them, as StoredFile.model_dump() gives them.
+
+    Built directly rather than through the model: the export makes one per stored file.
+    """
+    found = {name: row[name] for name in FILE_FIELDS}
+    found["file_size_mb"] = size_mb(found["file_size_bytes"])
+    return found
 
 
 @dataclass(frozen=True)
@@ -212,9 +225,7 @@ def entries_from_rows(rows: Iterable[Any]) -> Iterator[tuple[str, Entry]]:
         speakers, first = {}, None
         for row in group:
             first = first or row
-            speakers[row["speaker_label"]] = StoredFile.model_construct(
-                **{name: row[name] for name in StoredFile.model_fields}
-            )
+            speakers[row["speaker_label"]] = file_dict(row)
         assert first is not None
         yield (
             conversation_id,
@@ -247,7 +258,9 @@ class Exportable(Protocol):
 
 
 class JsonExporter:
-    """Keeps the JSON document at most `interval` seconds behind the store, off request paths.
+    """Keeps the JSON document at most `interval` seconds behind the store, off request paths
+    (or, for a store so large that one export takes longer than a fifth of that, four times the
+    export's own duration).
 
     Every process of the service runs one; a lock beside the document lets one process at a
     time write it, and the store's exported revision tells the others there is nothing to do.
@@ -270,8 +283,12 @@ class JsonExporter:
         self.export(wait=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.export(wait=False)
+        pause = self.interval
+        while not self._stop.wait(pause):
+            done = self.export(wait=False)
+            # A large store takes seconds to export: rest long enough after each export that
+            # exporting takes at most a fifth of one core, however often the store changes.
+            pause = max(self.interval, EXPORT_REST_FACTOR * done.seconds) if done else self.interval
 
     def export(self, wait: bool) -> Export | None:
         try:

@@ -194,7 +194,12 @@ class StoredFile(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def file_size_mb(self) -> float:
-        return round(self.file_size_bytes / MB, 3)
+        return size_mb(self.file_size_bytes)
+
+
+def size_mb(size_bytes: int) -> float:
+    """A file's size as the metadata shows it: MB (MiB) to three decimals."""
+    return round(size_bytes / MB, 3)
 
 
 def micros(seconds: float) -> int:

@@ -55,6 +55,7 @@ from metadata_document import (
     Totals,
     document_rows,
     entries_from_rows,
+    file_dict,
     read_document,
     statistics_of,
     write_document,
@@ -489,11 +490,10 @@ class MetadataTracker:
     def _file_rows(self, conn: Connection) -> list[dict[str, Any]]:
         rows = []
         for row in conn.execute(self._joined()).mappings():
-            stored = StoredFile.model_construct(**{n: row[n] for n in _FILE_FIELDS})
             rows.append(
                 {"conversation_id": row["conversation_id"], "speaker_label": row["speaker_label"],
                  "filename": stored_name(row["conversation_id"], row["speaker_label"]),
-                 **stored.model_dump(), "conversation_created_at": row["created_at"],
+                 **file_dict(row), "conversation_created_at": row["created_at"],
                  "conversation_updated_at": row["updated_at"]}
             )  # fmt: skip
         return rows
