@@ -114,6 +114,8 @@ def walk_through(demo_csv: Path, work: Path) -> list[int]:
         step("Download all conversations", batch_download_from_csv.main, batch),
         step("Run it again: everything is already stored", batch_download_from_csv.main, batch),
         step("Statistics (the numbers of GET /statistics)", metadata_tracker.main, target),
+        step("The store exported as JSON now (the service also does it by itself)",
+             metadata_tracker.main, ["--export-json"]),
         step("Progress report and CSV export", analyze_storage.main,
              [*target, "--export-csv", str(work / "conversations_metadata.csv")]),
         hourly_monitor(work),
@@ -133,6 +135,9 @@ def run_demo(work: Path) -> bool:
         "AUDIO_STORAGE_DIR": str(work / "downloaded_audios"),
         "METADATA_FILE": str(work / "conversations_metadata.json"),
         "LOG_DIR": str(work / "logs"),
+        "CONVERSION_SLOTS_DIR": str(work / "conversion-slots"),
+        # Named outright, so a DATABASE_URL in the environment or a .env file is never touched.
+        "DATABASE_URL": f"sqlite:///{work / 'conversations_metadata.sqlite3'}",
         "NO_PROXY": "127.0.0.1,localhost",
     })  # fmt: skip
     get_settings.cache_clear()

@@ -162,10 +162,12 @@ class ServerProcess:
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
         self._out = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", str(self.workers), "--log-level", "warning"],
-            cwd=ROOT, env=settings_env(self.settings), stdout=self._out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            [sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(ROOT),
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
+             "--log-level", "warning"],
+            # Not the repository: a developer's .env there must not reach the tests' servers.
+            cwd=Path(self.settings.log_dir).parent, env=settings_env(self.settings),
+            stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,9 +1,8 @@
 """batch_download_from_csv.py with several --server options: two real service processes that
-share one store (the same storage directory and metadata file), and the real audio server."""
+share one store (the same storage directory and metadata database), and the real audio server."""
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import CORPUS, audio_hits, conversation_rows, use_settings, write_csv
-from conftest import ServerProcess, free_port
+from conftest import ServerProcess, free_port, recorded_conversations
 from source_server import SourceServer
 
 import analyze_storage
@@ -68,8 +67,7 @@ def finished_files(settings: Settings) -> set[str]:
 
 
 def recorded(settings: Settings) -> dict[str, list[str]]:
-    doc = json.loads(Path(settings.metadata_file).read_text())
-    return {cid: sorted(entry["speakers"]) for cid, entry in doc["conversations"].items()}
+    return {cid: sorted(e["speakers"]) for cid, e in recorded_conversations(settings).items()}
 
 
 def test_rows_are_spread_over_both_servers_and_each_is_stored_once(

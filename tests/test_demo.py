@@ -23,7 +23,8 @@ def test_demo_runs_every_step_and_cleans_up(tmp_path: Path) -> None:
     for expected in ("RESULT: PASS",
                      "succeeded 12, partial 0, failed 0, skipped 1 (already stored)",
                      "succeeded 0, partial 0, failed 0, skipped 13 (already stored)",
-                     '"total_conversations": 13', "Progress toward 0.25 h",
+                     '"total_conversations": 13', "exported 13 conversations to",
+                     "Progress toward 0.25 h",
                      "0.1809/0.25 h (72.35%), 13 conversations", "Demo finished in"):  # fmt: skip
         assert expected in run.stdout
     assert list(tmp_path.iterdir()) == []
