@@ -24,31 +24,6 @@ from settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-STATUS_BY_ERROR: dict[type[errors.AudioError], int] = {
-    errors.InvalidInput: 400,
-    errors.Unauthorized: 401,
-    errors.UrlRefused: 403,
-    errors.NotFound: 404,
-    errors.UrlConflict: 409,
-    errors.TooLarge: 413,
-    errors.NotAudio: 422,
-    errors.AudioTooLong: 422,
-    errors.SourceError: 502,
-    errors.ConversionTimeout: 503,
-    errors.Busy: 503,
-    errors.SourceTimeout: 504,
-    errors.InsufficientStorage: 507,
-    errors.StorageError: 500,
-    errors.MetadataCorrupt: 500,
-}
-
-
-def status_for(exc: errors.AudioError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]
-    return 500
-
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The application; `settings` defaults to the environment's (tests pass their own)."""
@@ -97,15 +72,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+# Error answers: the status and code come from the error class.
+
+
 async def audio_error(request: Request, exc: errors.AudioError) -> JSONResponse:
-    status = status_for(exc)
     log.log(
-        logging.ERROR if status >= 500 else logging.WARNING,
-        "%s %s -> %d %s: %s", request.method, request.url.path, status, exc.code, exc.message,
+        logging.ERROR if exc.status >= 500 else logging.WARNING,
+        "%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message,
     )  # fmt: skip
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.Busy) else None
     return JSONResponse(
-        {"detail": exc.message, "error": exc.code}, status_code=status, headers=headers
+        {"detail": exc.message, "error": exc.code}, status_code=exc.status, headers=headers
     )
 
 
@@ -119,13 +96,11 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
             problems.append(f"{field} must be {NAME_RULE}")
         else:
             problems.append(f"{field}: {problem.get('msg', 'invalid')}")
-    detail = "; ".join(problems) or "invalid request"
-    log.warning("%s %s -> 400 invalid_input: %s", request.method, request.url.path, detail)
-    return JSONResponse({"detail": detail, "error": "invalid_input"}, status_code=400)
+    return await audio_error(request, errors.InvalidInput("; ".join(problems) or "invalid request"))
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    code = {404: errors.NotFound.code, 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return JSONResponse(
         {"detail": str(exc.detail), "error": code},
         status_code=exc.status_code,

@@ -37,24 +37,28 @@ VERSION = "1.0.0"
 MAX_URL_CHARS = 8192
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        400: "Missing or malformed field",
-        401: "API_KEY is set and X-API-Key is missing or wrong",
-        403: "The URL policy refuses this host or address",
-        404: "Unknown conversation",
-        409: "Already stored from another URL",
-        413: "Source larger than MAX_DOWNLOAD_MB",
-        422: "Not decodable audio, or longer than MAX_AUDIO_HOURS",
-        502: "Source answered an error or was unreachable",
-        503: "Conversion timed out, or no job slot free (see Retry-After)",
-        504: "Source timed out",
-        507: "Storage full",
+def error_responses(*classes: type[errors.AudioError]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI error answers of these classes; a shared status describes each of its classes."""
+    described: dict[int, list[str]] = {}
+    for cls in classes:
+        described.setdefault(cls.status, []).append(cls.description)
+    return {
+        status: {"model": ErrorPublic, "description": _sentence("; or ".join(texts))}
+        for status, texts in sorted(described.items())
     }
-    return {code: {"model": ErrorPublic, "description": described[code]} for code in codes}
 
 
-DOWNLOAD_ERRORS = error_responses(400, 401, 403, 409, 413, 422, 502, 503, 504, 507)
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+# What the metadata can fail with on any read or write.
+METADATA_ERRORS = (errors.StorageError, errors.MetadataCorrupt)
+DOWNLOAD_ERRORS = error_responses(
+    errors.InvalidInput, errors.UrlRefused, errors.UrlConflict, errors.TooLarge, errors.NotAudio,
+    errors.AudioTooLong, *METADATA_ERRORS, errors.SourceError, errors.ConversionTimeout,
+    errors.Busy, errors.SourceTimeout, errors.InsufficientStorage,
+)  # fmt: skip
 
 
 @dataclass
@@ -92,7 +96,7 @@ def require_api_key(
 public_router = APIRouter()
 # Everything but / and /health needs the key when API_KEY is set.
 protected_router = APIRouter(
-    dependencies=[Depends(require_api_key)], responses=error_responses(401)
+    dependencies=[Depends(require_api_key)], responses=error_responses(errors.Unauthorized)
 )
 NameForm = Form(pattern=NAME_PATTERN, description=NAME_RULE)
 
@@ -206,7 +210,7 @@ async def storage_info(services: ServicesDep) -> StorageInfoPublic:
 @protected_router.get(
     "/statistics",
     response_model=StatisticsPublic,
-    responses=error_responses(400),
+    responses=error_responses(errors.InvalidInput, *METADATA_ERRORS),
     summary="Hours collected and progress toward a target",
 )
 async def statistics(
@@ -222,7 +226,7 @@ async def statistics(
 @protected_router.get(
     "/conversations",
     response_model=ConversationsPagePublic,
-    responses=error_responses(400),
+    responses=error_responses(errors.InvalidInput, *METADATA_ERRORS),
     summary="Recorded conversations, in the order they were first stored",
 )
 async def conversations(
@@ -237,7 +241,7 @@ async def conversations(
 @protected_router.get(
     "/conversations/{conversation_id}",
     response_model=ConversationPublic,
-    responses=error_responses(400, 404),
+    responses=error_responses(errors.InvalidInput, errors.NotFound, *METADATA_ERRORS),
     summary="One recorded conversation",
 )
 async def conversation(
