@@ -11,6 +11,7 @@ AudioError
 ├── AudioTooLong
 ├── StorageError
 ├── MetadataCorrupt
+├── InternalError
 ├── SourceError
 ├── ConversionTimeout
 ├── Busy
@@ -18,8 +19,9 @@ AudioError
 └── InsufficientStorage
 
 Each class says once what it means to a client: `code` (the `error` of the JSON answer), `status`
-(the HTTP status main.py answers) and `description` (the API documentation's words). Scripts
-print the message and exit non-zero.
+(the HTTP status main.py answers) and `description` (the API documentation's words). `message` is
+what the client reads, so it must name no path on the server; `log_detail`, when given, is for the
+log only (paths, errno, the original exception). Scripts print the message and exit non-zero.
 """
 
 from __future__ import annotations
@@ -32,9 +34,15 @@ class AudioError(Exception):
     status = 500
     description = "the service failed"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, log_detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.log_detail = log_detail
+
+    @property
+    def full_message(self) -> str:
+        """The message with the log-only detail, for the log and the local operator."""
+        return f"{self.message} ({self.log_detail})" if self.log_detail else self.message
 
 
 class InvalidInput(AudioError):
@@ -97,6 +105,14 @@ class MetadataCorrupt(AudioError):
     description = "the metadata file does not parse"
 
 
+class InternalError(AudioError):
+    """What a client hears of an unexpected exception; the log keeps the exception itself."""
+
+    code = "internal_error"
+    status = 500
+    description = "an unexpected error (the server log has the detail)"
+
+
 class SourceError(AudioError):
     code = "source_error"
     status = 502
@@ -114,8 +130,8 @@ class Busy(AudioError):
     status = 503
     description = "no job slot freed within JOB_QUEUE_TIMEOUT_SECONDS (see Retry-After)"
 
-    def __init__(self, message: str, retry_after: int = 5) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, retry_after: int = 5, log_detail: str | None = None) -> None:
+        super().__init__(message, log_detail)
         self.retry_after = retry_after
 
 

@@ -1,4 +1,4 @@
-"""The HTTP service: the app over routes.py, its start-up, and errors mapped to answers once."""
+"""The HTTP service: the app, its start-up, and the one place where errors become answers."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             count = tracker.check()
         except errors.AudioError as exc:
-            log.error("refusing to start: %s", exc.message)
+            log.error("refusing to start: %s", exc.full_message)
             raise
         downloader = AudioDownloader(active, tracker)
         downloader.prepare_storage()
@@ -72,18 +72,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-# Error answers: the status and code come from the error class.
+# Error answers: the status and code come from the error class; what only the log may know
+# (paths, errno, exception classes) never reaches the client.
 
 
 async def audio_error(request: Request, exc: errors.AudioError) -> JSONResponse:
     log.log(
         logging.ERROR if exc.status >= 500 else logging.WARNING,
-        "%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message,
+        "%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code,
+        exc.full_message,
     )  # fmt: skip
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.Busy) else None
-    return JSONResponse(
-        {"detail": exc.message, "error": exc.code}, status_code=exc.status, headers=headers
-    )
+    return _answer(exc)
 
 
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -109,10 +108,17 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("%s %s -> 500: unexpected error", request.method, request.url.path)
+    log.error(
+        "%s %s -> 500 %s: unexpected %s: %s", request.method, request.url.path,
+        errors.InternalError.code, type(exc).__name__, exc, exc_info=exc,
+    )  # fmt: skip
+    return _answer(errors.InternalError("internal error; the server log has the details"))
+
+
+def _answer(exc: errors.AudioError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.Busy) else None
     return JSONResponse(
-        {"detail": f"internal error: {type(exc).__name__}", "error": "internal_error"},
-        status_code=500,
+        {"detail": exc.message, "error": exc.code}, status_code=exc.status, headers=headers
     )
 
 

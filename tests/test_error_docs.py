@@ -101,13 +101,13 @@ def test_openapi_error_answers_are_built_from_the_error_classes(client: TestClie
 def test_every_error_answers_its_own_status_and_code(
     client: TestClient, cls: type[errors.AudioError]
 ) -> None:
-    """Raised from a route, each class answers its own status and code through the one handler."""
+    """Raised from a route, each class answers its own status and code, never its log detail."""
     app = client.app
     assert isinstance(app, FastAPI)
     path = f"/test-only/raise/{cls.__name__}"
 
     async def raise_it() -> None:  # a test-only route: the app's own routes raise these rarely
-        raise cls("it went wrong")
+        raise cls("it went wrong", log_detail="only for the log")
 
     app.add_api_route(path, raise_it)
     response = client.get(path)
