@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         return fail(EXIT_USAGE, invalid_settings(exc))
     except AudioError as exc:
-        return fail(EXIT_FAILED, exc.message)
+        return fail(EXIT_FAILED, exc.full_message)
     except OSError as exc:
         return fail(EXIT_FAILED, f"cannot write the report: {exc}")
     if args.json:

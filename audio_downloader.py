@@ -145,7 +145,7 @@ class AudioDownloader:
         except AudioError as exc:
             log.warning(
                 "conversation=%s speaker=%s url=%s outcome=%s error=%s took=%.2fs",
-                conversation_id, speaker_label, url, exc.code, exc.message,
+                conversation_id, speaker_label, url, exc.code, exc.full_message,
                 time.monotonic() - started,
             )  # fmt: skip
             await anyio.to_thread.run_sync(self._record_failure, conversation_id, speaker_label,
@@ -219,16 +219,15 @@ class AudioDownloader:
         try:
             free = shutil.disk_usage(self.storage_dir).free
         except OSError as exc:
-            raise StorageError(
-                f"cannot inspect storage directory {self.storage_dir}: {exc}"
-            ) from exc
+            raise _storage_error(exc, self.storage_dir, "cannot inspect") from exc
         # The download and its WAV can both be on disk at once; the WAV is usually larger.
         needed = self.settings.min_free_disk_bytes + 2 * incoming_bytes
         if free < needed:
             raise InsufficientStorage(
-                f"{free / MB:.0f} MB free in {self.storage_dir}; this job needs "
+                f"{free / MB:.0f} MB free on the storage disk; this job needs "
                 f"{incoming_bytes / MB:.0f} MB plus MIN_FREE_DISK_MB="
-                f"{self.settings.min_free_disk_mb:g} kept free"
+                f"{self.settings.min_free_disk_mb:g} kept free",
+                log_detail=f"storage directory {self.storage_dir}",
             )
 
     def _existing(
@@ -258,7 +257,10 @@ class AudioDownloader:
     async def _fetch_convert_store(
         self, conversation_id: str, speaker_label: str, url: str
     ) -> StoredAudio:
-        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.storage_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file may now stand where the directory was
+            raise _storage_error(exc, self.storage_dir) from exc
         stem = temporary_stem(conversation_id, speaker_label)
         source = self.storage_dir / f"{stem}.download"
         converted = self.storage_dir / f"{stem}.wav"
@@ -314,7 +316,10 @@ class AudioDownloader:
         )
 
 
-def _storage_error(exc: OSError, directory: Path) -> AudioError:
+def _storage_error(exc: OSError, directory: Path, action: str = "cannot write in") -> AudioError:
+    """The client hears what failed and why; only the log hears where (the path) and errno."""
+    where = f"storage directory {directory}: {exc}"
     if exc.errno == 28:  # ENOSPC
-        return InsufficientStorage(f"no space left in {directory}: {exc}")
-    return StorageError(f"cannot write in {directory}: {exc}")
+        return InsufficientStorage("no space left in the storage directory", log_detail=where)
+    reason = exc.strerror or "operating system error"
+    return StorageError(f"{action} the storage directory: {reason}", log_detail=where)

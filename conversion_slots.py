@@ -34,7 +34,8 @@ class ConversionSlots:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(
-                f"cannot create CONVERSION_SLOTS_DIR {self.directory}: {exc}"
+                f"cannot create CONVERSION_SLOTS_DIR: {exc.strerror}",
+                log_detail=str(self.directory),
             ) from exc
 
     def _try_any(self) -> FileLock | None:

@@ -1,23 +1,27 @@
-"""Domain errors shared by the service and the scripts.
+"""Domain errors shared by the service and the scripts: each class owns its code and HTTP status.
 
-AudioError                 base; every error carries a short machine code
-├── InvalidInput           a field is missing or malformed                    (400)
-├── Unauthorized           API_KEY is set and X-API-Key is missing or wrong   (401)
-├── UrlRefused             the URL policy forbids this host or address         (403)
-├── NotFound               no such conversation                               (404)
-├── UrlConflict            same file already stored from another URL          (409)
-├── SourceError            the source answered 4xx/5xx or was unreachable     (502)
-├── SourceTimeout          the source did not answer in time                  (504)
-├── TooLarge               the body exceeds MAX_DOWNLOAD_MB                   (413)
-├── NotAudio               the body is not decodable audio                    (422)
-├── AudioTooLong           the audio exceeds MAX_AUDIO_HOURS                  (422)
-├── ConversionTimeout      ffmpeg ran past CONVERT_TIMEOUT_SECONDS            (503)
-├── Busy                   no job slot freed within JOB_QUEUE_TIMEOUT_SECONDS (503)
-├── InsufficientStorage    the disk is (nearly) full                          (507)
-├── StorageError           the storage directory could not be written         (500)
-└── MetadataCorrupt        the metadata file does not parse                   (500)
+AudioError
+├── InvalidInput
+├── Unauthorized
+├── UrlRefused
+├── NotFound
+├── UrlConflict
+├── TooLarge
+├── NotAudio
+├── AudioTooLong
+├── StorageError
+├── MetadataCorrupt
+├── InternalError
+├── SourceError
+├── ConversionTimeout
+├── Busy
+├── SourceTimeout
+└── InsufficientStorage
 
-main.py maps each class to its HTTP status; scripts print the message and exit non-zero.
+Each class says once what it means to a client: `code` (the `error` of the JSON answer), `status`
+(the HTTP status main.py answers) and `description` (the API documentation's words). `message` is
+what the client reads, so it must name no path on the server; `log_detail`, when given, is for the
+log only (paths, errno, the original exception). Scripts print the message and exit non-zero.
 """
 
 from __future__ import annotations
@@ -27,71 +31,117 @@ class AudioError(Exception):
     """Base of every error the product reports on purpose."""
 
     code = "audio_error"
+    status = 500
+    description = "the service failed"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, log_detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.log_detail = log_detail
+
+    @property
+    def full_message(self) -> str:
+        """The message with the log-only detail, for the log and the local operator."""
+        return f"{self.message} ({self.log_detail})" if self.log_detail else self.message
 
 
 class InvalidInput(AudioError):
     code = "invalid_input"
-
-
-class NotFound(AudioError):
-    code = "not_found"
-
-
-class UrlConflict(AudioError):
-    code = "url_conflict"
-
-
-class SourceError(AudioError):
-    code = "source_error"
-
-
-class SourceTimeout(AudioError):
-    code = "source_timeout"
-
-
-class TooLarge(AudioError):
-    code = "too_large"
-
-
-class NotAudio(AudioError):
-    code = "not_audio"
-
-
-class AudioTooLong(AudioError):
-    code = "audio_too_long"
-
-
-class ConversionTimeout(AudioError):
-    code = "conversion_timeout"
-
-
-class InsufficientStorage(AudioError):
-    code = "insufficient_storage"
-
-
-class StorageError(AudioError):
-    code = "storage_error"
-
-
-class MetadataCorrupt(AudioError):
-    code = "metadata_corrupt"
-
-
-class UrlRefused(AudioError):
-    code = "url_refused"
+    status = 400
+    description = "a field is missing or malformed"
 
 
 class Unauthorized(AudioError):
     code = "unauthorized"
+    status = 401
+    description = "API_KEY is set and X-API-Key is missing or wrong"
+
+
+class UrlRefused(AudioError):
+    code = "url_refused"
+    status = 403
+    description = "the URL policy refuses this host, address or redirect"
+
+
+class NotFound(AudioError):
+    code = "not_found"
+    status = 404
+    description = "no such conversation"
+
+
+class UrlConflict(AudioError):
+    code = "url_conflict"
+    status = 409
+    description = "the same file is already stored from another URL"
+
+
+class TooLarge(AudioError):
+    code = "too_large"
+    status = 413
+    description = "the source is larger than MAX_DOWNLOAD_MB"
+
+
+class NotAudio(AudioError):
+    code = "not_audio"
+    status = 422
+    description = "the body is not decodable audio"
+
+
+class AudioTooLong(AudioError):
+    code = "audio_too_long"
+    status = 422
+    description = "the audio is longer than MAX_AUDIO_HOURS"
+
+
+class StorageError(AudioError):
+    code = "storage_error"
+    status = 500
+    description = "the storage directory or the metadata file could not be used"
+
+
+class MetadataCorrupt(AudioError):
+    code = "metadata_corrupt"
+    status = 500
+    description = "the metadata file does not parse"
+
+
+class InternalError(AudioError):
+    """What a client hears of an unexpected exception; the log keeps the exception itself."""
+
+    code = "internal_error"
+    status = 500
+    description = "an unexpected error (the server log has the detail)"
+
+
+class SourceError(AudioError):
+    code = "source_error"
+    status = 502
+    description = "the source answered an error or was unreachable"
+
+
+class ConversionTimeout(AudioError):
+    code = "conversion_timeout"
+    status = 503
+    description = "the conversion ran past CONVERT_TIMEOUT_SECONDS"
 
 
 class Busy(AudioError):
     code = "busy"
+    status = 503
+    description = "no job slot freed within JOB_QUEUE_TIMEOUT_SECONDS (see Retry-After)"
 
-    def __init__(self, message: str, retry_after: int = 5) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, retry_after: int = 5, log_detail: str | None = None) -> None:
+        super().__init__(message, log_detail)
         self.retry_after = retry_after
+
+
+class SourceTimeout(AudioError):
+    code = "source_timeout"
+    status = 504
+    description = "the source did not answer in time"
+
+
+class InsufficientStorage(AudioError):
+    code = "insufficient_storage"
+    status = 507
+    description = "the storage disk is (nearly) full"

@@ -141,16 +141,20 @@ def read_document(path: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StorageError(f"cannot read metadata file {path}: {exc}") from exc
+        raise StorageError(
+            f"cannot read the metadata file: {exc.strerror}", log_detail=str(path)
+        ) from exc
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise MetadataCorrupt(
-            f"metadata file {path} is not valid JSON ({exc}); refusing to import it"
+            f"the metadata file is not valid JSON ({exc}); refusing to import it",
+            log_detail=str(path),
         ) from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("conversations"), dict):
         raise MetadataCorrupt(
-            f"metadata file {path} has no 'conversations' object; refusing to import it"
+            "the metadata file has no 'conversations' object; refusing to import it",
+            log_detail=str(path),
         )
     return doc
 
@@ -186,7 +190,9 @@ def write_document(
         _fsync_directory(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write metadata file {path}: {exc}") from exc
+        raise StorageError(
+            f"cannot write the metadata file: {exc.strerror}", log_detail=str(path)
+        ) from exc
     return size
 
 
@@ -213,8 +219,9 @@ def document_rows(
                 stored.append((conversation_id, label, StoredFile.model_validate(record)))
         except (AttributeError, KeyError, TypeError, ValueError, ValidationError) as exc:
             raise MetadataCorrupt(
-                f"metadata file {path}: conversation {conversation_id!r} cannot be imported "
-                f"({exc}); refusing to import it"
+                f"the metadata file's conversation {conversation_id!r} cannot be imported "
+                f"({exc}); refusing to import it",
+                log_detail=str(path),
             ) from exc
     return conversation_rows, stored
 

@@ -132,12 +132,13 @@ def schema_version(conn: Connection, name: str) -> int | None:
         return None
     if store_info.name not in tables:
         raise MetadataCorrupt(
-            f"metadata database {name} holds tables ({', '.join(sorted(tables))}) but no "
-            "store_info: it is not this service's store; refusing to touch it"
+            f"the metadata database holds tables ({', '.join(sorted(tables))}) but no "
+            "store_info: it is not this service's store; refusing to touch it",
+            log_detail=name,
         )
     version = conn.execute(select(store_info.c.schema_version)).scalar()
     if not isinstance(version, int):
-        raise MetadataCorrupt(f"metadata database {name} has no schema version")
+        raise MetadataCorrupt("the metadata database has no schema version", log_detail=name)
     return version
 
 
@@ -147,9 +148,10 @@ def migrate(conn: Connection, name: str, version: int) -> None:
         step not in MIGRATIONS for step in range(version, SCHEMA_VERSION)
     ):
         raise MetadataCorrupt(
-            f"metadata database {name} has schema version {version}; this code knows version "
+            f"the metadata database has schema version {version}; this code knows version "
             f"{SCHEMA_VERSION} and how to migrate from {sorted(MIGRATIONS) or 'no older version'};"
-            " refusing to touch it"
+            " refusing to touch it",
+            log_detail=name,
         )
     for step in range(version, SCHEMA_VERSION):
         log.info("migrating %s from schema version %d to %d", name, step, step + 1)

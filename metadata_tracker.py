@@ -160,9 +160,12 @@ class MetadataTracker:
         except sa_exc.DBAPIError as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             if isinstance(exc, sa_exc.OperationalError) or exc.connection_invalidated:
-                raise StorageError(f"metadata database {self.name}: {reason}") from exc
+                raise StorageError(
+                    f"the metadata database is unavailable: {reason}", log_detail=self.name
+                ) from exc
             raise MetadataCorrupt(
-                f"metadata database {self.name} cannot be used: {reason}; refusing to touch it"
+                f"the metadata database cannot be used: {reason}; refusing to touch it",
+                log_detail=self.name,
             ) from exc
 
     @contextmanager
@@ -583,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         return fail(EXIT_USAGE, invalid_settings(exc))
     except AudioError as exc:
-        return fail(EXIT_FAILED, exc.message)
+        return fail(EXIT_FAILED, exc.full_message)
     print(json.dumps(stats, indent=2))
     return EXIT_OK
 

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except Failure as failure:
         return _failed(log, failure)
     except AudioError as exc:
-        return _failed(log, Failure(EXIT_FAILED, exc.message))
+        return _failed(log, Failure(EXIT_FAILED, exc.full_message))
     except OSError as exc:  # the log itself: say so where cron sees it, the only place left
         print(f"{JOB}: {error_line(f'cannot write the log {log.path}: {exc}')}", file=sys.stderr)
         return EXIT_FAILED

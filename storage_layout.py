@@ -37,7 +37,9 @@ def wav_files(directory: Path) -> dict[str, int]:
             if entry.name.endswith(".wav") and not entry.name.startswith(".") and entry.is_file()
         }
     except OSError as exc:
-        raise StorageError(f"cannot list storage directory {directory}: {exc}") from exc
+        raise StorageError(
+            f"cannot list the storage directory: {exc.strerror}", log_detail=str(directory)
+        ) from exc
 
 
 def temporary_stem(conversation_id: str, speaker_label: str) -> str:

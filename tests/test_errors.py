@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from conftest import make_settings
 from fastapi.testclient import TestClient
 from source_server import SourceServer
 
+from logger import LOG_FILENAME
 from main import create_app
 from metadata_tracker import MetadataTracker
 from settings import Settings
@@ -228,3 +230,89 @@ def test_unknown_route_and_wrong_method_are_json(client: TestClient) -> None:
     assert client.get("/nope").json()["error"] == "not_found"
     wrong = client.get("/download/single")
     assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+
+
+# Failures on the server's side: the client hears what and why, only the log hears where -------
+
+
+def read_log(settings: Settings) -> str:
+    return (Path(settings.log_dir) / LOG_FILENAME).read_text()
+
+
+def _storage_replaced_by_a_file(storage: Path) -> None:
+    storage.rmdir()
+    storage.write_bytes(b"not a directory")
+
+
+def _storage_parent_replaced_by_a_file(storage: Path) -> None:
+    shutil.rmtree(storage.parent)
+    storage.parent.write_bytes(b"not a directory")
+
+
+@pytest.mark.parametrize(
+    ("breakage", "overrides", "status", "code", "detail"),
+    [
+        (
+            _storage_replaced_by_a_file, {}, 500, "storage_error",
+            "cannot write in the storage directory: File exists",
+        ),
+        (
+            _storage_parent_replaced_by_a_file, {}, 500, "storage_error",
+            "cannot inspect the storage directory: Not a directory",
+        ),
+        (None, {"min_free_disk_mb": 10**9}, 507, "insufficient_storage", "MB free on the storage"),
+    ],
+    ids=["storage-is-a-file", "storage-parent-is-a-file", "disk-below-min-free"],
+)  # fmt: skip
+def test_storage_failures_answer_the_cause_and_log_the_path(
+    tmp_path: Path,
+    source: SourceServer,
+    breakage: Callable[[Path], None] | None,
+    overrides: dict[str, object],
+    status: int,
+    code: str,
+    detail: str,
+) -> None:
+    """Storage broken after start-up answers the cause without path or class; the log has both."""
+    settings = make_settings(tmp_path, audio_storage_dir=tmp_path / "disk" / "store", **overrides)
+    storage = Path(settings.audio_storage_dir)
+    with TestClient(create_app(settings)) as client:
+        if breakage:
+            breakage(storage)
+        response = client.post(
+            "/download/single",
+            data={"conversation_id": "c1", "audio_url": source.file_url("mp3.mp3")},
+        )
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code and detail in body["detail"]
+    assert str(tmp_path) not in response.text and "Error" not in body["detail"]
+    assert source.hits["/files/mp3.mp3"] == 0
+    assert f"-> {status} {code}: {body['detail']} (storage directory {storage}" in read_log(
+        settings
+    )
+
+
+def test_an_unexpected_exception_answers_no_class_name_and_logs_the_traceback(
+    tmp_path: Path,
+) -> None:
+    """An exception nobody translated is a plain 500 internal_error; the log keeps all of it."""
+    settings = make_settings(tmp_path)
+    app = create_app(settings)
+    secret = tmp_path / "private" / "state.db"
+
+    async def explode() -> None:  # a test-only route standing for any bug in a real one
+        raise RuntimeError(f"cannot open {secret}")
+
+    app.add_api_route("/test-only/explode", explode)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/test-only/explode")
+    assert response.status_code == 500
+    assert response.json() == {
+        "detail": "internal error; the server log has the details",
+        "error": "internal_error",
+    }
+    assert "RuntimeError" not in response.text and str(tmp_path) not in response.text
+    log = read_log(settings)
+    assert f"-> 500 internal_error: unexpected RuntimeError: cannot open {secret}" in log
+    assert "Traceback (most recent call last)" in log
