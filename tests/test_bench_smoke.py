@@ -12,7 +12,7 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 CASES = ("1 one long file", "2 CSV batch", "3 metadata at scale", "4 /health under load",
-         "5 many at once")  # fmt: skip
+         "5 many at once", "6 fixed cost per file")  # fmt: skip
 
 
 def test_bench_smoke_prints_every_case() -> None:
@@ -27,7 +27,9 @@ def test_bench_smoke_prints_every_case() -> None:
     cases = {row.split("|")[1].strip() for row in rows[1:]}
     assert cases == set(CASES), done.stdout
     targets = [row for row in rows if "(smoke)" in row]
-    # 1: time ratio and memory at two lengths; 2: three ratios; 3: none below 20,000; 4; 5.
-    assert len(targets) == 8, done.stdout
+    assert {row.split("|")[1].strip() for row in targets} == set(CASES), done.stdout
+    # 1: time ratio, memory at two lengths; 2: three ratios to bare ffmpeg, two to yt-dlp;
+    # 3: record, /statistics, first /statistics, memory; 4: /health p99; 5: recorded; 6: fixed cost.
+    assert len(targets) == 15, done.stdout
     assert re.search(r"^Machine: \d+ cores", done.stdout, re.M), done.stdout
     assert "yt-dlp" in done.stdout and "bare ffmpeg" in done.stdout

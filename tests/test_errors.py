@@ -197,7 +197,7 @@ def test_bad_conversation_ids_and_labels_are_400(
     assert MetadataTracker.from_settings(settings).failure_summary()["total"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "conversations_metadata.sqlite3", "conversations_metadata.sqlite3-shm",
-        "conversations_metadata.sqlite3-wal", "logs", "store",
+        "conversations_metadata.sqlite3-wal", "logs", "slots", "store",
     ]  # fmt: skip
 
 

@@ -242,8 +242,9 @@ def test_a_corrupt_json_document_is_not_imported(tmp_path: Path) -> None:
     """An unreadable old document stops the start-up, is left as it was, and no store is made."""
     settings = make_settings(tmp_path)
     Path(settings.metadata_file).write_text('{"conversations": ')
-    with pytest.raises(MetadataCorrupt, match=r"conversations_metadata\.json"):
+    with pytest.raises(MetadataCorrupt, match="not valid JSON") as refused:
         MetadataTracker.from_settings(settings).check()
+    assert str(settings.metadata_file) in refused.value.full_message  # the scripts and log name it
     assert Path(settings.metadata_file).read_text() == '{"conversations": '
     database = sqlite3.connect(tmp_path / "conversations_metadata.sqlite3")
     assert database.execute("select name from sqlite_master").fetchall() == []

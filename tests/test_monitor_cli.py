@@ -119,10 +119,10 @@ def test_failure_is_logged_and_reported_to_cron(store: Settings, tmp_path: Path)
     broken.write_text("{")
     run = cron(store, tmp_path, METADATA_FILE=str(broken))
     assert run.returncode == 1
-    assert run.stderr.startswith("hourly_monitor.sh: error: metadata file ")
+    assert run.stderr.startswith("hourly_monitor.sh: error: the metadata file is not valid JSON")
     assert len(run.stderr.splitlines()) == 1
     (line,) = log_lines(tmp_path)
-    assert re.match(rf"^{STAMP} ERROR \(exit 1\): error: metadata file ", line)
+    assert re.match(rf"^{STAMP} ERROR \(exit 1\): error: the metadata file is not valid JSON", line)
 
 
 def test_help_prints_the_crontab_line_and_runs_nothing(tmp_path: Path) -> None:
@@ -240,7 +240,7 @@ def test_failures_are_an_error_line_in_the_log_and_on_stderr(
 
     logged = messages(tmp_path)
     assert len(logged) == 4
-    assert logged[0].startswith("ERROR (exit 1): error: metadata file ")
+    assert logged[0].startswith("ERROR (exit 1): error: the metadata file is not valid JSON")
     assert logged[1:] == [
         "ERROR (exit 2): error: invalid target hours (TARGET_HOURS): must be a positive "
         "number; got '-3'",
