@@ -276,11 +276,9 @@ class AudioDownloader:
                     timeout=self.settings.convert_timeout_seconds,
                 )  # fmt: skip
             source.unlink(missing_ok=True)
-            record = await anyio.to_thread.run_sync(self._describe, converted, final, url)
-            await anyio.to_thread.run_sync(
-                self.tracker.record_file,
-                conversation_id, speaker_label, record, lambda: os.replace(converted, final),
-            )  # fmt: skip
+            record = await anyio.to_thread.run_sync(
+                self._describe_and_record, conversation_id, speaker_label, converted, final, url
+            )
         except NotAudio as exc:
             raise NotAudio(f"{url} is not decodable audio: {exc.message}") from exc
         except TimeoutError as exc:
@@ -294,6 +292,16 @@ class AudioDownloader:
             source.unlink(missing_ok=True)
             converted.unlink(missing_ok=True)
         return StoredAudio("success", conversation_id, speaker_label, record)
+
+    def _describe_and_record(
+        self, conversation_id: str, speaker_label: str, converted: Path, final: Path, url: str
+    ) -> StoredFile:
+        """Read the converted file back, then publish and record it in one transaction."""
+        record = self._describe(converted, final, url)
+        self.tracker.record_file(
+            conversation_id, speaker_label, record, lambda: os.replace(converted, final)
+        )
+        return record
 
     def _describe(self, converted: Path, final: Path, url: str) -> StoredFile:
         info = read_wav_info(converted)

@@ -129,7 +129,10 @@ class MetadataTracker:
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # transactions begin where this module says
-            dbapi_connection.execute("PRAGMA synchronous=FULL")
+            # With WAL, NORMAL survives any crash of the process; a power cut may undo the last
+            # commits, whose WAVs (not flushed either) are then fetched again. FULL would add
+            # an fsync to every record.
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
