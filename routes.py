@@ -101,6 +101,13 @@ protected_router = APIRouter(
     dependencies=[Depends(require_api_key)], responses=error_responses(errors.Unauthorized)
 )
 NameForm = Form(pattern=NAME_PATTERN, description=NAME_RULE)
+AgentIdForm = Annotated[
+    str | None,
+    Form(
+        pattern=NAME_PATTERN,
+        description="The agent's id (optional): an export keeps one agent's calls in one split",
+    ),
+]
 
 
 @public_router.get("/", response_model=RootPublic, summary="Service name, version and endpoints")
@@ -156,9 +163,10 @@ async def download_single(
     ],
     speaker_label: Annotated[str, Form(pattern=NAME_PATTERN, description=NAME_RULE)] = "speaker",
     overwrite: Annotated[bool, Form(description="Download again even if stored")] = False,
+    agent_id: AgentIdForm = None,
 ) -> DownloadResultPublic:
     stored = await services.downloader.download(
-        conversation_id, speaker_label, audio_url, overwrite
+        conversation_id, speaker_label, audio_url, overwrite, agent_id
     )
     return DownloadResultPublic(**_public_fields(stored))
 
@@ -181,11 +189,12 @@ async def download_dual(
         Form(max_length=MAX_URL_CHARS, description="http(s) URL of the customer audio (optional)"),
     ] = None,
     overwrite: Annotated[bool, Form(description="Download again even if stored")] = False,
+    agent_id: AgentIdForm = None,
 ) -> DualDownloadPublic:
     urls = {"agent": audio_url_agent}
     if audio_url_customer:
         urls["customer"] = audio_url_customer
-    outcomes = await services.downloader.download_many(conversation_id, urls, overwrite)
+    outcomes = await services.downloader.download_many(conversation_id, urls, overwrite, agent_id)
     failures = [o for o in outcomes if isinstance(o, errors.AudioError)]
     if len(failures) == len(outcomes):
         raise failures[0]
@@ -218,9 +227,12 @@ async def storage_info(services: ServicesDep) -> StorageInfoPublic:
 async def statistics(
     services: ServicesDep,
     target_hours: Annotated[float, Query(gt=0, description="Target hours (> 0)")] = 100.0,
+    speech: Annotated[
+        bool, Query(description="Count progress toward the target in speech hours")
+    ] = False,
 ) -> dict[str, Any]:
     result: dict[str, Any] = await anyio.to_thread.run_sync(
-        services.tracker.statistics, target_hours
+        services.tracker.statistics, target_hours, speech
     )
     return result
 
