@@ -56,11 +56,12 @@ def _sentence(text: str) -> str:
 
 # What the metadata can fail with on any read or write.
 METADATA_ERRORS = (errors.StorageError, errors.MetadataCorrupt)
-DOWNLOAD_ERRORS = error_responses(
+DOWNLOAD_ERROR_CLASSES = (
     errors.InvalidInput, errors.UrlRefused, errors.UrlConflict, errors.TooLarge, errors.NotAudio,
     errors.AudioTooLong, *METADATA_ERRORS, errors.SourceError, errors.ConversionTimeout,
     errors.Busy, errors.SourceTimeout, errors.InsufficientStorage,
 )  # fmt: skip
+DOWNLOAD_ERRORS = error_responses(*DOWNLOAD_ERROR_CLASSES)
 
 
 @dataclass
@@ -119,6 +120,7 @@ async def root() -> RootPublic:
             "GET /health": "service, storage and ffmpeg status",
             "POST /download/single": "store one speaker's audio",
             "POST /download/dual": "store agent and customer audio of a conversation",
+            "POST /download/stereo": "store the two channels of a stereo call as two speakers",
             "GET /storage/info": "stored .wav files and their total size",
             "GET /statistics": "hours collected and progress toward target_hours",
             "GET /conversations": "recorded conversations, paged",
@@ -207,6 +209,39 @@ async def download_dual(
         status="partial" if failures else "success",
         total_files=len(outcomes) - len(failures),
         downloads=items,
+    )
+
+
+@protected_router.post(
+    "/download/stereo",
+    response_model=DualDownloadPublic,
+    responses=error_responses(errors.NotStereo, errors.IdenticalChannels, *DOWNLOAD_ERROR_CLASSES),
+    summary="Download one stereo call and store its left and right channels as two speakers",
+)
+async def download_stereo(
+    services: ServicesDep,
+    conversation_id: Annotated[str, NameForm],
+    audio_url: Annotated[
+        str,
+        Form(min_length=1, max_length=MAX_URL_CHARS, description="http(s) URL of the stereo audio"),
+    ],
+    left_label: Annotated[
+        str, Form(pattern=NAME_PATTERN, description="Speaker on the left channel")
+    ] = "agent",
+    right_label: Annotated[
+        str, Form(pattern=NAME_PATTERN, description="Speaker on the right channel")
+    ] = "customer",
+    overwrite: Annotated[bool, Form(description="Download again even if stored")] = False,
+    agent_id: AgentIdForm = None,
+) -> DualDownloadPublic:
+    stored = await services.downloader.download_stereo(
+        conversation_id, audio_url, left_label, right_label, overwrite, agent_id
+    )
+    return DualDownloadPublic(
+        conversation_id=conversation_id,
+        status="success",
+        total_files=len(stored),
+        downloads=[_dual_item(s.speaker_label, audio_url, s, conversation_id) for s in stored],
     )
 
 
