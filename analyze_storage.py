@@ -275,9 +275,10 @@ def summary_line(report: dict[str, Any]) -> str:
     """The report in one line, for logs (hourly_monitor.sh)."""
     p, rate, c = report["progress"], report["rate"], report["consistency"]
     problems = sum(len(c[k]) for k in ("missing_files", "size_mismatches", "unknown_files"))
+    of_speech = " of speech" if p["measured_in"] == "speech" else ""
     return (
-        f"{p['current_hours']:.4f}/{p['target_hours']:g} h"
-        f"{' of speech' if p['measured_in'] == 'speech' else ''} ({p['progress_percentage']:.2f}%), "
+        f"{p['current_hours']:.4f}/{p['target_hours']:g} h{of_speech} "
+        f"({p['progress_percentage']:.2f}%), "
         f"{report['summary']['total_conversations']} conversations, "
         f"{p['remaining_hours']:.4f} h to go (~{p['estimated_conversations_needed']} "
         f"conversations), last 24 h +{rate['hours_last_24h']:.4f} h, "
