@@ -227,7 +227,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--agent-column", default="agent_audio_url", metavar="NAME", help="default: %(default)s")
     add("--customer-column", metavar="NAME", help="optional; default: customer_audio_url")
     add("--agent-id-column", default="agent_id", metavar="NAME",
-        help="optional column of agent ids, kept with each conversation (default: %(default)s)")  # fmt: skip
+        help="optional column of agent ids (default: %(default)s)")  # fmt: skip
     add("--overwrite", action="store_true", help="download again what is already stored")
     add("--stop-at-target", type=positive_float, metavar="HOURS",
         help="send no more rows once the service reports HOURS collected")  # fmt: skip
