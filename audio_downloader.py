@@ -25,7 +25,14 @@ import anyio.to_thread
 import httpx
 
 from conversion_slots import ConversionSlots
-from converter import read_wav_info, resolve_ffmpeg, run_ffmpeg, same_audio, sha256_of
+from converter import (
+    all_zero,
+    read_wav_info,
+    resolve_ffmpeg,
+    run_ffmpeg,
+    same_audio,
+    sha256_of,
+)
 from errors import (
     AudioError,
     AudioTooLong,
@@ -336,8 +343,6 @@ class AudioDownloader:
                 self._describe_and_record, conversation_id, labels, converted, url, agent_id
             )
         except NotAudio as exc:
-            if len(labels) == 2 and _one_channel(exc.message):
-                raise NotStereo(f"{url} has a single channel; post it to /download/single") from exc
             raise NotAudio(f"{url} is not decodable audio: {exc.message}") from exc
         except TimeoutError as exc:
             raise ConversionTimeout(
@@ -366,6 +371,11 @@ class AudioDownloader:
         """Read the converted files back, then publish and record each with its transaction."""
         finals = [self.target_path(conversation_id, label) for label in labels]
         records = [self._describe(c, f, url) for c, f in zip(converted, finals, strict=True)]
+        if len(converted) == 2 and any(all_zero(path) for path in converted):
+            raise NotStereo(
+                f"{url} has one channel (or one that is silent throughout), not two speakers; "
+                "post it to /download/single"
+            )
         if len(converted) == 2 and same_audio(*converted):
             raise IdenticalChannels(
                 f"the two channels of {url} hold the same audio (a mono recording saved as "
@@ -406,11 +416,6 @@ class AudioDownloader:
             sha256=sha256_of(converted),
             downloaded_at=self.tracker.now(),
         )
-
-
-def _one_channel(ffmpeg_message: str) -> bool:
-    """Whether ffmpeg refused to take a second channel from audio that has only one."""
-    return "channel" in ffmpeg_message.lower()
 
 
 def _storage_error(exc: OSError, directory: Path, action: str = "cannot write in") -> AudioError:

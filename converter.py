@@ -169,6 +169,16 @@ def same_audio(first: Path, second: Path, tolerance_db: float = 40.0) -> bool:
     return difference <= signal * 10 ** (-tolerance_db / 10)
 
 
+def all_zero(path: Path) -> bool:
+    """Whether a 16-bit WAV holds nothing but digital silence (what ffmpeg writes for a channel
+    the source does not have)."""
+    with wave.open(str(path), "rb") as wav:
+        while data := wav.readframes(HASH_CHUNK_BYTES // 2):
+            if data.strip(b"\x00"):
+                return False
+    return True
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

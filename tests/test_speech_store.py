@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +29,8 @@ def stored(n: int, seconds: float = 60.0) -> StoredFile:
 
 
 def labels(file: StoredFile, segments: list[tuple[float, float]], pcm: str = "") -> LegLabels:
-    return LegLabels(file.sha256, pcm or f"pcm-{file.sha256}", segments, 0.0, True)
+    decoded = pcm or hashlib.sha256(file.sha256.encode()).hexdigest()  # as if from the samples
+    return LegLabels(file.sha256, decoded, segments, 0.0, True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

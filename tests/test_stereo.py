@@ -66,7 +66,7 @@ def test_each_channel_becomes_one_speakers_file(
     assert {s["url"] for s in entry["speakers"].values()} == {url}
     again = client.post("/download/stereo", data={"conversation_id": "call1", "audio_url": url})
     assert [d["status"] for d in again.json()["downloads"]] == ["exists", "exists"]
-    assert source.hits["/mp3.mp3"] == 1
+    assert source.hits["/files/mp3.mp3"] == 1  # fetched once for both channels, once in all
 
 
 def test_labels_name_the_channels(
