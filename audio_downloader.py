@@ -376,7 +376,7 @@ class AudioDownloader:
                 f"{url} has one channel (or one that is silent throughout), not two speakers; "
                 "post it to /download/single"
             )
-        if len(converted) == 2 and same_audio(*converted):
+        if len(converted) == 2 and same_audio(converted[0], converted[1]):
             raise IdenticalChannels(
                 f"the two channels of {url} hold the same audio (a mono recording saved as "
                 "stereo); they cannot be labelled as two speakers, so nothing was stored"

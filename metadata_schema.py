@@ -36,7 +36,6 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 from sqlalchemy import (
-    DDL,
     BigInteger,
     Column,
     Connection,
@@ -169,7 +168,7 @@ def _add_speech(conn: Connection) -> None:
         ("conversations", "overlap_micros BIGINT NOT NULL DEFAULT 0"),
         ("speaker_totals", "speech_micros BIGINT NOT NULL DEFAULT 0"),
     ):
-        conn.execute(DDL(f"ALTER TABLE {table} ADD COLUMN {column}"))
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
     metadata.create_all(conn, tables=[labellers, speech, conversation_flags])
 
 

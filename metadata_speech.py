@@ -220,7 +220,7 @@ def speech_summary(conn: Connection) -> dict[str, Any]:
     }
     overlap = int(conn.execute(select(store_info.c.overlap_micros)).scalar() or 0)
     labelled = int(conn.execute(select(func.count()).select_from(speech)).scalar_one())
-    flags = dict(
+    flags: dict[str, int] = dict(
         conn.execute(
             select(conversation_flags.c.reason, func.count()).group_by(conversation_flags.c.reason)
         ).all()

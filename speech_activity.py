@@ -114,7 +114,8 @@ class _Accumulator:
 
 def _db(power: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
-        return np.maximum(10 * np.log10(power), SILENCE_DB).astype(np.float32)
+        levels: np.ndarray = np.maximum(10 * np.log10(power), SILENCE_DB).astype(np.float32)
+    return levels
 
 
 def analyse_wav(path: Path, params: VadParams = DEFAULT_PARAMS) -> LegAudio:
