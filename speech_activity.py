@@ -166,20 +166,26 @@ def _hysteresis(levels: np.ndarray, floor: float, params: VadParams) -> np.ndarr
 
 
 def _segments(active: np.ndarray, leg: LegAudio, params: VadParams) -> list[Segment]:
-    """Runs of active frames as turns: padded, short pauses bridged, short speech dropped."""
+    """Runs of active frames as turns: pauses shorter than `min_gap` bridged and speech shorter
+    than `min_speech` dropped (both judged on the detected frames), then each turn padded."""
     step = leg.frame_seconds
     edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
-    turns: list[list[float]] = []
+    runs: list[list[float]] = []
     for begin, end in zip(edges[0::2], edges[1::2], strict=True):
-        a = max(begin * step - params.pad_seconds, 0.0)
-        b = min(end * step + params.pad_seconds, leg.duration_seconds)
-        if turns and a - turns[-1][1] < params.min_gap:
-            turns[-1][1] = max(turns[-1][1], b)
+        if runs and begin * step - runs[-1][1] < params.min_gap:
+            runs[-1][1] = end * step
+        else:
+            runs.append([begin * step, end * step])
+    turns: list[list[float]] = []
+    for a, b in runs:
+        if b - a < params.min_speech:
+            continue
+        a, b = max(a - params.pad_seconds, 0.0), min(b + params.pad_seconds, leg.duration_seconds)
+        if turns and a <= turns[-1][1]:
+            turns[-1][1] = b
         else:
             turns.append([a, b])
-    return [
-        (round(float(a), 3), round(float(b), 3)) for a, b in turns if b - a >= params.min_speech
-    ]
+    return [(round(float(a), 3), round(float(b), 3)) for a, b in turns]
 
 
 def _own_activity(leg: LegAudio, params: VadParams) -> np.ndarray:
