@@ -39,6 +39,7 @@ class VadParams:
 
     frame_seconds: float = 0.01
     floor_percentile: float = 10.0  # the leg's noise floor: this percentile of its frame levels
+    lowest_floor_dbfs: float = -75.0
     start_db: float = 15.0  # a turn starts this far above the floor ...
     continue_db: float = 9.0  # ... and lasts while the level stays this far above it
     min_level_dbfs: float = -50.0  # nothing quieter than this starts a turn
@@ -146,10 +147,11 @@ def _smoothed(levels: np.ndarray, frames: int) -> np.ndarray:
 
 
 def _floor(levels: np.ndarray, params: VadParams) -> float:
-    sounding = levels[levels > SILENCE_DB]
-    if not len(sounding):
-        return SILENCE_DB
-    return float(np.percentile(sounding, params.floor_percentile))
+    """The leg's noise floor; pauses of digital silence (VoIP without comfort noise) count
+    as the quietest a line gets, `lowest_floor_dbfs`."""
+    if not len(levels):
+        return params.lowest_floor_dbfs
+    return max(float(np.percentile(levels, params.floor_percentile)), params.lowest_floor_dbfs)
 
 
 def _hysteresis(levels: np.ndarray, floor: float, params: VadParams) -> np.ndarray:
