@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings, positive_float
 from errors import AudioError, StorageError
 from metadata_document import statistics_of
+from metadata_speech import speech_statistics
 from metadata_tracker import MetadataTracker
 from settings import get_settings
 from storage_layout import wav_files
@@ -42,6 +43,7 @@ EXPORT_COLUMNS = [
 ]  # fmt: skip
 BAR_WIDTH = 40
 RECENT_FAILURES = 5
+FLAGS_SHOWN = 20
 MB = 1024 * 1024
 
 
@@ -78,17 +80,28 @@ def _look_again(tracker: MetadataTracker, storage_dir: Path) -> dict[str, Any]:
 
 
 def build_report(
-    tracker: MetadataTracker, storage_dir: Path, target: float, now: datetime
+    tracker: MetadataTracker, storage_dir: Path, target: float, now: datetime, speech: bool = False
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Everything the script prints, as a JSON-ready dictionary, and the rows it came from."""
+    """Everything the script prints, as a JSON-ready dictionary, and the rows it came from.
+
+    With `speech`, progress counts speech hours, and the pace of the last 24 hours is taken as
+    their audio hours times the collection's speech share.
+    """
     rows, totals = tracker.snapshot()
     on_disk = wav_files(storage_dir)
     problems = consistency(rows, on_disk)
     if any(problems.values()):
         problems = _look_again(tracker, storage_dir)
-    stats = statistics_of(totals, target, now.isoformat(timespec="seconds"))
+    summary = tracker.speech_summary()
+    spoken = sum(summary["speaker_micros"].values())
+    stamp = now.isoformat(timespec="seconds")
+    stats = statistics_of(totals, target, stamp, spoken if speech else None)
+    speech_report = speech_statistics(summary, totals.micros)
     progress = stats["progress"]
     rate = _rate(rows, now, tracker.tz)
+    if speech:
+        rate["hours_last_24h"] = round(rate["hours_last_24h"] * speech_report["speech_share"], 4)
+    rate["measured_in"] = progress["measured_in"]
     report = {
         "generated_at": stats["timestamp"],
         "metadata_store": tracker.name,
@@ -97,6 +110,11 @@ def build_report(
         "progress": progress,
         "rate": {**rate, **_projection(progress, rate["hours_last_24h"], now)},
         "speakers": _speakers(rows),
+        "speech": speech_report,
+        "flagged": [
+            {"conversation_id": cid, "reason": reason, "detail": detail}
+            for cid, reason, detail in tracker.flags()
+        ],
         "durations": _durations(rows),
         "storage": _storage(rows, on_disk, storage_dir),
         "failures": tracker.failure_summary(recent=RECENT_FAILURES),
@@ -191,7 +209,7 @@ def render(report: dict[str, Any]) -> str:
         f"Storage report {report['generated_at']}",
         f"  metadata {report['metadata_store']}, storage {report['storage_directory']}",
         "",
-        f"Progress toward {p['target_hours']:g} h",
+        f"Progress toward {p['target_hours']:g} h of {p['measured_in']}",
         f"  [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {p['progress_percentage']:.2f}%"
         + ("  TARGET REACHED" if p["target_reached"] else ""),
         f"  collected  {_hours(p['current_hours'])} in "
@@ -204,6 +222,7 @@ def render(report: dict[str, Any]) -> str:
     ]
     for name, group in report["speakers"].items():
         lines.append(f"  {name:<9} {_hours(group['hours'])} in {group['files']} files")
+    lines += ["", *_speech(report["speech"], report["flagged"])]
     d = report["durations"]
     lines += ["", f"Conversation durations ({d['conversations']} conversations)"]
     if d["conversations"]:
@@ -225,6 +244,24 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _speech(speech: dict[str, Any], flagged: list[dict[str, str]]) -> list[str]:
+    lines = [
+        f"Speech ({speech['labelled_files']} files labelled)",
+        f"  speech     {_hours(speech['speech_hours'])}, {speech['speech_share']:.1%} of the "
+        f"audio; both talking {_hours(speech['overlap_hours'])}",
+    ]
+    lines += [f"  {name:<9}  {_hours(hours)}"
+              for name, hours in speech["speech_hours_by_speaker"].items()]  # fmt: skip
+    lines += ["", f"Flagged conversations: {speech['flagged_conversations']} (left out of "
+              "dataset exports unless asked for)"]  # fmt: skip
+    lines += [f"  {reason:<22} {count}" for reason, count in speech["flags"].items()]
+    lines += [f"  {f['conversation_id']}: {f['reason']}: {f['detail']}"
+              for f in flagged[:FLAGS_SHOWN]]  # fmt: skip
+    if len(flagged) > FLAGS_SHOWN:
+        lines.append(f"  ... {len(flagged) - FLAGS_SHOWN} more (--json lists every one)")
+    return lines
+
+
 def _failures(failures: dict[str, Any]) -> list[str]:
     lines = [f"Failed attempts: {failures['total']} in all, {failures['last_24_hours']} in the "
              "last 24 h"]  # fmt: skip
@@ -238,8 +275,10 @@ def summary_line(report: dict[str, Any]) -> str:
     """The report in one line, for logs (hourly_monitor.sh)."""
     p, rate, c = report["progress"], report["rate"], report["consistency"]
     problems = sum(len(c[k]) for k in ("missing_files", "size_mismatches", "unknown_files"))
+    of_speech = " of speech" if p["measured_in"] == "speech" else ""
     return (
-        f"{p['current_hours']:.4f}/{p['target_hours']:g} h ({p['progress_percentage']:.2f}%), "
+        f"{p['current_hours']:.4f}/{p['target_hours']:g} h{of_speech} "
+        f"({p['progress_percentage']:.2f}%), "
         f"{report['summary']['total_conversations']} conversations, "
         f"{p['remaining_hours']:.4f} h to go (~{p['estimated_conversations_needed']} "
         f"conversations), last 24 h +{rate['hours_last_24h']:.4f} h, "
@@ -326,6 +365,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--save", action="store_true", help="also write storage_report_<timestamp>.json")
     add("--strict", action="store_true", help="exit 4 when the consistency check finds problems")
     add("--check-target", action="store_true", help="exit 3 while the target is not reached")
+    add("--speech", action="store_true", help="count progress toward the target in speech hours")
     return parser.parse_args(argv)
 
 
@@ -338,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         tracker = MetadataTracker.from_settings(settings)
         storage_dir = Path(args.storage_dir or settings.audio_storage_dir)
         now = datetime.now(tracker.tz)
-        report, rows = build_report(tracker, storage_dir, args.target, now)
+        report, rows = build_report(tracker, storage_dir, args.target, now, args.speech)
         written = []
         if args.export_csv:
             export_csv(rows, args.export_csv)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 from pydantic.fields import FieldInfo
@@ -107,6 +107,9 @@ class SummaryPublic(BaseModel):
 
 
 class ProgressPublic(BaseModel):
+    measured_in: Literal["audio", "speech"] = Field(
+        description="Hours counted toward the target: audio (default) or speech (`speech=true`)."
+    )
     target_hours: float
     current_hours: float
     remaining_hours: float = Field(description="Never negative.")
@@ -123,9 +126,20 @@ class FailuresPublic(BaseModel):
     by_error_last_24_hours: dict[str, int] = Field(description="Error code -> attempts.")
 
 
+class SpeechPublic(BaseModel):
+    labelled_files: int = Field(description="Stored files whose speech turns are labelled.")
+    speech_hours: float = Field(description="Speech on every leg, added up.")
+    speech_hours_by_speaker: dict[str, float]
+    overlap_hours: float = Field(description="Time both legs of a call speak at once.")
+    speech_share: float = Field(description="Speech hours / audio hours.")
+    flagged_conversations: int
+    flags: dict[str, int] = Field(description="Quality flag reason -> conversations.")
+
+
 class StatisticsPublic(BaseModel):
     summary: SummaryPublic
     progress: ProgressPublic
+    speech: SpeechPublic
     failures: FailuresPublic
     timestamp: str
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,15 +25,24 @@ import anyio.to_thread
 import httpx
 
 from conversion_slots import ConversionSlots
-from converter import read_wav_info, resolve_ffmpeg, run_ffmpeg, sha256_of
+from converter import (
+    all_zero,
+    read_wav_info,
+    resolve_ffmpeg,
+    run_ffmpeg,
+    same_audio,
+    sha256_of,
+)
 from errors import (
     AudioError,
     AudioTooLong,
     Busy,
     ConversionTimeout,
+    IdenticalChannels,
     InsufficientStorage,
     InvalidInput,
     NotAudio,
+    NotStereo,
     StorageError,
     UrlConflict,
 )
@@ -40,6 +50,7 @@ from fetcher import Fetcher
 from metadata_schema import MB, StoredFile
 from metadata_tracker import MetadataTracker
 from settings import Settings
+from speech_labeller import label_conversation
 from storage_layout import remove_leftovers, stored_name, temporary_stem
 from url_policy import UrlPolicy, without_query
 
@@ -129,34 +140,74 @@ class AudioDownloader:
         return self.storage_dir / stored_name(conversation_id, speaker_label)
 
     async def download(
-        self, conversation_id: str, speaker_label: str, url: str, overwrite: bool = False
+        self,
+        conversation_id: str,
+        speaker_label: str,
+        url: str,
+        overwrite: bool = False,
+        agent_id: str | None = None,
     ) -> StoredAudio:
         """Store one speaker's audio of a conversation; logs the outcome and records failures.
 
         Malformed input is refused before anything is attempted; every failure after that is
         kept in the store, so reports can say what fails and how often.
         """
-        validate_name("conversation_id", conversation_id)
         validate_name("speaker_label", speaker_label)
+        stored = await self._logged(conversation_id, [speaker_label], url, overwrite, agent_id)
+        return stored[0]
+
+    async def download_stereo(
+        self,
+        conversation_id: str,
+        url: str,
+        left_label: str = "agent",
+        right_label: str = "customer",
+        overwrite: bool = False,
+        agent_id: str | None = None,
+    ) -> list[StoredAudio]:
+        """Store the two channels of one stereo call as two speakers' files, as `download` does."""
+        validate_name("left_label", left_label)
+        validate_name("right_label", right_label)
+        if left_label == right_label:
+            raise InvalidInput(f"left_label and right_label must differ; both are {left_label!r}")
+        return await self._logged(
+            conversation_id, [left_label, right_label], url, overwrite, agent_id
+        )
+
+    async def _logged(
+        self,
+        conversation_id: str,
+        labels: list[str],
+        url: str,
+        overwrite: bool,
+        agent_id: str | None,
+    ) -> list[StoredAudio]:
+        validate_name("conversation_id", conversation_id)
         validate_url("audio_url", url)
+        if agent_id is not None:
+            validate_name("agent_id", agent_id)
         started = time.monotonic()
+        speakers = "+".join(labels)
         try:
-            result = await self._download(conversation_id, speaker_label, url, overwrite)
+            results = await self._download(conversation_id, labels, url, overwrite, agent_id)
         except AudioError as exc:
             log.warning(
                 "conversation=%s speaker=%s url=%s outcome=%s error=%s took=%.2fs",
-                conversation_id, speaker_label, url, exc.code, exc.full_message,
+                conversation_id, speakers, url, exc.code, exc.full_message,
                 time.monotonic() - started,
             )  # fmt: skip
-            await anyio.to_thread.run_sync(self._record_failure, conversation_id, speaker_label,
-                                           url, exc)  # fmt: skip
+            for label in labels:
+                await anyio.to_thread.run_sync(self._record_failure, conversation_id, label,
+                                               url, exc)  # fmt: skip
             raise
-        log.info(
-            "conversation=%s speaker=%s url=%s outcome=%s duration=%.2fs size=%.2fMB took=%.2fs",
-            conversation_id, speaker_label, url, result.status, result.file.duration_seconds,
-            result.file.file_size_mb, time.monotonic() - started,
-        )  # fmt: skip
-        return result
+        for result in results:
+            log.info(
+                "conversation=%s speaker=%s url=%s outcome=%s duration=%.2fs size=%.2fMB "
+                "took=%.2fs",
+                conversation_id, result.speaker_label, url, result.status,
+                result.file.duration_seconds, result.file.file_size_mb, time.monotonic() - started,
+            )  # fmt: skip
+        return results
 
     def _record_failure(
         self, conversation_id: str, speaker_label: str, url: str, exc: AudioError
@@ -169,7 +220,11 @@ class AudioDownloader:
             log.error("cannot record the failure of %s: %s", public, problem.message)
 
     async def download_many(
-        self, conversation_id: str, urls: dict[str, str], overwrite: bool = False
+        self,
+        conversation_id: str,
+        urls: dict[str, str],
+        overwrite: bool = False,
+        agent_id: str | None = None,
     ) -> list[StoredAudio | AudioError]:
         """Several speakers of one conversation at once; each outcome is a result or its error."""
         for label, url in urls.items():
@@ -178,24 +233,30 @@ class AudioDownloader:
 
         async def one(label: str, url: str) -> StoredAudio | AudioError:
             try:
-                return await self.download(conversation_id, label, url, overwrite)
+                return await self.download(conversation_id, label, url, overwrite, agent_id)
             except AudioError as exc:
                 return exc
 
         return list(await asyncio.gather(*(one(lb, u) for lb, u in urls.items())))
 
     async def _download(
-        self, conversation_id: str, speaker_label: str, url: str, overwrite: bool
-    ) -> StoredAudio:
+        self,
+        conversation_id: str,
+        labels: list[str],
+        url: str,
+        overwrite: bool,
+        agent_id: str | None,
+    ) -> list[StoredAudio]:
         self.policy.check_host(httpx.URL(url))
-        existing = await anyio.to_thread.run_sync(
-            self._existing, conversation_id, speaker_label, url, overwrite
-        )
-        if existing is not None:
-            return existing
+        existing = [
+            await anyio.to_thread.run_sync(self._existing, conversation_id, label, url, overwrite)
+            for label in labels
+        ]
+        if all(found is not None for found in existing):
+            return [found for found in existing if found is not None]
         self._check_free_space(0)
         async with self._job_slot():
-            return await self._fetch_convert_store(conversation_id, speaker_label, url)
+            return await self._fetch_convert_store(conversation_id, labels, url, agent_id)
 
     @contextlib.asynccontextmanager
     async def _job_slot(self) -> AsyncIterator[None]:
@@ -255,16 +316,18 @@ class AudioDownloader:
         return StoredAudio("exists", conversation_id, speaker_label, record)
 
     async def _fetch_convert_store(
-        self, conversation_id: str, speaker_label: str, url: str
-    ) -> StoredAudio:
+        self, conversation_id: str, labels: Sequence[str], url: str, agent_id: str | None
+    ) -> list[StoredAudio]:
+        """Fetch once, convert, store and record: one label (every channel mixed down), or two
+        (the first and second channel of a stereo file, one speaker each)."""
         try:
             self.storage_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file may now stand where the directory was
             raise _storage_error(exc, self.storage_dir) from exc
-        stem = temporary_stem(conversation_id, speaker_label)
-        source = self.storage_dir / f"{stem}.download"
-        converted = self.storage_dir / f"{stem}.wav"
-        final = self.target_path(conversation_id, speaker_label)
+        source = self.storage_dir / f"{temporary_stem(conversation_id, labels[0])}.download"
+        converted = [
+            self.storage_dir / f"{temporary_stem(conversation_id, label)}.wav" for label in labels
+        ]
         try:
             await self._fetcher.fetch(url, source, self._check_free_space)
             if source.stat().st_size == 0:
@@ -276,8 +339,8 @@ class AudioDownloader:
                     timeout=self.settings.convert_timeout_seconds,
                 )  # fmt: skip
             source.unlink(missing_ok=True)
-            record = await anyio.to_thread.run_sync(
-                self._describe_and_record, conversation_id, speaker_label, converted, final, url
+            records = await anyio.to_thread.run_sync(
+                self._describe_and_record, conversation_id, labels, converted, url, agent_id
             )
         except NotAudio as exc:
             raise NotAudio(f"{url} is not decodable audio: {exc.message}") from exc
@@ -290,18 +353,49 @@ class AudioDownloader:
             raise _storage_error(exc, self.storage_dir) from exc
         finally:
             source.unlink(missing_ok=True)
-            converted.unlink(missing_ok=True)
-        return StoredAudio("success", conversation_id, speaker_label, record)
+            for path in converted:
+                path.unlink(missing_ok=True)
+        return [
+            StoredAudio("success", conversation_id, label, record)
+            for label, record in zip(labels, records, strict=True)
+        ]
 
     def _describe_and_record(
-        self, conversation_id: str, speaker_label: str, converted: Path, final: Path, url: str
-    ) -> StoredFile:
-        """Read the converted file back, then publish and record it in one transaction."""
-        record = self._describe(converted, final, url)
-        self.tracker.record_file(
-            conversation_id, speaker_label, record, lambda: os.replace(converted, final)
-        )
-        return record
+        self,
+        conversation_id: str,
+        labels: Sequence[str],
+        converted: Sequence[Path],
+        url: str,
+        agent_id: str | None,
+    ) -> list[StoredFile]:
+        """Read the converted files back, then publish and record each with its transaction."""
+        finals = [self.target_path(conversation_id, label) for label in labels]
+        records = [self._describe(c, f, url) for c, f in zip(converted, finals, strict=True)]
+        if len(converted) == 2 and any(all_zero(path) for path in converted):
+            raise NotStereo(
+                f"{url} has one channel (or one that is silent throughout), not two speakers; "
+                "post it to /download/single"
+            )
+        if len(converted) == 2 and same_audio(converted[0], converted[1]):
+            raise IdenticalChannels(
+                f"the two channels of {url} hold the same audio (a mono recording saved as "
+                "stereo); they cannot be labelled as two speakers, so nothing was stored"
+            )
+        for label, record, temporary, final in zip(labels, records, converted, finals, strict=True):
+            self.tracker.record_file(
+                conversation_id, label, record, functools.partial(os.replace, temporary, final),
+                agent_id,
+            )  # fmt: skip
+        if self.settings.label_speech:
+            self._label(conversation_id)
+        return records
+
+    def _label(self, conversation_id: str) -> None:
+        """Label the conversation's legs; a failure leaves them unlabelled, never the file lost."""
+        try:
+            label_conversation(self.tracker, conversation_id)
+        except Exception:  # the file is stored; `--label` in metadata_tracker.py retries later
+            log.exception("conversation=%s could not be labelled", conversation_id)
 
     def _describe(self, converted: Path, final: Path, url: str) -> StoredFile:
         info = read_wav_info(converted)

@@ -78,7 +78,7 @@ def send(client: ServiceClient, row: Row, overwrite: bool) -> Outcome:
         for attempt in retrying:
             with attempt:
                 body = client.download_dual(
-                    row.conversation_id, row.agent_url, row.customer_url, overwrite
+                    row.conversation_id, row.agent_url, row.customer_url, overwrite, row.agent_id
                 )
     except (ServiceUnreachable, Unauthorized):
         raise
@@ -226,6 +226,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--id-column", default="conversation_id", metavar="NAME", help="default: %(default)s")
     add("--agent-column", default="agent_audio_url", metavar="NAME", help="default: %(default)s")
     add("--customer-column", metavar="NAME", help="optional; default: customer_audio_url")
+    add("--agent-id-column", default="agent_id", metavar="NAME",
+        help="optional column of agent ids (default: %(default)s)")  # fmt: skip
     add("--overwrite", action="store_true", help="download again what is already stored")
     add("--stop-at-target", type=positive_float, metavar="HOURS",
         help="send no more rows once the service reports HOURS collected")  # fmt: skip
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             args.agent_column,
             args.customer_column or "customer_audio_url",
             customer_required=args.customer_column is not None,
+            agent_id=args.agent_id_column,
         )
         data = read_csv(args.csv, columns)
     except ValidationError as exc:

@@ -1,6 +1,7 @@
 """The conversations CSV: its columns, the row rules, reading it, and writing rows back out.
 
-One conversation per row: an id, the agent's audio URL and, optionally, the customer's. A row
+One conversation per row: an id, the agent's audio URL and, optionally, the customer's and the
+agent's id (an `agent_id` column; a dataset export keeps one agent's calls in one split). A row
 with a blank or malformed id or URL, or an id already seen, is invalid and reported by its line
 number; the others are kept with their record exactly as read, so failed rows can be written
 back in the input's own format.
@@ -27,6 +28,7 @@ class Columns:
     agent: str = "agent_audio_url"
     customer: str = "customer_audio_url"
     customer_required: bool = False
+    agent_id: str = "agent_id"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Row:
     agent_url: str
     customer_url: str | None
     record: dict[str, str]
+    agent_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,11 @@ def _row(line: int, record: dict[str | Any, Any], fieldnames: list[str], cols: C
     customer_url = cell(cols.customer) or None
     if customer_url is not None:
         validate_url(cols.customer, customer_url)
+    agent_id = cell(cols.agent_id) or None
+    if agent_id is not None:
+        validate_name(cols.agent_id, agent_id)
     kept = {name: record.get(name) or "" for name in fieldnames}
-    return Row(line, conversation_id, agent_url, customer_url, kept)
+    return Row(line, conversation_id, agent_url, customer_url, kept, agent_id)
 
 
 def write_failed_rows(directory: Path, fieldnames: list[str], rows: Sequence[Row]) -> Path:

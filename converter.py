@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import wave
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -51,20 +52,39 @@ def ffmpeg_version(binary: str) -> str:
     return first.split(" Copyright")[0].removeprefix("ffmpeg version ").strip() or "unknown"
 
 
+# One output: every channel mixed down. Two outputs: a stereo call's left and right channels.
+_SPLIT_GRAPH = "[0:a:0]asplit=2[a][b];[a]pan=mono|c0=c0[left];[b]pan=mono|c0=c1[right]"
+
+
 async def run_ffmpeg(
-    binary: str, source: Path, target: Path, max_seconds: float, timeout: float
+    binary: str,
+    source: Path,
+    target: Path | Sequence[Path],
+    max_seconds: float,
+    timeout: float,
 ) -> None:
-    """Convert `source` to 16 kHz mono s16le WAV at `target`; the only place ffmpeg runs."""
-    args = [
-        binary, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-i", f"file:{source}",
-        "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1",
-        "-ac", str(TARGET_CHANNELS), "-ar", str(TARGET_SAMPLE_RATE), "-c:a", "pcm_s16le",
+    """Convert `source` to 16 kHz mono s16le WAV; the only place ffmpeg runs.
+
+    Given one target, every channel is mixed into it; given two, the first and second channel
+    of the first audio stream go to one each (one decode for both).
+    """
+    targets = [target] if isinstance(target, Path) else list(target)
+    encode = [
+        "-vn", "-sn", "-dn", "-map_metadata", "-1",
+        "-ar", str(TARGET_SAMPLE_RATE), "-c:a", "pcm_s16le",
         # One second past the limit is enough to tell "too long" from "exactly at the limit".
         "-t", f"{max_seconds + 1:.3f}",
-        "-fflags", "+bitexact", "-flags:a", "+bitexact",
-        "-f", "wav", f"file:{target}",
+        "-fflags", "+bitexact", "-flags:a", "+bitexact", "-f", "wav",
     ]  # fmt: skip
+    args = [binary, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", f"file:{source}"]
+    if len(targets) == 1:
+        args += ["-map", "0:a:0", "-ac", str(TARGET_CHANNELS), *encode, f"file:{targets[0]}"]
+    elif len(targets) == 2:
+        args += ["-filter_complex", _SPLIT_GRAPH]
+        for pad, path in zip(("[left]", "[right]"), targets, strict=True):
+            args += ["-map", pad, *encode, f"file:{path}"]
+    else:
+        raise ValueError("one target, or two for the channels of a stereo file")
     proc = await asyncio.create_subprocess_exec(
         *_dying_with_parent(), *args,
         stdin=asyncio.subprocess.DEVNULL,
@@ -125,6 +145,38 @@ def read_wav_info(path: Path) -> WavInfo:
             return WavInfo(frames / rate, rate, wav.getnchannels(), wav.getsampwidth())
     except (wave.Error, EOFError) as exc:
         raise NotAudio(f"converted file is not a readable WAV: {exc}") from exc
+
+
+def same_audio(first: Path, second: Path, tolerance_db: float = 40.0) -> bool:
+    """Whether two 16-bit WAVs hold the same audio: their difference at least `tolerance_db`
+    below the signal (a mono recording saved as two channels, even through a lossy codec)."""
+    import numpy as np
+
+    difference = signal = 0.0
+    with wave.open(str(first), "rb") as a, wave.open(str(second), "rb") as b:
+        if a.getnframes() != b.getnframes():
+            return False
+        while True:
+            x, y = a.readframes(HASH_CHUNK_BYTES // 2), b.readframes(HASH_CHUNK_BYTES // 2)
+            if not x:
+                break
+            left = np.frombuffer(x, dtype="<i2").astype(np.float64)
+            right = np.frombuffer(y, dtype="<i2").astype(np.float64)
+            difference += float(np.square(left - right).sum())
+            signal += float(np.square(left).sum())
+    if signal == 0.0:
+        return difference == 0.0
+    return difference <= signal * 10 ** (-tolerance_db / 10)
+
+
+def all_zero(path: Path) -> bool:
+    """Whether a 16-bit WAV holds nothing but digital silence (what ffmpeg writes for a channel
+    the source does not have)."""
+    with wave.open(str(path), "rb") as wav:
+        while data := wav.readframes(HASH_CHUNK_BYTES // 2):
+            if data.strip(b"\x00"):
+                return False
+    return True
 
 
 def sha256_of(path: Path) -> str:

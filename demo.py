@@ -45,26 +45,31 @@ EXAMPLE_CSV = ROOT / "examples" / "conversations.csv"
 FORMATS = {".mp3": "mp3", ".wav": "wav", ".m4a": "m4a", ".ogg": "ogg", ".flac": "flac",
            ".aac": "aac", ".opus": "opus"}  # fmt: skip
 TARGET_HOURS = 0.25  # small enough for the samples to make visible progress
+STEREO_CALL = "stereo_call.mp3"  # agent on the left channel, customer on the right
 
 
 def make_samples(rows: list[dict[str, str]], directory: Path) -> None:
     """One tone per URL of the example CSV, named like the URL's file; speakers differ in pitch
-    and length, so durations and per-speaker hours come out different."""
+    and length, so durations and per-speaker hours come out different, and take turns of
+    2.5 s, so each leg's speech labels show who spoke when. Plus one stereo call."""
     jobs = []
     for number, row in enumerate(rows):
-        speakers = [("agent_audio_url", 220.0, 20 + number * 7 % 23),
-                    ("customer_audio_url", 330.0, 15 + number * 5 % 17)]  # fmt: skip
-        for column, pitch, seconds in speakers:
+        speakers = [("agent_audio_url", 220.0, 20 + number * 7 % 23, 0),
+                    ("customer_audio_url", 330.0, 15 + number * 5 % 17, 1)]  # fmt: skip
+        for column, pitch, seconds, turn in speakers:
             if row[column]:
                 name = Path(urlsplit(row[column]).path).name
-                jobs.append((directory / name, FORMATS[Path(name).suffix], seconds, pitch))
+                jobs.append((directory / name, FORMATS[Path(name).suffix], seconds, pitch, turn))
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for done in [pool.submit(_tone, *job) for job in jobs]:
             done.result()
+    make_audio(directory / STEREO_CALL, "mp3", seconds=30, sample_rate=22050, channels=2,
+               frequency=250.0, turns=3.0)  # fmt: skip
 
 
-def _tone(path: Path, fmt: str, seconds: float, pitch: float) -> None:
-    make_audio(path, fmt, seconds=seconds, sample_rate=22050, channels=1, frequency=pitch)
+def _tone(path: Path, fmt: str, seconds: float, pitch: float, turn: int) -> None:
+    make_audio(path, fmt, seconds=seconds, sample_rate=22050, channels=1, frequency=pitch,
+               turns=2.5, first_turn=turn)  # fmt: skip
 
 
 def local_csv(rows: list[dict[str, str]], source: SourceServer, path: Path) -> None:
@@ -106,18 +111,33 @@ def step(title: str, script: Callable[[list[str]], int], args: list[str]) -> int
     return code
 
 
-def walk_through(demo_csv: Path, work: Path) -> list[int]:
+def post_stereo(url: str) -> int:
+    """A stereo call posted as a client would: its two channels become two speakers."""
+    server = default_server(get_settings())
+    print(f"\n=== A stereo call: left channel agent, right channel customer\n"
+          f"$ curl -X POST {server}/download/stereo -F conversation_id=stereo-call-1 "
+          f"-F audio_url={url}", flush=True)  # fmt: skip
+    response = httpx.post(f"{server}/download/stereo", timeout=120,
+                          data={"conversation_id": "stereo-call-1", "audio_url": url})  # fmt: skip
+    for item in response.json().get("downloads", []):
+        print(f"  {item['filename']}: {item['status']}, {item['duration_seconds']} s")
+    print(f"(HTTP {response.status_code})", flush=True)
+    return 0 if response.status_code == 200 else 1
+
+
+def walk_through(demo_csv: Path, work: Path, stereo_url: str) -> list[int]:
     """The user's workflow, one command after the other; returns their exit codes."""
     target, batch = ["--target", str(TARGET_HOURS)], [str(demo_csv), "--failed-rows-dir", str(work)]
     return [
         step("Check one conversation end to end", test_single_download.main, [str(demo_csv)]),
         step("Download all conversations", batch_download_from_csv.main, batch),
         step("Run it again: everything is already stored", batch_download_from_csv.main, batch),
+        post_stereo(stereo_url),
         step("Statistics (the numbers of GET /statistics)", metadata_tracker.main, target),
         step("The store exported as JSON now (the service also does it by itself)",
              metadata_tracker.main, ["--export-json"]),
-        step("Progress report and CSV export", analyze_storage.main,
-             [*target, "--export-csv", str(work / "conversations_metadata.csv")]),
+        step("Progress report, counted in speech hours, and CSV export", analyze_storage.main,
+             [*target, "--speech", "--export-csv", str(work / "conversations_metadata.csv")]),
         hourly_monitor(work),
     ]  # fmt: skip
 
@@ -149,7 +169,8 @@ def run_demo(work: Path) -> bool:
             print(f"Audio served at {source.base_url}; CSV with local URLs: {demo_csv}")
             service = start_service(work)
             print(f"Service running at {default_server(get_settings())}")
-            return all(code == 0 for code in walk_through(demo_csv, work))
+            codes = walk_through(demo_csv, work, source.file_url(STEREO_CALL))
+            return all(code == 0 for code in codes)
     finally:
         if service is not None:
             service.terminate()

@@ -8,6 +8,8 @@ AudioError
 ├── UrlConflict
 ├── TooLarge
 ├── NotAudio
+├── NotStereo
+├── IdenticalChannels
 ├── AudioTooLong
 ├── StorageError
 ├── MetadataCorrupt
@@ -85,6 +87,18 @@ class NotAudio(AudioError):
     code = "not_audio"
     status = 422
     description = "the body is not decodable audio"
+
+
+class NotStereo(AudioError):
+    code = "not_stereo"
+    status = 422
+    description = "a stereo download's audio has one channel"
+
+
+class IdenticalChannels(AudioError):
+    code = "identical_channels"
+    status = 422
+    description = "a stereo download's two channels hold the same audio (a mono recording)"
 
 
 class AudioTooLong(AudioError):

@@ -10,6 +10,7 @@
 #
 # Environment (all optional):
 #   TARGET_HOURS            hours to collect (default below)
+#   TARGET_IN_SPEECH        1 to count TARGET_HOURS in speech hours rather than audio hours
 #   TARGET_REACHED_COMMAND  shell command run once when the target is first reached
 #   HOURLY_LOG_FILE         log file (default: hourly_log.txt beside this script)
 #   HOURLY_LOCK_FILE        lock that keeps runs from overlapping (default: beside this script)
@@ -34,5 +35,7 @@ exec 9>>"$LOCK_FILE"
 if ! flock --nonblock 9; then
     exec "$PYTHON" progress_monitor.py "--log-file=$LOG_FILE" "--skipped=$LOCK_FILE"
 fi
+SPEECH=()
+[ "${TARGET_IN_SPEECH:-0}" = 1 ] && SPEECH=(--speech)
 exec "$PYTHON" progress_monitor.py "--log-file=$LOG_FILE" "--target=$TARGET_HOURS" \
-    "--command=${TARGET_REACHED_COMMAND:-}"
+    "--command=${TARGET_REACHED_COMMAND:-}" "${SPEECH[@]}"

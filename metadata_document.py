@@ -97,13 +97,20 @@ def check_target(target_hours: float) -> float:
     return float(target_hours)
 
 
-def statistics_of(totals: Totals, target_hours: float, now: str) -> dict[str, Any]:
-    """The `/statistics` answer from the collection's totals."""
+def statistics_of(
+    totals: Totals, target_hours: float, now: str, speech_micros: int | None = None
+) -> dict[str, Any]:
+    """The `/statistics` answer from the collection's totals.
+
+    With `speech_micros`, progress toward the target is counted in speech hours rather than
+    audio hours (`progress.measured_in` says which).
+    """
     target_hours = check_target(target_hours)
     count = totals.conversations
     seconds = totals.micros / 1_000_000
     size_bytes = totals.size_bytes
-    hours = seconds / 3600
+    measured = seconds if speech_micros is None else speech_micros / 1_000_000
+    hours = measured / 3600
     remaining = max(target_hours - hours, 0.0)
     average_hours = hours / count if count else 0.0
     needed = math.ceil(round(remaining / average_hours, 9)) if average_hours > 0 else 0
@@ -120,6 +127,7 @@ def statistics_of(totals: Totals, target_hours: float, now: str) -> dict[str, An
             "last_download": totals.last,
         },
         "progress": {
+            "measured_in": "audio" if speech_micros is None else "speech",
             "target_hours": target_hours,
             "current_hours": round(hours, 4),
             "remaining_hours": round(remaining, 4),

@@ -16,6 +16,17 @@ Tables:
   write in the same transaction, so the collection's totals are read without a scan.
 - `failures`: every failed download attempt: who, the URL without its query string, the error
   code and detail, when.
+
+Since version 2, speech labels (who spoke when, derived from each leg's own audio):
+- `speech`: one row per labelled file: which version of the file (`file_sha256`), the hash of
+  its decoded samples, its speech turns (JSON `[[start_ms, end_ms], ...]`), their total and
+  count, its clipped share, whether it was labelled beside another leg, and which detector with
+  which parameters produced it (`labellers`).
+- `labellers`: each detector configuration once (its provenance as JSON).
+- `conversation_flags`: quality flags per conversation (reason, human detail).
+- `conversations.agent_id` (keeps one agent's calls in one dataset split),
+  `conversations.overlap_micros`, `speaker_totals.speech_micros` and `store_info.overlap_micros`
+  (kept by every labelling write, so speech hours are read without a scan).
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ from errors import MetadataCorrupt
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MB = 1024 * 1024
 NAME_LENGTH = 128  # conversation ids and speaker labels (api_models.NAME_PATTERN)
 STAMP_LENGTH = 40  # ISO 8601 with microseconds and offset fits in 32
@@ -60,6 +71,7 @@ store_info = Table(
     Column("schema_version", Integer, nullable=False),
     Column("revision", BigInteger, nullable=False),
     Column("exported_revision", BigInteger, nullable=False),
+    Column("overlap_micros", BigInteger, nullable=False, server_default="0"),
 )
 
 conversations = Table(
@@ -69,6 +81,8 @@ conversations = Table(
     Column("conversation_id", String(NAME_LENGTH), nullable=False, unique=True),
     Column("created_at", String(STAMP_LENGTH), nullable=False),
     Column("updated_at", String(STAMP_LENGTH), nullable=False),
+    Column("agent_id", String(NAME_LENGTH), nullable=True),
+    Column("overlap_micros", BigInteger, nullable=False, server_default="0"),
 )
 
 files = Table(
@@ -95,6 +109,7 @@ speaker_totals = Table(
     Column("files", BigInteger, nullable=False),
     Column("duration_micros", BigInteger, nullable=False),
     Column("size_bytes", BigInteger, nullable=False),
+    Column("speech_micros", BigInteger, nullable=False, server_default="0"),
 )
 
 failures = Table(
@@ -111,8 +126,54 @@ failures = Table(
     Index("failures_by_time", "failed_epoch"),
 )
 
+labellers = Table(
+    "labellers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("provenance", Text, nullable=False, unique=True),
+)
+
+speech = Table(
+    "speech",
+    metadata,
+    Column("conversation_id", String(NAME_LENGTH), primary_key=True),
+    Column("speaker_label", String(NAME_LENGTH), primary_key=True),
+    Column("file_sha256", String(64), nullable=False),
+    Column("pcm_sha256", String(64), nullable=False),
+    Column("speech_micros", BigInteger, nullable=False),
+    Column("segment_count", Integer, nullable=False),
+    Column("segments", Text, nullable=False),
+    Column("clipped_share", Float, nullable=False),
+    Column("paired", Integer, nullable=False),
+    Column("labeller_id", Integer, nullable=False),
+    Column("labelled_at", String(STAMP_LENGTH), nullable=False),
+    Index("speech_by_pcm", "pcm_sha256"),
+)
+
+conversation_flags = Table(
+    "conversation_flags",
+    metadata,
+    Column("conversation_id", String(NAME_LENGTH), primary_key=True),
+    Column("reason", String(32), primary_key=True),
+    Column("detail", Text, nullable=False),
+    Column("flagged_at", String(STAMP_LENGTH), nullable=False),
+)
+
+
+def _add_speech(conn: Connection) -> None:
+    """Version 1 -> 2: the speech tables, agent ids and the speech totals' columns."""
+    for table, column in (
+        ("store_info", "overlap_micros BIGINT NOT NULL DEFAULT 0"),
+        ("conversations", f"agent_id VARCHAR({NAME_LENGTH})"),
+        ("conversations", "overlap_micros BIGINT NOT NULL DEFAULT 0"),
+        ("speaker_totals", "speech_micros BIGINT NOT NULL DEFAULT 0"),
+    ):
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
+    metadata.create_all(conn, tables=[labellers, speech, conversation_flags])
+
+
 # MIGRATIONS[n] brings a store of version n to version n + 1 inside one write transaction.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_speech}
 
 
 def create_schema(conn: Connection) -> None:
@@ -160,7 +221,7 @@ def migrate(conn: Connection, name: str, version: int) -> None:
 
 
 def recount(conn: Connection) -> None:
-    """speaker_totals counted again from the files (after bulk changes)."""
+    """speaker_totals and the overlap total counted again from the rows (after bulk changes)."""
     conn.execute(speaker_totals.delete())
     per_file = cast(func.round(files.c.duration_seconds * 1_000_000), BigInteger)
     conn.execute(
@@ -172,6 +233,14 @@ def recount(conn: Connection) -> None:
             ).group_by(files.c.speaker_label),
         )
     )  # fmt: skip
+    labelled = (
+        select(func.coalesce(func.sum(speech.c.speech_micros), 0))
+        .where(speech.c.speaker_label == speaker_totals.c.speaker_label)
+        .scalar_subquery()
+    )
+    conn.execute(update(speaker_totals).values(speech_micros=labelled))
+    overlap = select(func.coalesce(func.sum(conversations.c.overlap_micros), 0)).scalar_subquery()
+    conn.execute(update(store_info).values(overlap_micros=overlap))
 
 
 class StoredFile(BaseModel):

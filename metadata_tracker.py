@@ -47,6 +47,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
+import metadata_speech
 from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings
 from errors import AudioError, MetadataCorrupt, StorageError
 from metadata_document import (
@@ -75,6 +76,7 @@ from metadata_schema import (
     speaker_totals,
     store_info,
 )
+from metadata_speech import LegLabels, StoredConversation
 from settings import Settings, get_settings
 from storage_layout import stored_name
 
@@ -264,11 +266,12 @@ class MetadataTracker:
         speaker_label: str,
         stored: StoredFile,
         publish: Callable[[], None] | None = None,
+        agent_id: str | None = None,
     ) -> Entry:
         """Add or replace one speaker's file of a conversation; returns the conversation.
 
         `publish` runs inside the write transaction, after the rows are written and before the
-        commit: if it raises, nothing is recorded.
+        commit: if it raises, nothing is recorded. A replaced file loses its speech labels.
         """
         now = self.now()
         with self._writing() as conn:
@@ -278,7 +281,8 @@ class MetadataTracker:
                     files.c.speaker_label == speaker_label,
                 )
             ).first()
-            self._upsert_conversations(conn, [conversation_id], now)
+            self._upsert_conversations(conn, [conversation_id], now, agent_id)
+            metadata_speech.drop_labels(conn, self._insert(), conversation_id, speaker_label)
             self._upsert_files(conn, [self._file_row(conversation_id, speaker_label, stored)])
             delta_files, delta_micros, delta_bytes = (
                 1,
@@ -326,16 +330,21 @@ class MetadataTracker:
     def _insert(self) -> Any:
         return sqlite.insert if self._sqlite else postgresql.insert
 
-    def _upsert_conversations(self, conn: Connection, ids: list[str], now: str) -> None:
+    def _upsert_conversations(
+        self, conn: Connection, ids: list[str], now: str, agent_id: str | None = None
+    ) -> None:
         unique = list(dict.fromkeys(ids))
         statement = self._insert()(conversations)
+        changes: dict[str, Any] = {"updated_at": statement.excluded.updated_at}
+        if agent_id is not None:  # an id given once is kept by later posts that omit it
+            changes["agent_id"] = statement.excluded.agent_id
         conn.execute(
             statement.on_conflict_do_update(
-                index_elements=[conversations.c.conversation_id],
-                set_={"updated_at": statement.excluded.updated_at},
+                index_elements=[conversations.c.conversation_id], set_=changes
             ),
-            [{"conversation_id": cid, "created_at": now, "updated_at": now} for cid in unique],
-        )
+            [{"conversation_id": cid, "created_at": now, "updated_at": now, "agent_id": agent_id}
+             for cid in unique],
+        )  # fmt: skip
 
     def _upsert_files(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         statement = self._insert()(files)
@@ -433,9 +442,17 @@ class MetadataTracker:
             last=conn.execute(by_time.order_by(files.c.downloaded_epoch.desc())).scalar(),
         )
 
-    def statistics(self, target_hours: float = 100.0) -> dict[str, Any]:
-        """The `/statistics` answer: hours, averages, progress, and failures of the last day."""
-        result = statistics_of(self.totals(), target_hours, self.now())
+    def statistics(self, target_hours: float = 100.0, speech: bool = False) -> dict[str, Any]:
+        """The `/statistics` answer: hours of audio and of speech, progress, recent failures.
+
+        With `speech`, the progress toward the target counts speech hours.
+        """
+        with self._reading() as conn:
+            totals = self._totals(conn)
+            summary = metadata_speech.speech_summary(conn)
+        spoken = sum(summary["speaker_micros"].values())
+        result = statistics_of(totals, target_hours, self.now(), spoken if speech else None)
+        result["speech"] = metadata_speech.speech_statistics(summary, totals.micros)
         result["failures"] = self.failure_summary()
         return result
 
@@ -512,6 +529,52 @@ class MetadataTracker:
         ).mappings()
         return [entry for _, entry in entries_from_rows(found)]
 
+    # Speech labels ---------------------------------------------------------------------------
+
+    def legs(self, conversation_id: str) -> dict[str, tuple[str, str]]:
+        """speaker label -> (stored file path, its checksum) for one conversation."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                select(files.c.speaker_label, files.c.filepath, files.c.sha256).where(
+                    files.c.conversation_id == conversation_id
+                )
+            )
+            return {r.speaker_label: (r.filepath, r.sha256) for r in rows}
+
+    def save_labels(
+        self,
+        conversation_id: str,
+        legs: dict[str, LegLabels],
+        overlap_seconds: float,
+        flags: dict[str, str],
+        provenance: dict[str, object],
+    ) -> bool:
+        """Keep a conversation's labels; False when one of its files changed meanwhile."""
+        now = self.now()
+        with self._writing() as conn:
+            return metadata_speech.save_labels(
+                conn, self._insert(), conversation_id, legs, overlap_seconds, flags,
+                provenance, now,
+            )  # fmt: skip
+
+    def speech_summary(self) -> dict[str, Any]:
+        with self._reading() as conn:
+            return metadata_speech.speech_summary(conn)
+
+    def unlabelled(self) -> list[str]:
+        """Conversations with a stored file that has no labels yet (e.g. imported ones)."""
+        with self._reading() as conn:
+            return metadata_speech.unlabelled(conn)
+
+    def flags(self) -> list[tuple[str, str, str]]:
+        with self._reading() as conn:
+            return metadata_speech.flagged(conn)
+
+    def labelled_conversations(self, include_flagged: bool = False) -> Iterator[StoredConversation]:
+        """Every fully labelled conversation, in stored order, read from one view of the store."""
+        with self._reading() as conn:
+            yield from metadata_speech.labelled_conversations(conn, include_flagged)
+
     # The JSON export -------------------------------------------------------------------------
 
     def export_due(self) -> bool:
@@ -573,6 +636,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--export-json", action="store_true", help="write the JSON document from the store now"
     )
+    parser.add_argument(
+        "--speech", action="store_true", help="count progress toward the target in speech hours"
+    )
+    parser.add_argument(
+        "--label", action="store_true",
+        help="label the speech of every stored file that has no labels yet (e.g. imported ones)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
@@ -585,7 +655,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"exported {done.conversations} conversations to {done.path} "
                   f"({done.size_bytes / 1e6:.1f} MB, {done.seconds:.2f} s)")  # fmt: skip
             return EXIT_OK
-        stats = tracker.statistics(args.target)
+        if args.label:
+            from speech_labeller import label_unlabelled
+
+            print(f"labelled {label_unlabelled(tracker)} conversations")
+            return EXIT_OK
+        stats = tracker.statistics(args.target, args.speech)
     except ValidationError as exc:
         return fail(EXIT_USAGE, invalid_settings(exc))
     except AudioError as exc:

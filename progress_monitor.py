@@ -84,6 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--target", default="100", metavar="HOURS", help="hours to collect (default 100)")
     add("--command", default="", metavar="SHELL_COMMAND",
         help="run with bash, once, when the target is first reached")  # fmt: skip
+    add("--speech", action="store_true", help="count the target in speech hours")
     add("--skipped", type=Path, metavar="LOCK_FILE",
         help="only log that another run holds LOCK_FILE, and check nothing")  # fmt: skip
     return parser.parse_args(argv)
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.skipped:
             log.write(f"SKIPPED: another {JOB} run holds {args.skipped}")
             return EXIT_OK
-        check(log, settings, _target(args.target), args.command)
+        check(log, settings, _target(args.target), args.command, args.speech)
     except ValidationError as exc:
         return _failed(log, Failure(EXIT_USAGE, invalid_settings(exc)))
     except Failure as failure:
@@ -111,18 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def check(log: HourlyLog, settings: Settings, target: float, command: str) -> None:
+def check(
+    log: HourlyLog, settings: Settings, target: float, command: str, speech: bool = False
+) -> None:
     """Log the progress line; past the target, the marker, and the command's outcome once."""
     tracker = MetadataTracker.from_settings(settings)
     try:
         now = datetime.now(tracker.tz)
-        report, _ = build_report(tracker, Path(settings.audio_storage_dir), target, now)
+        storage = Path(settings.audio_storage_dir)
+        report, _ = build_report(tracker, storage, target, now, speech)
     finally:
         tracker.close()
     log.write(summary_line(report))
     if not report["progress"]["target_reached"]:
         return
-    marker = f"TARGET REACHED: {target:g} h"
+    marker = f"TARGET REACHED: {target:g} h" + (" of speech" if speech else "")
     first_time = not log.has(marker)
     log.write(marker)
     if first_time and command:

@@ -56,11 +56,12 @@ def _sentence(text: str) -> str:
 
 # What the metadata can fail with on any read or write.
 METADATA_ERRORS = (errors.StorageError, errors.MetadataCorrupt)
-DOWNLOAD_ERRORS = error_responses(
+DOWNLOAD_ERROR_CLASSES = (
     errors.InvalidInput, errors.UrlRefused, errors.UrlConflict, errors.TooLarge, errors.NotAudio,
     errors.AudioTooLong, *METADATA_ERRORS, errors.SourceError, errors.ConversionTimeout,
     errors.Busy, errors.SourceTimeout, errors.InsufficientStorage,
 )  # fmt: skip
+DOWNLOAD_ERRORS = error_responses(*DOWNLOAD_ERROR_CLASSES)
 
 
 @dataclass
@@ -101,6 +102,13 @@ protected_router = APIRouter(
     dependencies=[Depends(require_api_key)], responses=error_responses(errors.Unauthorized)
 )
 NameForm = Form(pattern=NAME_PATTERN, description=NAME_RULE)
+AgentIdForm = Annotated[
+    str | None,
+    Form(
+        pattern=NAME_PATTERN,
+        description="The agent's id (optional): an export keeps one agent's calls in one split",
+    ),
+]
 
 
 @public_router.get("/", response_model=RootPublic, summary="Service name, version and endpoints")
@@ -112,6 +120,7 @@ async def root() -> RootPublic:
             "GET /health": "service, storage and ffmpeg status",
             "POST /download/single": "store one speaker's audio",
             "POST /download/dual": "store agent and customer audio of a conversation",
+            "POST /download/stereo": "store the two channels of a stereo call as two speakers",
             "GET /storage/info": "stored .wav files and their total size",
             "GET /statistics": "hours collected and progress toward target_hours",
             "GET /conversations": "recorded conversations, paged",
@@ -156,9 +165,10 @@ async def download_single(
     ],
     speaker_label: Annotated[str, Form(pattern=NAME_PATTERN, description=NAME_RULE)] = "speaker",
     overwrite: Annotated[bool, Form(description="Download again even if stored")] = False,
+    agent_id: AgentIdForm = None,
 ) -> DownloadResultPublic:
     stored = await services.downloader.download(
-        conversation_id, speaker_label, audio_url, overwrite
+        conversation_id, speaker_label, audio_url, overwrite, agent_id
     )
     return DownloadResultPublic(**_public_fields(stored))
 
@@ -181,11 +191,12 @@ async def download_dual(
         Form(max_length=MAX_URL_CHARS, description="http(s) URL of the customer audio (optional)"),
     ] = None,
     overwrite: Annotated[bool, Form(description="Download again even if stored")] = False,
+    agent_id: AgentIdForm = None,
 ) -> DualDownloadPublic:
     urls = {"agent": audio_url_agent}
     if audio_url_customer:
         urls["customer"] = audio_url_customer
-    outcomes = await services.downloader.download_many(conversation_id, urls, overwrite)
+    outcomes = await services.downloader.download_many(conversation_id, urls, overwrite, agent_id)
     failures = [o for o in outcomes if isinstance(o, errors.AudioError)]
     if len(failures) == len(outcomes):
         raise failures[0]
@@ -198,6 +209,39 @@ async def download_dual(
         status="partial" if failures else "success",
         total_files=len(outcomes) - len(failures),
         downloads=items,
+    )
+
+
+@protected_router.post(
+    "/download/stereo",
+    response_model=DualDownloadPublic,
+    responses=error_responses(errors.NotStereo, errors.IdenticalChannels, *DOWNLOAD_ERROR_CLASSES),
+    summary="Download one stereo call and store its left and right channels as two speakers",
+)
+async def download_stereo(
+    services: ServicesDep,
+    conversation_id: Annotated[str, NameForm],
+    audio_url: Annotated[
+        str,
+        Form(min_length=1, max_length=MAX_URL_CHARS, description="http(s) URL of the stereo audio"),
+    ],
+    left_label: Annotated[
+        str, Form(pattern=NAME_PATTERN, description="Speaker on the left channel")
+    ] = "agent",
+    right_label: Annotated[
+        str, Form(pattern=NAME_PATTERN, description="Speaker on the right channel")
+    ] = "customer",
+    overwrite: Annotated[bool, Form(description="Download again even if stored")] = False,
+    agent_id: AgentIdForm = None,
+) -> DualDownloadPublic:
+    stored = await services.downloader.download_stereo(
+        conversation_id, audio_url, left_label, right_label, overwrite, agent_id
+    )
+    return DualDownloadPublic(
+        conversation_id=conversation_id,
+        status="success",
+        total_files=len(stored),
+        downloads=[_dual_item(s.speaker_label, audio_url, s, conversation_id) for s in stored],
     )
 
 
@@ -218,9 +262,12 @@ async def storage_info(services: ServicesDep) -> StorageInfoPublic:
 async def statistics(
     services: ServicesDep,
     target_hours: Annotated[float, Query(gt=0, description="Target hours (> 0)")] = 100.0,
+    speech: Annotated[
+        bool, Query(description="Count progress toward the target in speech hours")
+    ] = False,
 ) -> dict[str, Any]:
     result: dict[str, Any] = await anyio.to_thread.run_sync(
-        services.tracker.statistics, target_hours
+        services.tracker.statistics, target_hours, speech
     )
     return result
 

@@ -81,12 +81,19 @@ class ServiceClient:
         return self._json(response, "/statistics")
 
     def download_dual(
-        self, conversation_id: str, agent_url: str, customer_url: str | None, overwrite: bool
+        self,
+        conversation_id: str,
+        agent_url: str,
+        customer_url: str | None,
+        overwrite: bool,
+        agent_id: str | None = None,
     ) -> dict[str, Any]:
         """The /download/dual answer (status success or partial); raises if nothing was stored."""
         data = {"conversation_id": conversation_id, "audio_url_agent": agent_url}
         if customer_url:
             data["audio_url_customer"] = customer_url
+        if agent_id:
+            data["agent_id"] = agent_id
         if overwrite:
             data["overwrite"] = "true"
         return self._json(self._send("POST", "/download/dual", data=data), "/download/dual")

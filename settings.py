@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     max_concurrent_conversions: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     conversion_slots_dir: Path = Path(tempfile.gettempdir()) / "diarization-conversion-slots"
     job_queue_timeout_seconds: float = Field(default=300, ge=0)
+    # Who spoke when: each stored leg's speech turns, found as soon as it is recorded.
+    label_speech: bool = True
     min_free_disk_mb: float = Field(default=1024, ge=0)
 
     # Who may call, and what may be fetched.

@@ -87,10 +87,25 @@ def _run_ffmpeg(args: Sequence[str], timeout: float) -> None:
         raise FFmpegError(f"ffmpeg exited {proc.returncode}: {proc.stderr.strip()}")
 
 
-def _tone_source(seconds: float, sample_rate: int, channels: int, frequency: float) -> str:
+def _tone_source(
+    seconds: float,
+    sample_rate: int,
+    channels: int,
+    frequency: float,
+    turns: float | None = None,
+    first_turn: int = 0,
+) -> str:
     # One expression per channel at a different pitch, so a wrong downmix or a dropped channel
-    # is visible in the output rather than hidden by identical channels.
-    exprs = "|".join(f"0.5*sin(2*PI*{frequency * 1.5**channel!r}*t)" for channel in range(channels))
+    # is visible in the output rather than hidden by identical channels. With `turns`, channel
+    # n sounds only in every other stretch of `turns` seconds, starting with the n-th: two
+    # speakers taking turns (a mono file of the second speaker: `first_turn` 1).
+    def gate(channel: int) -> str:
+        if turns is None:
+            return ""
+        turn = channel + first_turn
+        return f"*eq(mod(floor(t/{turns!r})+{turn}\\,2)\\,0)"  # commas escaped for lavfi
+
+    exprs = "|".join(f"0.5*sin(2*PI*{frequency * 1.5**n!r}*t){gate(n)}" for n in range(channels))
     return f"aevalsrc=exprs={exprs}:s={sample_rate}:d={float(seconds)!r}"
 
 
@@ -103,6 +118,8 @@ def _encode_tone(
     channels: int,
     frequency: float,
     timeout: float,
+    turns: float | None = None,
+    first_turn: int = 0,
 ) -> Path:
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
@@ -110,7 +127,7 @@ def _encode_tone(
         raise ValueError(f"bad layout: {channels} channels at {sample_rate} Hz")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    source = _tone_source(seconds, sample_rate, channels, frequency)
+    source = _tone_source(seconds, sample_rate, channels, frequency, turns, first_turn)
     # The muxer is named explicitly so the caller's file name never decides the container.
     _run_ffmpeg(["-f", "lavfi", "-i", source, *codec_args, "-f", muxer, str(path)], timeout)
     return path
@@ -123,11 +140,15 @@ def make_audio(
     sample_rate: int = 44100,
     channels: int = 2,
     frequency: float = 440.0,
+    turns: float | None = None,
+    first_turn: int = 0,
 ) -> Path:
     """Write `seconds` of a sine tone to `path` in format `fmt` (a key of FORMATS); return path.
 
-    Channel n carries `frequency * 1.5**n`. `wav_mulaw`/`wav_alaw` are always 8 kHz mono and
-    `opus` always 48 kHz, whatever `sample_rate`/`channels` say. A 2-second file takes ~50 ms.
+    Channel n carries `frequency * 1.5**n`; with `turns`, channels take turns of that many
+    seconds (channel 0 first, or channel 1 with `first_turn=1`). `wav_mulaw`/`wav_alaw` are
+    always 8 kHz mono and `opus` always 48 kHz, whatever `sample_rate`/`channels` say. A 2-second
+    file takes ~50 ms.
     """
     try:
         enc = _ENCODINGS[fmt]
@@ -142,6 +163,8 @@ def make_audio(
         enc.channels or channels,
         frequency,
         _SHORT_TIMEOUT_SECONDS + seconds,
+        turns,
+        first_turn,
     )
 
 

@@ -207,6 +207,7 @@ def test_statistics_with_nothing_collected_is_zeros(client: TestClient) -> None:
     assert body["summary"]["total_hours"] == 0
     assert body["summary"]["first_download"] is None
     assert body["progress"] == {
+        "measured_in": "audio",
         "target_hours": 10.0,
         "current_hours": 0.0,
         "remaining_hours": 10.0,

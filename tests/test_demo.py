@@ -23,8 +23,11 @@ def test_demo_runs_every_step_and_cleans_up(tmp_path: Path) -> None:
     for expected in ("RESULT: PASS",
                      "succeeded 12, partial 0, failed 0, skipped 1 (already stored)",
                      "succeeded 0, partial 0, failed 0, skipped 13 (already stored)",
-                     '"total_conversations": 13', "exported 13 conversations to",
-                     "Progress toward 0.25 h",
-                     "0.1809/0.25 h (72.35%), 13 conversations", "Demo finished in"):  # fmt: skip
+                     "stereo-call-1_agent.wav: success, 30.0 s",
+                     "stereo-call-1_customer.wav: success, 30.0 s",
+                     '"total_conversations": 14', "exported 14 conversations to",
+                     '"labelled_files": 26', "Progress toward 0.25 h of speech",
+                     "Flagged conversations: 0",
+                     "0.1975/0.25 h (79.01%), 14 conversations", "Demo finished in"):  # fmt: skip
         assert expected in run.stdout
     assert list(tmp_path.iterdir()) == []

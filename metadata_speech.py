@@ -1,0 +1,327 @@
+"""Speech labels in the metadata store: who spoke when on each leg, quality flags, speech totals.
+
+The functions here run inside the transactions metadata_tracker.py hands them (as those of
+metadata_schema.py do); nothing else reads or writes these tables. Labels belong to one
+version of a file: a row names the file's checksum, and a replaced file loses its labels in
+the transaction that records the replacement, so stale labels are never read as current.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, select, update
+
+from metadata_schema import (
+    conversation_flags,
+    conversations,
+    files,
+    labellers,
+    micros,
+    speaker_totals,
+    speech,
+    store_info,
+)
+
+Segment = tuple[float, float]
+FLAG_DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class LegLabels:
+    """One leg's labels, as the labeller computed them from one version of its file."""
+
+    file_sha256: str
+    pcm_sha256: str
+    segments: Sequence[Segment]
+    clipped_share: float
+    paired: bool  # labelled beside another leg (crosstalk suppressed), not alone
+
+
+@dataclass(frozen=True)
+class StoredLeg:
+    speaker_label: str
+    filepath: str
+    duration_seconds: float
+    sha256: str
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class StoredConversation:
+    """A conversation's labelled legs, as an export reads them."""
+
+    conversation_id: str
+    agent_id: str | None
+    legs: tuple[StoredLeg, ...]
+    flags: dict[str, str]
+    labeller: str
+
+
+def encode_segments(segments: Sequence[Segment]) -> str:
+    return json.dumps(
+        [[round(a * 1000), round(b * 1000)] for a, b in segments], separators=(",", ":")
+    )
+
+
+def decode_segments(text: str) -> tuple[Segment, ...]:
+    return tuple((a / 1000, b / 1000) for a, b in json.loads(text))
+
+
+def speech_micros_of(segments: Sequence[Segment]) -> int:
+    return sum(micros(round(b, 3)) - micros(round(a, 3)) for a, b in segments)
+
+
+Insert = Callable[[Any], Any]
+
+
+def _labeller_id(conn: Connection, insert: Insert, provenance: Mapping[str, object]) -> int:
+    text = json.dumps(provenance, sort_keys=True, separators=(",", ":"))
+    conn.execute(insert(labellers).values(provenance=text).on_conflict_do_nothing())
+    return int(
+        conn.execute(select(labellers.c.id).where(labellers.c.provenance == text)).scalar_one()
+    )
+
+
+def _add_speech_total(conn: Connection, insert: Insert, label: str, amount: int) -> None:
+    if amount:
+        statement = insert(speaker_totals).values(
+            speaker_label=label, files=0, duration_micros=0, size_bytes=0, speech_micros=amount
+        )
+        t = speaker_totals.c
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[t.speaker_label],
+                set_={"speech_micros": t.speech_micros + statement.excluded.speech_micros},
+            )
+        )
+
+
+def _set_overlap(conn: Connection, conversation_id: str, overlap: int) -> None:
+    old = conn.execute(
+        select(conversations.c.overlap_micros).where(
+            conversations.c.conversation_id == conversation_id
+        )
+    ).scalar()
+    if old is None or old == overlap:
+        return
+    conn.execute(
+        update(conversations)
+        .where(conversations.c.conversation_id == conversation_id)
+        .values(overlap_micros=overlap)
+    )
+    conn.execute(
+        update(store_info).values(overlap_micros=store_info.c.overlap_micros + overlap - old)
+    )
+
+
+def drop_labels(conn: Connection, insert: Insert, conversation_id: str, speaker_label: str) -> None:
+    """Forget one leg's labels (its file is being replaced) and the conversation's pairing."""
+    old = conn.execute(
+        select(speech.c.speech_micros).where(
+            speech.c.conversation_id == conversation_id, speech.c.speaker_label == speaker_label
+        )
+    ).scalar()
+    if old is None:
+        return
+    conn.execute(
+        delete(speech).where(
+            speech.c.conversation_id == conversation_id, speech.c.speaker_label == speaker_label
+        )
+    )
+    _add_speech_total(conn, insert, speaker_label, -int(old))
+    _set_overlap(conn, conversation_id, 0)
+    conn.execute(
+        delete(conversation_flags).where(conversation_flags.c.conversation_id == conversation_id)
+    )
+
+
+def save_labels(
+    conn: Connection,
+    insert: Insert,
+    conversation_id: str,
+    legs: Mapping[str, LegLabels],
+    overlap_seconds: float,
+    flags: Mapping[str, str],
+    provenance: Mapping[str, object],
+    now: str,
+) -> bool:
+    """Store a conversation's labels and flags; False (nothing written) if a file changed since.
+
+    Flags are replaced as a whole; a leg whose decoded audio is already stored under another
+    conversation adds the `duplicate` flag.
+    """
+    current = dict(
+        conn.execute(
+            select(files.c.speaker_label, files.c.sha256).where(
+                files.c.conversation_id == conversation_id
+            )
+        ).all()
+    )
+    if any(current.get(label) != leg.file_sha256 for label, leg in legs.items()):
+        return False
+    labeller = _labeller_id(conn, insert, provenance)
+    all_flags = dict(flags)
+    for label, leg in legs.items():
+        drop_labels(conn, insert, conversation_id, label)
+        amount = speech_micros_of(leg.segments)
+        conn.execute(
+            speech.insert().values(
+                conversation_id=conversation_id, speaker_label=label,
+                file_sha256=leg.file_sha256, pcm_sha256=leg.pcm_sha256, speech_micros=amount,
+                segment_count=len(leg.segments), segments=encode_segments(leg.segments),
+                clipped_share=leg.clipped_share, paired=int(leg.paired), labeller_id=labeller,
+                labelled_at=now,
+            )
+        )  # fmt: skip
+        _add_speech_total(conn, insert, label, amount)
+        twin = conn.execute(
+            select(speech.c.conversation_id, speech.c.speaker_label)
+            .where(
+                speech.c.pcm_sha256 == leg.pcm_sha256, speech.c.conversation_id != conversation_id
+            )
+            .limit(1)
+        ).first()
+        if twin is not None:
+            all_flags[FLAG_DUPLICATE] = (
+                f"{label} is the same audio as {twin.conversation_id}/{twin.speaker_label}"
+            )
+    _set_overlap(conn, conversation_id, micros(overlap_seconds))
+    conn.execute(
+        delete(conversation_flags).where(conversation_flags.c.conversation_id == conversation_id)
+    )
+    if all_flags:
+        conn.execute(
+            conversation_flags.insert(),
+            [
+                {
+                    "conversation_id": conversation_id,
+                    "reason": reason,
+                    "detail": detail,
+                    "flagged_at": now,
+                }
+                for reason, detail in sorted(all_flags.items())
+            ],
+        )
+    return True
+
+
+def speech_summary(conn: Connection) -> dict[str, Any]:
+    """Speech and overlap totals per speaker and overall, labelled files, flags by reason."""
+    per_speaker = {
+        row.speaker_label: int(row.speech_micros)
+        for row in conn.execute(
+            select(speaker_totals.c.speaker_label, speaker_totals.c.speech_micros)
+        )
+    }
+    overlap = int(conn.execute(select(store_info.c.overlap_micros)).scalar() or 0)
+    labelled = int(conn.execute(select(func.count()).select_from(speech)).scalar_one())
+    flags: dict[str, int] = dict(
+        conn.execute(
+            select(conversation_flags.c.reason, func.count()).group_by(conversation_flags.c.reason)
+        ).all()
+    )
+    flagged = int(
+        conn.execute(
+            select(func.count(func.distinct(conversation_flags.c.conversation_id)))
+        ).scalar_one()
+    )
+    return {
+        "speaker_micros": per_speaker,
+        "overlap_micros": overlap,
+        "labelled_files": labelled,
+        "flags": {reason: int(count) for reason, count in sorted(flags.items())},
+        "flagged_conversations": flagged,
+    }
+
+
+def unlabelled(conn: Connection) -> list[str]:
+    """Conversations with a file whose current version has no labels."""
+    missing = (
+        select(files.c.conversation_id)
+        .outerjoin(
+            speech,
+            (speech.c.conversation_id == files.c.conversation_id)
+            & (speech.c.speaker_label == files.c.speaker_label)
+            & (speech.c.file_sha256 == files.c.sha256),
+        )
+        .where(speech.c.conversation_id.is_(None))
+        .distinct()
+    )
+    return list(conn.execute(missing).scalars())
+
+
+def flagged(conn: Connection) -> list[tuple[str, str, str]]:
+    """Every flag: (conversation_id, reason, detail), by conversation."""
+    f = conversation_flags.c
+    rows = conn.execute(
+        select(f.conversation_id, f.reason, f.detail).order_by(f.conversation_id, f.reason)
+    )
+    return [(r.conversation_id, r.reason, r.detail) for r in rows]
+
+
+def labelled_conversations(conn: Connection, include_flagged: bool) -> Iterator[StoredConversation]:
+    """Every conversation whose stored files are all labelled, in the order first stored."""
+    flags: dict[str, dict[str, str]] = {}
+    for cid, reason, detail in flagged(conn):
+        flags.setdefault(cid, {})[reason] = detail
+    rows = conn.execution_options(yield_per=500).execute(
+        select(
+            conversations.c.conversation_id, conversations.c.agent_id, files.c.speaker_label,
+            files.c.filepath, files.c.duration_seconds, files.c.sha256, speech.c.file_sha256,
+            speech.c.segments, labellers.c.provenance,
+        )
+        .join(files, files.c.conversation_id == conversations.c.conversation_id)
+        .outerjoin(
+            speech,
+            (speech.c.conversation_id == files.c.conversation_id)
+            & (speech.c.speaker_label == files.c.speaker_label),
+        )
+        .outerjoin(labellers, labellers.c.id == speech.c.labeller_id)
+        .order_by(conversations.c.seq, files.c.speaker_label)
+    )  # fmt: skip
+    current: list[Any] = []
+    for row in itertools.chain(rows, [None]):
+        if current and (row is None or row.conversation_id != current[0].conversation_id):
+            first = current[0]
+            complete = all(r.file_sha256 == r.sha256 for r in current)
+            conv_flags = flags.get(first.conversation_id, {})
+            if complete and (include_flagged or not conv_flags):
+                yield StoredConversation(
+                    conversation_id=first.conversation_id,
+                    agent_id=first.agent_id,
+                    legs=tuple(
+                        StoredLeg(
+                            r.speaker_label,
+                            r.filepath,
+                            r.duration_seconds,
+                            r.sha256,
+                            decode_segments(r.segments),
+                        )
+                        for r in current
+                    ),
+                    flags=conv_flags,
+                    labeller=first.provenance,
+                )
+            current = []
+        if row is not None:
+            current.append(row)
+
+
+def speech_statistics(summary: Mapping[str, Any], audio_micros: int) -> dict[str, Any]:
+    """The `speech` section of `/statistics`: hours of speech beside the hours of audio."""
+    per_speaker = summary["speaker_micros"]
+    total = sum(per_speaker.values())
+    return {
+        "labelled_files": summary["labelled_files"],
+        "speech_hours": round(total / 3.6e9, 4),
+        "speech_hours_by_speaker": {k: round(v / 3.6e9, 4) for k, v in sorted(per_speaker.items())},
+        "overlap_hours": round(summary["overlap_micros"] / 3.6e9, 4),
+        "speech_share": round(total / audio_micros, 4) if audio_micros else 0.0,
+        "flagged_conversations": summary["flagged_conversations"],
+        "flags": summary["flags"],
+    }

@@ -1,0 +1,174 @@
+"""Speech labels in the store: migration from version 1, totals, flags, stale labels refused."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import make_settings
+
+from errors import MetadataCorrupt
+from metadata_schema import SCHEMA_VERSION, StoredFile
+from metadata_speech import LegLabels
+from metadata_tracker import MetadataTracker
+
+DATA = Path(__file__).resolve().parent / "data"
+PROVENANCE: dict[str, object] = {"detector": "test", "version": 1}
+
+
+def stored(n: int, seconds: float = 60.0) -> StoredFile:
+    return StoredFile(
+        filepath=f"/store/c{n}.wav", url=f"http://127.0.0.1/{n}.mp3",
+        file_size_bytes=32000 * int(seconds) + n, duration_seconds=seconds, sample_rate=16000,
+        channels=1, sha256=f"{n:064x}", downloaded_at="2026-01-01T00:00:00+05:30",
+    )  # fmt: skip
+
+
+def labels(file: StoredFile, segments: list[tuple[float, float]], pcm: str = "") -> LegLabels:
+    decoded = pcm or hashlib.sha256(file.sha256.encode()).hexdigest()  # as if from the samples
+    return LegLabels(file.sha256, decoded, segments, 0.0, True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def tracker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataTracker]:
+    url = None if request.param == "sqlite" else request.getfixturevalue("database_url")
+    made = MetadataTracker.from_settings(make_settings(tmp_path, database_url=url))
+    yield made
+    made.close()
+
+
+def two_legs(tracker: MetadataTracker, cid: str, n: int) -> tuple[StoredFile, StoredFile]:
+    agent, customer = stored(n), stored(n + 1)
+    tracker.record_file(cid, "agent", agent)
+    tracker.record_file(cid, "customer", customer)
+    return agent, customer
+
+
+def test_labels_add_up_to_speech_hours_overlap_and_flags(tracker: MetadataTracker) -> None:
+    """Saved labels show in /statistics: speech per speaker, overlap, share, flags by reason."""
+    agent, customer = two_legs(tracker, "c1", 1)
+    assert tracker.unlabelled() == ["c1"]
+    assert tracker.save_labels(
+        "c1",
+        {"agent": labels(agent, [(0.0, 10.0), (20.0, 30.5)]),
+         "customer": labels(customer, [(9.0, 21.0)])},
+        overlap_seconds=2.0, flags={"clipping": "agent clips"}, provenance=PROVENANCE,
+    )  # fmt: skip
+    assert tracker.unlabelled() == []
+    speech = tracker.statistics()["speech"]
+    assert speech["speech_hours_by_speaker"] == {
+        "agent": round(20.5 / 3600, 4), "customer": round(12 / 3600, 4)
+    }  # fmt: skip
+    assert speech["speech_hours"] == round(32.5 / 3600, 4)
+    assert speech["overlap_hours"] == round(2 / 3600, 4)
+    assert speech["speech_share"] == round(32.5 / 120, 4)
+    assert speech["flags"] == {"clipping": 1} and speech["flagged_conversations"] == 1
+    progress = tracker.statistics(target_hours=1, speech=True)["progress"]
+    assert progress["measured_in"] == "speech"
+    assert progress["current_hours"] == round(32.5 / 3600, 4)
+    assert tracker.statistics(target_hours=1)["progress"]["current_hours"] == round(120 / 3600, 4)
+
+
+def test_a_replaced_file_loses_its_labels_and_stale_labels_are_refused(
+    tracker: MetadataTracker,
+) -> None:
+    """Replacing a leg takes its speech out of the totals; labels of the old file are refused."""
+    agent, customer = two_legs(tracker, "c1", 1)
+    old_labels = {
+        "agent": labels(agent, [(0.0, 10.0)]),
+        "customer": labels(customer, [(10.0, 20.0)]),
+    }
+    assert tracker.save_labels("c1", old_labels, 0.0, {}, PROVENANCE)
+    tracker.record_file("c1", "agent", stored(7))  # a new version of the agent's file
+    speech = tracker.statistics()["speech"]
+    assert speech["speech_hours_by_speaker"] == {"agent": 0.0, "customer": round(10 / 3600, 4)}
+    assert tracker.unlabelled() == ["c1"]
+    assert not tracker.save_labels(
+        "c1", old_labels, 0.0, {}, PROVENANCE
+    )  # computed from the old file
+    assert tracker.statistics()["speech"]["labelled_files"] == 1
+    assert list(tracker.labelled_conversations()) == []  # not every leg has current labels
+
+
+def test_the_same_audio_under_another_id_is_flagged_duplicate(tracker: MetadataTracker) -> None:
+    """A leg whose decoded samples are already stored under another conversation is flagged."""
+    a1, c1 = two_legs(tracker, "first", 1)
+    a2, c2 = two_legs(tracker, "second", 3)
+    seg = [(0.0, 5.0)]
+    assert tracker.save_labels(
+        "first",
+        {"agent": labels(a1, seg, "x"), "customer": labels(c1, seg, "y")},
+        0,
+        {},
+        PROVENANCE,
+    )
+    assert tracker.save_labels(
+        "second",
+        {"agent": labels(a2, seg, "z"), "customer": labels(c2, seg, "y")},
+        0,
+        {},
+        PROVENANCE,
+    )
+    assert tracker.flags() == [
+        ("second", "duplicate", "customer is the same audio as first/customer")
+    ]
+    exported = [c.conversation_id for c in tracker.labelled_conversations()]
+    assert exported == ["first"]
+    everything = list(tracker.labelled_conversations(include_flagged=True))
+    assert [c.conversation_id for c in everything] == ["first", "second"]
+    assert everything[1].flags == {"duplicate": "customer is the same audio as first/customer"}
+    assert everything[0].legs[0].segments == ((0.0, 5.0),)
+    assert everything[0].legs[0].filepath == "/store/c1.wav"
+
+
+def test_agent_ids_are_kept_and_not_erased_by_posts_without_one(tracker: MetadataTracker) -> None:
+    """An agent id given once stays with the conversation when a later record omits it."""
+    tracker.record_file("c1", "agent", stored(1), agent_id="agent-7")
+    tracker.record_file("c1", "customer", stored(2))
+    tracker.save_labels(
+        "c1",
+        {"agent": labels(stored(1), [(0, 1)]), "customer": labels(stored(2), [(1, 2)])},
+        0,
+        {},
+        PROVENANCE,
+    )
+    [conversation] = tracker.labelled_conversations()
+    assert conversation.agent_id == "agent-7"
+    assert conversation.labeller == '{"detector":"test","version":1}'
+
+
+def test_a_version_1_store_is_migrated_with_every_row_kept(tmp_path: Path) -> None:
+    """A store written by schema version 1 opens as version 2: rows, totals and failures intact,
+    every file waiting to be labelled."""
+    path = tmp_path / "conversations_metadata.sqlite3"
+    path.write_bytes(gzip.decompress((DATA / "store_v1.sqlite3.gz").read_bytes()))
+    query = "select * from files order by conversation_id, speaker_label"
+    with sqlite3.connect(path) as db:
+        before = db.execute(query).fetchall()
+        failures = db.execute("select * from failures").fetchall()
+    tracker = MetadataTracker.from_settings(make_settings(tmp_path))
+    stats = tracker.statistics()
+    assert stats["summary"]["total_conversations"] == 40
+    assert stats["speech"]["labelled_files"] == 0 and stats["speech"]["speech_hours"] == 0.0
+    assert len(tracker.unlabelled()) == 40
+    tracker.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute(query).fetchall() == before
+        assert db.execute("select * from failures").fetchall() == failures
+        assert db.execute("select schema_version from store_info").fetchone() == (SCHEMA_VERSION,)
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    """A store whose schema version is newer than the code's stops it, naming both versions."""
+    first = MetadataTracker.from_settings(make_settings(tmp_path))
+    first.check()
+    first.close()
+    with sqlite3.connect(tmp_path / "conversations_metadata.sqlite3") as db:
+        db.execute("update store_info set schema_version = ?", (SCHEMA_VERSION + 1,))
+    again: Callable[[], int] = MetadataTracker.from_settings(make_settings(tmp_path)).check
+    with pytest.raises(MetadataCorrupt, match=f"schema version {SCHEMA_VERSION + 1}"):
+        again()
