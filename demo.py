@@ -6,7 +6,8 @@
    temporary folder. The settings go through environment variables, so the service and every
    script below read the same ones.
 3. Run the scripts as a user would: a single-download check, the batch, the batch again (it
-   skips everything), the statistics, the progress report and one hourly monitor run.
+   skips everything), a stereo call, the statistics with speech hours, the progress report,
+   one hourly monitor run and a dataset export.
 4. Stop everything and delete the temporary folder.
 """
 
@@ -30,6 +31,7 @@ import httpx
 
 import analyze_storage
 import batch_download_from_csv
+import export_dataset
 import metadata_tracker
 import test_single_download
 from service_client import default_server
@@ -139,6 +141,8 @@ def walk_through(demo_csv: Path, work: Path, stereo_url: str) -> list[int]:
         step("Progress report, counted in speech hours, and CSV export", analyze_storage.main,
              [*target, "--speech", "--export-csv", str(work / "conversations_metadata.csv")]),
         hourly_monitor(work),
+        step("A training set for NeMo, pyannote, Hugging Face and lhotse", export_dataset.main,
+             [str(work / "training_set"), "--no-progress"]),
     ]  # fmt: skip
 
 

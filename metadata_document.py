@@ -89,11 +89,17 @@ class Totals:
     last: str | None = None
 
 
+MAX_TARGET_HOURS = 1e9  # beyond any collection; keeps the arithmetic finite
+
+
 def check_target(target_hours: float) -> float:
     if not (isinstance(target_hours, (int, float)) and math.isfinite(target_hours)):
         raise InvalidInput(f"target_hours must be a positive number, got {target_hours!r}")
-    if target_hours <= 0:
-        raise InvalidInput(f"target_hours must be a positive number, got {target_hours!r}")
+    if not 0 < target_hours <= MAX_TARGET_HOURS:
+        raise InvalidInput(
+            f"target_hours must be a positive number up to {MAX_TARGET_HOURS:g}, "
+            f"got {target_hours!r}"
+        )
     return float(target_hours)
 
 

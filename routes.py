@@ -102,6 +102,7 @@ protected_router = APIRouter(
     dependencies=[Depends(require_api_key)], responses=error_responses(errors.Unauthorized)
 )
 NameForm = Form(pattern=NAME_PATTERN, description=NAME_RULE)
+MAX_OFFSET = 2**53  # past any collection, and within every database's integers
 AgentIdForm = Annotated[
     str | None,
     Form(
@@ -281,7 +282,7 @@ async def statistics(
 async def conversations(
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     total, page = await anyio.to_thread.run_sync(services.tracker.list_conversations, limit, offset)
     return {"total": total, "limit": limit, "offset": offset, "conversations": page}

@@ -403,3 +403,12 @@ def test_docs_document_every_field_and_error(client: TestClient) -> None:
     fields = schema["components"]["schemas"][ref]["properties"]
     assert {"conversation_id", "audio_url", "speaker_label", "overwrite"} <= set(fields)
     assert "404" in schema["paths"]["/conversations/{conversation_id}"]["get"]["responses"]
+
+
+def test_numbers_beyond_any_collection_are_refused_not_overflowed(client: TestClient) -> None:
+    """An offset past 64-bit integers or a target of 1e308 hours is a 400, never a crash."""
+    page = client.get("/conversations", params={"offset": 2**63})
+    assert page.status_code == 400 and page.json()["error"] == "invalid_input"
+    target = client.get("/statistics", params={"target_hours": 1e308})
+    assert target.status_code == 400 and target.json()["error"] == "invalid_input"
+    assert client.get("/statistics", params={"target_hours": 1e9}).status_code == 200

@@ -1,0 +1,209 @@
+"""One writer per dataset file format; each takes records and writes its file atomically.
+
+Writers never leave a half-written file: they write beside the target and rename. Files whose
+content would not change are left untouched (same bytes, same modification time), so a re-run
+of an export rewrites nothing that did not change.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+import wave
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+CHUNK_SAMPLES = SAMPLE_RATE * 60
+
+
+@dataclass(frozen=True)
+class Turn:
+    start: float
+    end: float
+    speaker: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """One exported conversation: its mixed audio, labels and where each file lives."""
+
+    uri: str
+    split: str
+    duration: float
+    num_samples: int
+    turns: tuple[Turn, ...]
+    audio: Path
+    rttm: Path
+    uem: Path
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` atomically unless it already holds exactly that; True if written."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _read_chunks(path: Path) -> Iterable[np.ndarray]:
+    with wave.open(str(path), "rb") as wav:
+        while data := wav.readframes(CHUNK_SAMPLES):
+            yield np.frombuffer(data, dtype="<i2").astype(np.int32)
+
+
+def _summed(first: Path, second: Path) -> Iterable[np.ndarray]:
+    """The two legs added sample by sample, the shorter padded with silence, a minute a time."""
+    a, b = iter(_read_chunks(first)), iter(_read_chunks(second))
+    while True:
+        x, y = next(a, None), next(b, None)
+        if x is None and y is None:
+            return
+        x = np.zeros(0, np.int32) if x is None else x
+        y = np.zeros(0, np.int32) if y is None else y
+        total = np.zeros(max(len(x), len(y)), np.int32)
+        total[: len(x)] += x
+        total[: len(y)] += y
+        yield total
+
+
+def write_mix(first: Path, second: Path, target: Path) -> int:
+    """The conversation's audio: both legs from 0, summed, scaled down only if the sum would
+    clip; 16 kHz mono 16-bit. Two passes over the legs, a minute at a time. Returns samples."""
+    peak = max(
+        (int(np.abs(chunk).max()) for chunk in _summed(first, second) if len(chunk)), default=0
+    )
+    scale = min(1.0, 32767 / peak) if peak else 1.0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    samples = 0
+    try:
+        with wave.open(temporary, "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(SAMPLE_RATE)
+            for chunk in _summed(first, second):
+                mixed = chunk if scale == 1.0 else np.round(chunk * scale)
+                out.writeframes(mixed.astype("<i2").tobytes())
+                samples += len(chunk)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return samples
+
+
+def rttm_text(uri: str, turns: Sequence[Turn]) -> str:
+    """NIST RTTM, one SPEAKER line per turn (overlapping turns as separate lines)."""
+    return "".join(
+        f"SPEAKER {uri} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {t.speaker} <NA> <NA>\n"
+        for t in sorted(turns, key=lambda t: (t.start, t.speaker))
+    )
+
+
+def uem_text(uri: str, duration: float) -> str:
+    return f"{uri} 1 0.000 {duration:.3f}\n"
+
+
+def write_lists(directory: Path, items: Sequence[Item], splits: Sequence[str]) -> None:
+    for split in splits:
+        uris = "".join(f"{i.uri}\n" for i in items if i.split == split)
+        write_if_changed(directory / f"{split}.txt", uris.encode())
+
+
+def write_pyannote(yml: Path, database: str, audio: Path, splits: Sequence[str]) -> None:
+    """database.yml: a SpeakerDiarization protocol over the lists, RTTM and UEM files, with
+    paths relative to the yml so the folder can be moved."""
+    rel = os.path.relpath(audio, yml.parent)
+    lines = ["Databases:", f"  {database}: {rel}/{{uri}}.wav", "", "Protocols:",
+             f"  {database}:", "    SpeakerDiarization:", "      Calls:"]  # fmt: skip
+    for split in splits:
+        lines += [f"        {split}:", f"          uri: lists/{split}.txt",
+                  "          annotation: rttm/{uri}.rttm",
+                  "          annotated: uem/{uri}.uem"]  # fmt: skip
+    write_if_changed(yml, ("\n".join(lines) + "\n").encode())
+
+
+def write_nemo(path: Path, items: Sequence[Item]) -> None:
+    """A NeMo speaker-diarization manifest: one JSON object per line, absolute paths."""
+    rows = [
+        {"audio_filepath": str(i.audio.resolve()), "offset": 0, "duration": round(i.duration, 3),
+         "label": "infer", "text": "-", "num_speakers": len({t.speaker for t in i.turns}),
+         "rttm_filepath": str(i.rttm.resolve()), "uem_filepath": str(i.uem.resolve())}
+        for i in items
+    ]  # fmt: skip
+    write_if_changed(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def write_audiofolder(directory: Path, items: Sequence[Item]) -> None:
+    """A Hugging Face `audiofolder` split: the audio (hard links) and metadata.jsonl with the
+    diarization columns (timestamps_start, timestamps_end, speakers)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for item in items:
+        link = directory / item.audio.name
+        _link(item.audio, link)
+        turns = sorted(item.turns, key=lambda t: (t.start, t.speaker))
+        rows.append({"file_name": link.name, "timestamps_start": [t.start for t in turns],
+                     "timestamps_end": [t.end for t in turns],
+                     "speakers": [t.speaker for t in turns]})  # fmt: skip
+    wanted = {i.audio.name for i in items}
+    for old in directory.glob("*.wav"):
+        if old.name not in wanted:
+            old.unlink()
+    write_if_changed(
+        directory / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode()
+    )
+
+
+def _link(source: Path, link: Path) -> None:
+    try:
+        if link.stat().st_ino == source.stat().st_ino:
+            return
+    except FileNotFoundError:
+        pass
+    temporary = link.with_name(f".{link.name}.link")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:  # another filesystem: a copy
+        temporary.write_bytes(source.read_bytes())
+    os.replace(temporary, link)
+
+
+def write_lhotse(directory: Path, items: Sequence[Item]) -> None:
+    """lhotse manifests written directly: a Recording per conversation (one file source,
+    channel 0) and a SupervisionSegment per turn (speaker, channel 0)."""
+    recordings = [
+        {"id": i.uri,
+         "sources": [{"type": "file", "channels": [0], "source": str(i.audio.resolve())}],
+         "sampling_rate": SAMPLE_RATE, "num_samples": i.num_samples,
+         "duration": round(i.num_samples / SAMPLE_RATE, 6), "channel_ids": [0]}
+        for i in items
+    ]  # fmt: skip
+    supervisions = [
+        {"id": f"{i.uri}-{n:05d}", "recording_id": i.uri, "start": t.start,
+         "duration": round(t.end - t.start, 3), "channel": 0, "speaker": t.speaker}
+        for i in items
+        for n, t in enumerate(sorted(i.turns, key=lambda t: (t.start, t.speaker)))
+    ]  # fmt: skip
+    for name, rows in (("recordings", recordings), ("supervisions", supervisions)):
+        text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        write_if_changed(directory / f"{name}.jsonl.gz", gzip.compress(text, mtime=0))
