@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from metadata_speech import LegLabels
+from metadata_tracker import MetadataTracker
 from speech_activity import (
     DEFAULT_PARAMS,
     VadParams,
@@ -22,9 +24,6 @@ from speech_activity import (
     provenance,
     quality_flags,
 )
-
-from metadata_speech import LegLabels
-from metadata_tracker import MetadataTracker
 
 log = logging.getLogger(__name__)
 
