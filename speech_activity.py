@@ -304,7 +304,11 @@ def _leak_frames(own: LegAudio, other: LegAudio, other_mask: Mask, params: VadPa
     coupling = float(np.percentile(difference, params.coupling_percentile))
     window = round(params.echo_window / own.frame_seconds)
     recent = _recent_max(other_db, window)
-    explained = own.frame_db < recent + coupling + params.crosstalk_margin_db
+    predicted = recent + coupling
+    # A leak below this leg's own noise would not have been detected: nothing to take away.
+    floor = float(np.percentile(own.frame_db, params.floor_percentile))
+    audible = predicted >= floor + params.continue_above_floor_db
+    explained = audible & (own.frame_db < predicted + params.crosstalk_margin_db)
     return explained & _recent_max(speaking.astype(np.float32), window).astype(np.bool_)
 
 
