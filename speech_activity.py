@@ -305,10 +305,12 @@ def _leak_frames(own: LegAudio, other: LegAudio, other_mask: Mask, params: VadPa
     window = round(params.echo_window / own.frame_seconds)
     recent = _recent_max(other_db, window)
     predicted = recent + coupling
-    # A leak below this leg's own noise would not have been detected: nothing to take away.
-    floor = float(np.percentile(own.frame_db, params.floor_percentile))
-    audible = predicted >= floor + params.continue_above_floor_db
-    explained = audible & (own.frame_db < predicted + params.crosstalk_margin_db)
+    explained = own.frame_db < predicted + params.crosstalk_margin_db
+    if params.method == "energy":
+        # A leak under this leg's own noise is below what the energy detector can hear: there
+        # is nothing to take away, and taking it would cut this leg's quiet speech.
+        floor = float(np.percentile(own.frame_db, params.floor_percentile))
+        explained &= predicted >= floor + params.continue_above_floor_db
     return explained & _recent_max(speaking.astype(np.float32), window).astype(np.bool_)
 
 
