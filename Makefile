@@ -1,6 +1,7 @@
 # Every target creates .venv and installs the pinned requirements itself; `make test` and
 # `make bench` also install what they need from apt when it is missing: PostgreSQL (the tests
-# start a server of their own) and curl (the benchmark posts with it).
+# start a server of their own), curl (the benchmark posts with it) and espeak-ng (the speech
+# labels are checked on calls it speaks).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -27,7 +28,8 @@ install: $(STAMP)
 PG_INITDB ?= $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) \
                          $(shell command -v initdb 2>/dev/null))
 CURL ?= $(shell command -v curl 2>/dev/null)
-APT_MISSING := $(strip $(if $(PG_INITDB),,postgresql) $(if $(CURL),,curl))
+ESPEAK ?= $(shell command -v espeak-ng 2>/dev/null)
+APT_MISSING := $(strip $(if $(PG_INITDB),,postgresql) $(if $(CURL),,curl) $(if $(ESPEAK),,espeak-ng))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 system-packages:
@@ -35,7 +37,7 @@ ifneq ($(APT_MISSING),)
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_MISSING)
 else
-	@echo "PostgreSQL server binaries: $(dir $(PG_INITDB)); curl: $(CURL)"
+	@echo "PostgreSQL server binaries: $(dir $(PG_INITDB)); curl: $(CURL); espeak-ng: $(ESPEAK)"
 endif
 
 test: $(STAMP) system-packages

@@ -1,258 +1,360 @@
-"""Who spoke when on each leg of a call: speech detection, crosstalk suppression, quality flags.
+"""Speech activity per call leg: frame levels read in one pass, a detector, crosstalk
+suppression between the two legs, the turn rules, and the quality flags of a call.
 
-Pure functions over 16 kHz mono 16-bit audio; no database, no HTTP. One pass over a leg's WAV
-(`analyse_wav`, read in chunks) yields its level per 10 ms frame, the hash of its samples and
-its clipping; everything else works on those levels.
-
-The detector is an energy detector with hysteresis, adapted to each leg: a stretch of frames
-above the leg's noise floor by `continue_db` is speech when one of its frames rises above the
-floor by `start_db` (and above `min_level_dbfs`, so a silent leg stays silent). On a two-leg
-call a frame counts for a leg only where that leg is clearly the source: its level is not more
-than `crosstalk_margin_db` below the other leg's loudest frame of the last `echo_seconds`, so
-the other party's voice leaking into the line (typically 20-30 dB down) and its echo do not
-count, while both parties talking at once count on both legs. Turns then follow the NIST RT
-convention: pauses shorter than `min_gap` inside a turn are bridged, speech shorter than
-`min_speech` is dropped.
+Each leg's WAV (16 kHz mono s16le, as converter.py writes it) is read once in chunks into
+`LegAudio`: one level per frame plus the PCM hash, clipping and peak. The default detector is
+an energy detector with hysteresis over an adaptive noise floor; `VadParams(method="webrtc")`
+uses WebRTC's GMM detector for the frame decisions instead. With two legs, a frame of one leg
+counts only where that leg is clearly the source: its level must stand `crosstalk_margin_db`
+above what the other leg's recent level (the echo window) would leak into it, the coupling
+being measured on the call itself. Then pauses shorter than `min_gap` are bridged and speech
+shorter than `min_speech` is dropped.
 """
 
 from __future__ import annotations
 
 import hashlib
-import wave
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
+import numpy.typing as npt
+
+from errors import NotAudio
 
 Segment = tuple[float, float]
-
 SAMPLE_RATE = 16000
-FULL_SCALE = 32768.0
-SILENCE_DB = -120.0  # the level given to digital silence
-CHUNK_FRAMES = 6000  # one minute of 10 ms frames per read
+DETECTOR_VERSION = 1
+_FULL_SCALE = 32768.0
+_CLIP_HIGH, _CLIP_LOW = 32766, -32767  # at or within 1 LSB of full scale
+_METHODS = ("energy", "webrtc")
+
+Frames = npt.NDArray[np.float32]
+Mask = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
 class VadParams:
-    """Every knob of the detector; recorded with the labels as their provenance."""
+    """Every knob of the analysis and the labelling; recorded beside the labels as provenance."""
 
-    frame_seconds: float = 0.01
-    floor_percentile: float = 10.0  # the leg's noise floor: this percentile of its frame levels
-    lowest_floor_dbfs: float = -75.0
-    start_db: float = 15.0  # a turn starts this far above the floor ...
-    continue_db: float = 9.0  # ... and lasts while the level stays this far above it
-    min_level_dbfs: float = -50.0  # nothing quieter than this starts a turn
-    smooth_frames: int = 5  # levels averaged over this many frames (50 ms)
-    pad_seconds: float = 0.05  # turns widened by this much on each side (soft onsets, tails)
-    crosstalk_margin_db: float = 12.0
-    echo_seconds: float = 0.25
-    min_gap: float = 0.3  # NIST RT: shorter pauses stay inside the turn
-    min_speech: float = 0.2  # shorter speech is dropped
-    no_speech_share: float = 0.02  # a leg with speech below this share of its length is flagged
-    leak_kept_share: float = 0.2  # a leg keeping less of its own detection than this is a leak
-    clipping_share: float = 0.001  # a leg with more clipped samples than this is flagged
+    method: str = "energy"  # "energy": hysteresis on frame levels; "webrtc": webrtcvad's frames
+    frame_seconds: float = 0.02  # analysis frame (webrtc accepts 0.01, 0.02 and 0.03)
+    silence_dbfs: float = -100.0  # the level given to digital silence
+    preemphasis: float = 0.97  # levels are of x[n] - a x[n-1]: speech band over rumble
+    floor_percentile: float = 10.0  # noise floor: this percentile of the leg's frame levels
+    start_above_floor_db: float = 9.0  # a speech run needs a frame this far above the floor
+    continue_above_floor_db: float = 4.0  # ... and lasts while frames stay this far above it
+    loud_percentile: float = 99.0  # the leg's loud speech level
+    start_below_loud_db: float = 35.0  # thresholds never sit further below the loud level
+    continue_below_loud_db: float = 45.0
+    webrtc_mode: int = 2  # webrtcvad aggressiveness, 0-3
+    crosstalk_margin_db: float = 6.0  # own speech stands this far above the predicted leak
+    coupling_percentile: float = 10.0  # leak level: low percentile of (this - other) in dB ...
+    coupling_loud_db: float = 10.0  # ... over frames where the other is within this of its loud
+    coupling_min_frames: int = 50  # the other leg's speech frames needed to measure a leak
+    echo_window: float = 0.25  # seconds of the other leg's past energy that may echo back
+    min_gap: float = 0.3  # pauses shorter than this are bridged (NIST RT convention)
+    min_speech: float = 0.2  # speech shorter than this is dropped
+    no_speech_seconds: float = 1.0  # flag "no_speech": a leg with less speech than this ...
+    no_speech_share: float = 0.01  # ... or less than this share of its duration
+    leak_kept_share: float = 0.3  # flag "leak": crosstalk suppression kept less than this
+    leak_min_seconds: float = 2.0  # ... of at least this much speech found on the leg alone
+    same_audio_db: float = 1.0  # flag "same_audio": frame levels this close ...
+    same_audio_share: float = 0.95  # ... on this share of the frames where either is audible
+    clipping_share: float = 0.001  # flag "clipping": this share of samples at full scale
+    chunk_frames: int = 800  # frames read per chunk: memory stays flat whatever the length
 
 
 DEFAULT_PARAMS = VadParams()
-DETECTOR = "energy-hysteresis"
-DETECTOR_VERSION = 1
 
 
 @dataclass(frozen=True)
 class LegAudio:
-    """What one pass over one leg's audio yields."""
+    """What one analysis pass of one leg's WAV yields."""
 
-    frame_db: np.ndarray  # float32 level per frame, dBFS
+    frame_db: Frames  # float32 level per frame (dBFS, after pre-emphasis), the detector's input
     frame_seconds: float
     duration_seconds: float
-    pcm_sha256: str  # of the samples only, not the file's header
-    clipped_share: float  # samples at or within one step of full scale
+    pcm_sha256: str  # sha256 of the PCM samples only (the WAV data chunk), not of the file
+    clipped_share: float  # fraction of samples at or within 1 LSB of full scale
     peak_dbfs: float
+    frame_voiced: Mask | None = None  # per-frame decisions of an external detector (webrtc)
 
 
-class _Accumulator:
-    """Frame levels, hash, clipping and peak over samples given in pieces."""
+class _Meter:
+    """Accumulates one leg's frame levels, hash, clipping and peak from consecutive PCM bytes."""
 
-    def __init__(self, frame: int) -> None:
-        self.frame = frame
+    def __init__(self, params: VadParams) -> None:
+        if params.method not in _METHODS:
+            raise ValueError(f"unknown method {params.method!r}; expected one of {_METHODS}")
+        self.params = params
+        self.frame = round(params.frame_seconds * SAMPLE_RATE)
         self.digest = hashlib.sha256()
-        self.levels: list[np.ndarray] = []
-        self.rest = np.zeros(0, dtype=np.int16)
+        self.pending = b""
+        self.levels: list[Frames] = []
+        self.voiced: list[Mask] = []
         self.samples = self.clipped = self.peak = 0
+        self.previous = 0.0  # the last sample fed, for the pre-emphasis filter
+        self.work = self.shifted = np.empty(0, np.float32)
+        self.vad = None
+        if params.method == "webrtc":
+            import webrtcvad  # type: ignore[import-untyped]  # only this detector needs it
 
-    def add(self, chunk: np.ndarray) -> None:
-        self.digest.update(chunk.astype("<i2", copy=False).tobytes())
-        self.samples += len(chunk)
-        if len(chunk):
-            high, low = int(chunk.max()), int(chunk.min())
-            if high >= 32766 or low <= -32767:
-                self.clipped += int(np.count_nonzero(chunk >= 32766))
-                self.clipped += int(np.count_nonzero(chunk <= -32767))
-            self.peak = max(self.peak, high, -low)
-        joined = np.concatenate([self.rest, chunk]) if len(self.rest) else chunk
-        whole = len(joined) // self.frame * self.frame
-        self.rest = joined[whole:].copy()
-        if whole:
-            frames = joined[:whole].astype(np.float32).reshape(-1, self.frame)
-            power = np.einsum("ij,ij->i", frames, frames) / (self.frame * FULL_SCALE**2)
-            self.levels.append(_db(power))
+            self.vad = webrtcvad.Vad(params.webrtc_mode)
 
-    def result(self, frame_seconds: float) -> LegAudio:
-        if len(self.rest):
-            tail = self.rest.astype(np.float32) / FULL_SCALE
-            self.levels.append(_db(np.array([float(tail @ tail) / len(tail)], dtype=np.float32)))
-        levels = np.concatenate(self.levels) if self.levels else np.zeros(0, dtype=np.float32)
+    def feed(self, data: bytes) -> None:
+        self.digest.update(data)
+        data = self.pending + data if self.pending else data
+        usable = len(data) - len(data) % (2 * self.frame)
+        self.pending = data[usable:]
+        if usable:
+            self._frames(data[:usable])
+
+    def _frames(self, data: bytes) -> None:
+        samples = np.frombuffer(data, dtype="<i2")
+        self.samples += samples.size
+        self.clipped += int(np.count_nonzero(samples >= _CLIP_HIGH)) + int(
+            np.count_nonzero(samples <= _CLIP_LOW)
+        )
+        self.peak = max(self.peak, int(samples.max()), -int(samples.min()))
+        count = -(-samples.size // self.frame)
+        block = self._block(samples, count)
+        power = np.einsum("ij,ij->i", block, block) / (self.frame * _FULL_SCALE**2)
+        floor = 10 ** (self.params.silence_dbfs / 10)
+        self.levels.append((10 * np.log10(np.maximum(power, floor))).astype(np.float32))
+        if self.vad is not None:
+            size = 2 * self.frame
+            whole = len(data) // size
+            flags = [self.vad.is_speech(data[i * size : (i + 1) * size], SAMPLE_RATE)
+                     for i in range(whole)]  # fmt: skip
+            self.voiced.append(np.array(flags + [False] * (count - whole), dtype=np.bool_))
+
+    def _block(self, samples: npt.NDArray[np.int16], count: int) -> Frames:
+        """The samples as float32 frames (zero-padded), pre-emphasised, in reused buffers:
+        fresh arrays per chunk would cost more in page faults than the arithmetic."""
+        size, used = count * self.frame, samples.size
+        if self.work.size < size:
+            self.work, self.shifted = np.empty(size, np.float32), np.empty(size, np.float32)
+        flat, shifted = self.work[:size], self.shifted[:size]
+        flat[:used] = samples
+        flat[used:] = 0
+        if self.params.preemphasis:
+            # y[n] = x[n] - a x[n-1]: rumble and hum below speech no longer set the level
+            shifted[0] = self.previous
+            shifted[1:used] = flat[: used - 1]
+            self.previous = float(flat[used - 1])
+            shifted[:used] *= self.params.preemphasis
+            flat[:used] -= shifted[:used]
+        return flat.reshape(count, self.frame)
+
+    def finish(self) -> LegAudio:
+        tail = self.pending[: len(self.pending) - len(self.pending) % 2]
+        if tail:
+            self._frames(tail)
+        levels = np.concatenate(self.levels) if self.levels else np.zeros(0, np.float32)
+        voiced = None
+        if self.vad is not None:
+            voiced = np.concatenate(self.voiced) if self.voiced else np.zeros(0, np.bool_)
         return LegAudio(
-            frame_db=levels.astype(np.float32),
-            frame_seconds=frame_seconds,
+            frame_db=levels,
+            frame_seconds=self.frame / SAMPLE_RATE,
             duration_seconds=self.samples / SAMPLE_RATE,
             pcm_sha256=self.digest.hexdigest(),
             clipped_share=self.clipped / self.samples if self.samples else 0.0,
-            peak_dbfs=float(_db(np.array([(self.peak / FULL_SCALE) ** 2]))[0]),
+            peak_dbfs=_dbfs(self.peak, self.params.silence_dbfs),
+            frame_voiced=voiced,
         )
 
 
-def _db(power: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        levels: np.ndarray = np.maximum(10 * np.log10(power), SILENCE_DB).astype(np.float32)
-    return levels
+def _dbfs(peak: int, silence: float) -> float:
+    return max(silence, 20 * float(np.log10(peak / _FULL_SCALE))) if peak else silence
+
+
+def _data_chunk_size(handle: IO[bytes], name: str) -> int | None:
+    """Checks the header is 16 kHz mono 16-bit PCM and leaves `handle` at the samples.
+
+    Returns the data chunk's size, or None when the header leaves it open (a streamed WAV).
+    """
+    riff = handle.read(12)
+    if len(riff) < 12 or riff[:4] not in (b"RIFF", b"RF64") or riff[8:12] != b"WAVE":
+        raise NotAudio(f"{name} is not a WAV file")
+    layout = None
+    while len(header := handle.read(8)) == 8:
+        chunk, size = header[:4], struct.unpack("<I", header[4:])[0]
+        if chunk == b"fmt ":
+            body = handle.read(size + (size & 1))
+            tag, channels, rate = struct.unpack("<HHI", body[:8])
+            layout = (tag in (1, 0xFFFE), channels, rate, struct.unpack("<H", body[14:16])[0])
+        elif chunk == b"data":
+            if layout != (True, 1, SAMPLE_RATE, 16):
+                raise NotAudio(f"{name} is not 16 kHz mono 16-bit PCM (format {layout})")
+            return None if size in (0, 0xFFFFFFFF) else size
+        else:
+            handle.seek(size + (size & 1), 1)
+    raise NotAudio(f"{name} has no data chunk")
 
 
 def analyse_wav(path: Path, params: VadParams = DEFAULT_PARAMS) -> LegAudio:
-    """One pass over a 16 kHz mono 16-bit WAV, a minute at a time (memory stays flat)."""
-    frame = round(params.frame_seconds * SAMPLE_RATE)
-    acc = _Accumulator(frame)
-    with wave.open(str(path), "rb") as wav:
-        if (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) != (SAMPLE_RATE, 1, 2):
-            raise ValueError(f"{path.name} is not 16 kHz mono 16-bit")
-        while data := wav.readframes(CHUNK_FRAMES * frame):
-            acc.add(np.frombuffer(data, dtype="<i2"))
-    return acc.result(params.frame_seconds)
+    """One pass over a 16 kHz mono s16le WAV in chunks: memory does not grow with its length."""
+    meter = _Meter(params)
+    chunk_bytes = params.chunk_frames * 2 * meter.frame
+    with open(path, "rb") as handle:
+        left = _data_chunk_size(handle, Path(path).name)
+        while left is None or left > 0:
+            data = handle.read(chunk_bytes if left is None else min(chunk_bytes, left))
+            if not data:
+                break
+            meter.feed(data)
+            if left is not None:
+                left -= len(data)
+    return meter.finish()
 
 
-def analyse_pcm(samples: np.ndarray, params: VadParams = DEFAULT_PARAMS) -> LegAudio:
-    """The same as `analyse_wav`, for samples already in memory (int16)."""
-    acc = _Accumulator(round(params.frame_seconds * SAMPLE_RATE))
-    acc.add(np.asarray(samples, dtype=np.int16))
-    return acc.result(params.frame_seconds)
+def analyse_pcm(samples: npt.NDArray[np.int16], params: VadParams = DEFAULT_PARAMS) -> LegAudio:
+    """The same analysis of int16 samples already in memory (tests, the benchmark)."""
+    meter = _Meter(params)
+    meter.feed(np.ascontiguousarray(samples, dtype="<i2").tobytes())
+    return meter.finish()
 
 
-def _smoothed(levels: np.ndarray, frames: int) -> np.ndarray:
-    if frames <= 1 or len(levels) < frames:
-        return levels
-    power = np.power(10.0, levels.astype(np.float64) / 10)
-    kernel = np.ones(frames) / frames
-    return _db(np.convolve(power, kernel, mode="same"))
+def _energy_mask(levels: Frames, params: VadParams) -> Mask:
+    """Hysteresis: runs of frames above the continue threshold that reach the start one."""
+    if levels.size == 0:
+        return np.zeros(0, np.bool_)
+    floor = float(np.percentile(levels, params.floor_percentile))
+    loud = float(np.percentile(levels, params.loud_percentile))
+    start = max(floor + params.start_above_floor_db, loud - params.start_below_loud_db)
+    cont = max(floor + params.continue_above_floor_db, loud - params.continue_below_loud_db)
+    above = levels >= cont
+    edges = np.diff(above.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    strong = np.concatenate(([0], np.cumsum(levels >= start)))
+    kept = strong[ends] > strong[starts]
+    return _runs_mask(starts[kept], ends[kept], levels.size)
 
 
-def _floor(levels: np.ndarray, params: VadParams) -> float:
-    """The leg's noise floor; pauses of digital silence (VoIP without comfort noise) count
-    as the quietest a line gets, `lowest_floor_dbfs`."""
-    if not len(levels):
-        return params.lowest_floor_dbfs
-    return max(float(np.percentile(levels, params.floor_percentile)), params.lowest_floor_dbfs)
+def _runs_mask(starts: npt.NDArray[np.intp], ends: npt.NDArray[np.intp], size: int) -> Mask:
+    """Frames inside the runs [start, end) as one boolean mask."""
+    delta = np.zeros(size + 1, np.int32)
+    np.add.at(delta, starts, 1)
+    np.add.at(delta, ends, -1)
+    return np.cumsum(delta[:-1]) > 0
 
 
-def _hysteresis(levels: np.ndarray, floor: float, params: VadParams) -> np.ndarray:
-    """Frames inside a run above `floor + continue_db` that reaches `floor + start_db`."""
-    start = max(floor + params.start_db, params.min_level_dbfs)
-    keep = levels >= max(floor + params.continue_db, params.min_level_dbfs - 6)
-    strong = levels >= start
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
-    result = np.zeros(len(levels), dtype=bool)
-    for begin, end in zip(edges[0::2], edges[1::2], strict=True):
-        if strong[begin:end].any():
-            result[begin:end] = True
-    return result
+def _frame_mask(leg: LegAudio, params: VadParams) -> Mask:
+    if params.method == "webrtc":
+        if leg.frame_voiced is None:
+            raise ValueError("the webrtc method needs legs analysed with method='webrtc'")
+        return leg.frame_voiced.copy()
+    return _energy_mask(leg.frame_db, params)
 
 
-def _segments(active: np.ndarray, leg: LegAudio, params: VadParams) -> list[Segment]:
-    """Runs of active frames as turns: pauses shorter than `min_gap` bridged and speech shorter
-    than `min_speech` dropped (both judged on the detected frames), then each turn padded."""
-    step = leg.frame_seconds
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
-    runs: list[list[float]] = []
-    for begin, end in zip(edges[0::2], edges[1::2], strict=True):
-        if runs and begin * step - runs[-1][1] < params.min_gap:
-            runs[-1][1] = end * step
-        else:
-            runs.append([begin * step, end * step])
-    turns: list[list[float]] = []
-    for a, b in runs:
-        if b - a < params.min_speech:
-            continue
-        a, b = max(a - params.pad_seconds, 0.0), min(b + params.pad_seconds, leg.duration_seconds)
-        if turns and a <= turns[-1][1]:
-            turns[-1][1] = b
-        else:
-            turns.append([a, b])
-    return [(round(float(a), 3), round(float(b), 3)) for a, b in turns]
-
-
-def _own_activity(leg: LegAudio, params: VadParams) -> np.ndarray:
-    levels = _smoothed(leg.frame_db, params.smooth_frames)
-    return _hysteresis(levels, _floor(levels, params), params)
+def _segments(mask: Mask, leg: LegAudio, params: VadParams) -> list[Segment]:
+    """Frame decisions to segments in seconds, then the turn rules."""
+    edges = np.diff(mask.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts = np.flatnonzero(edges == 1) * leg.frame_seconds
+    ends = np.minimum(np.flatnonzero(edges == -1) * leg.frame_seconds, leg.duration_seconds)
+    if starts.size:
+        breaks = starts[1:] - ends[:-1] >= params.min_gap - 1e-9
+        starts = np.concatenate((starts[:1], starts[1:][breaks]))
+        ends = np.concatenate((ends[:-1][breaks], ends[-1:]))
+        kept = ends - starts >= params.min_speech - 1e-9
+        starts, ends = starts[kept], ends[kept]
+    return [(round(float(s), 3), round(float(e), 3)) for s, e in zip(starts, ends, strict=True)]
 
 
 def detect_speech(leg: LegAudio, params: VadParams = DEFAULT_PARAMS) -> list[Segment]:
-    """One leg's speech turns, the leg alone."""
-    return _segments(_own_activity(leg, params), leg, params)
+    """One leg's speech on its own, after the turn rules."""
+    return _segments(_frame_mask(leg, params), leg, params)
 
 
-def _recent_max(levels: np.ndarray, frames: int) -> np.ndarray:
-    """Each frame's loudest level over itself and the `frames` before it (echo arrives late)."""
-    result = levels.copy()
-    for shift in range(1, frames + 1):
-        result[shift:] = np.maximum(result[shift:], levels[:-shift])
-    return result
+def _recent_max(levels: Frames, frames: int) -> Frames:
+    """Each frame's maximum over itself and the `frames` before it (doubling shifts)."""
+    out = levels.copy()
+    span = 1
+    while span <= frames:
+        step = min(span, frames + 1 - span)
+        out[step:] = np.maximum(out[step:], out[:-step].copy())
+        span += step
+    return out
 
 
-def _clear_source(leg: LegAudio, other: LegAudio, params: VadParams) -> np.ndarray:
-    """Frames where `leg` is not merely a leak or an echo of `other`."""
-    own = _smoothed(leg.frame_db, params.smooth_frames)
-    theirs = _smoothed(other.frame_db, params.smooth_frames)
-    length = len(own)
-    padded = np.full(length, SILENCE_DB, dtype=np.float32)
-    padded[: min(length, len(theirs))] = theirs[:length]
-    window = round(params.echo_seconds / leg.frame_seconds)
-    return own >= _recent_max(padded, window) - params.crosstalk_margin_db
+def _leak_frames(own: LegAudio, other: LegAudio, other_mask: Mask, params: VadParams) -> Mask:
+    """Frames of `own` whose level the other leg's recent speech explains (leak or echo).
 
-
-def _labelled(
-    legs: Mapping[str, LegAudio], params: VadParams
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per leg: its own activity, and the activity it keeps once crosstalk is taken out."""
-    own = {label: _own_activity(leg, params) for label, leg in legs.items()}
-    if len(legs) != 2:
-        return {label: (active, active) for label, active in own.items()}
-    (first, a), (second, b) = legs.items()
-    return {
-        first: (own[first], own[first] & _clear_source(a, b, params)),
-        second: (own[second], own[second] & _clear_source(b, a, params)),
-    }
+    The coupling (how many dB of the other leg arrive on this one) is measured where the other
+    leg speaks loudly: a low percentile of this leg's level minus the other's there. A frame
+    is explained when it stays within the margin of the other's loudest level in the echo
+    window plus that coupling.
+    """
+    size = own.frame_db.size
+    other_db = np.full(size, params.silence_dbfs, np.float32)
+    count = min(size, other.frame_db.size)
+    other_db[:count] = other.frame_db[:count]
+    speaking = np.zeros(size, np.bool_)
+    speaking[:count] = other_mask[:count]
+    if np.count_nonzero(speaking) < params.coupling_min_frames:
+        return np.zeros(size, np.bool_)
+    loud_level = float(np.percentile(other_db[speaking], params.loud_percentile))
+    loud = speaking & (other_db >= loud_level - params.coupling_loud_db)
+    difference = own.frame_db[loud] - other_db[loud]
+    coupling = float(np.percentile(difference, params.coupling_percentile))
+    window = round(params.echo_window / own.frame_seconds)
+    recent = _recent_max(other_db, window)
+    predicted = recent + coupling
+    explained = own.frame_db < predicted + params.crosstalk_margin_db
+    if params.method == "energy":
+        # A leak under this leg's own noise is below what the energy detector can hear: there
+        # is nothing to take away, and taking it would cut this leg's quiet speech.
+        floor = float(np.percentile(own.frame_db, params.floor_percentile))
+        explained &= predicted >= floor + params.continue_above_floor_db
+    return explained & _recent_max(speaking.astype(np.float32), window).astype(np.bool_)
 
 
 def label_legs(
     legs: Mapping[str, LegAudio], params: VadParams = DEFAULT_PARAMS
 ) -> dict[str, list[Segment]]:
-    """Each leg's turns; with two legs, crosstalk and echo between them suppressed."""
-    return {
-        label: _segments(kept, legs[label], params)
-        for label, (_, kept) in _labelled(legs, params).items()
-    }
+    """Each leg's speech where that leg is clearly the source, after the turn rules.
+
+    A frame is dropped where the other legs' recent speech explains its level (their voice
+    leaking in, or line echo); speech of both parties at once survives on both legs.
+    """
+    masks = {name: _frame_mask(leg, params) for name, leg in legs.items()}
+    labels = {}
+    for name, leg in legs.items():
+        mask = masks[name].copy()
+        for other, other_leg in legs.items():
+            if other != name:
+                mask &= ~_leak_frames(leg, other_leg, masks[other], params)
+        labels[name] = _segments(mask, leg, params)
+    return labels
+
+
+def _merged(segments: Sequence[Segment]) -> list[Segment]:
+    merged: list[Segment] = []
+    for start, end in sorted(segments):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def speech_seconds(segments: Sequence[Segment]) -> float:
-    return round(sum(b - a for a, b in segments), 3)
+    """Total time covered by `segments` (overlaps within the list counted once)."""
+    return round(sum(end - start for start, end in _merged(segments)), 3)
 
 
 def overlap_seconds(a: Sequence[Segment], b: Sequence[Segment]) -> float:
-    """Time covered by a turn of `a` and a turn of `b` at once (both lists sorted)."""
+    """Time covered by both `a` and `b`: two parties speaking at once."""
+    left, right = _merged(a), _merged(b)
     total, i, j = 0.0, 0, 0
-    while i < len(a) and j < len(b):
-        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
-        if a[i][1] < b[j][1]:
+    while i < len(left) and j < len(right):
+        total += max(0.0, min(left[i][1], right[j][1]) - max(left[i][0], right[j][0]))
+        if left[i][1] < right[j][1]:
             i += 1
         else:
             j += 1
@@ -260,49 +362,61 @@ def overlap_seconds(a: Sequence[Segment], b: Sequence[Segment]) -> float:
 
 
 def provenance(params: VadParams = DEFAULT_PARAMS) -> dict[str, object]:
-    """Which detector, which version, which parameters: stored beside every label."""
-    return {"detector": DETECTOR, "version": DETECTOR_VERSION, **asdict(params)}
+    """What produced a set of labels, to store beside them: detector, version and every knob."""
+    detector = "energy-hysteresis" if params.method == "energy" else "webrtcvad"
+    return {"detector": detector, "version": DETECTOR_VERSION, **asdict(params)}
 
 
-def _same_audio(a: LegAudio, b: LegAudio) -> bool:
+def _same_audio(a: LegAudio, b: LegAudio, params: VadParams) -> str | None:
     if a.pcm_sha256 == b.pcm_sha256:
-        return True
-    n = min(len(a.frame_db), len(b.frame_db))
-    if n == 0 or abs(len(a.frame_db) - len(b.frame_db)) > 1:
-        return False
-    x, y = a.frame_db[:n], b.frame_db[:n]
-    sounding = (x > SILENCE_DB) | (y > SILENCE_DB)
-    return bool(sounding.any()) and float(np.median(np.abs(x - y)[sounding])) < 0.5
+        return "identical PCM (equal sha256)"
+    count = min(a.frame_db.size, b.frame_db.size)
+    left, right = a.frame_db[:count], b.frame_db[:count]
+    audible = np.maximum(left, right) > params.silence_dbfs + 10
+    if not audible.any():
+        return None
+    close = np.abs(left[audible] - right[audible]) <= params.same_audio_db
+    share = float(np.mean(close))
+    return (
+        f"{share:.0%} of audible frames within {params.same_audio_db:g} dB"
+        if (share >= params.same_audio_share)
+        else None
+    )
 
 
 def quality_flags(
     legs: Mapping[str, LegAudio],
-    labels: Mapping[str, Sequence[Segment]],
+    labels: Mapping[str, list[Segment]],
     params: VadParams = DEFAULT_PARAMS,
 ) -> dict[str, str]:
-    """Reason -> detail for what makes a conversation doubtful as a training example."""
-    flags: dict[str, list[str]] = {}
-    for label, leg in legs.items():
-        spoken = speech_seconds(labels.get(label, []))
-        if leg.duration_seconds and spoken < params.no_speech_share * leg.duration_seconds:
-            flags.setdefault("no_speech", []).append(
-                f"{label} has {spoken:.1f} s of speech in {leg.duration_seconds:.1f} s"
+    """Reasons to distrust a call's labels, each with a human detail.
+
+    "no_speech": a leg with (almost) no speech; "same_audio": the two legs are the same audio;
+    "leak": a leg that is mostly the other's voice (crosstalk suppression took most of what
+    it detected alone); "clipping": heavy clipping on a leg.
+    """
+    found: dict[str, list[str]] = {}
+    names = list(legs)
+    same = None
+    if len(names) == 2:
+        same = _same_audio(legs[names[0]], legs[names[1]], params)
+        if same:
+            found.setdefault("same_audio", []).append(f"{names[0]} and {names[1]}: {same}")
+    for name, leg in legs.items():
+        kept = speech_seconds(labels.get(name, []))
+        least = max(params.no_speech_seconds, params.no_speech_share * leg.duration_seconds)
+        if kept < least:
+            found.setdefault("no_speech", []).append(
+                f"{name}: {kept:.1f} s of speech in {leg.duration_seconds:.1f} s"
             )
-        if leg.clipped_share > params.clipping_share:
-            flags.setdefault("clipping", []).append(
-                f"{label} clips on {leg.clipped_share:.2%} of its samples"
+        if len(names) > 1 and not same:
+            alone = speech_seconds(detect_speech(leg, params))
+            if alone >= params.leak_min_seconds and kept < params.leak_kept_share * alone:
+                found.setdefault("leak", []).append(
+                    f"{name}: {alone:.1f} s detected alone, {kept:.1f} s its own"
+                )
+        if leg.clipped_share >= params.clipping_share:
+            found.setdefault("clipping", []).append(
+                f"{name}: {leg.clipped_share:.2%} of samples at full scale"
             )
-    if len(legs) == 2:
-        (first, a), (second, b) = legs.items()
-        if _same_audio(a, b):
-            flags.setdefault("same_audio", []).append(f"{first} and {second} are the same audio")
-        else:
-            for label, (own, kept) in _labelled(legs, params).items():
-                own_count = int(own.sum())
-                share = int(kept.sum()) / own_count if own_count else 1.0
-                if own_count * legs[label].frame_seconds >= 1.0 and share < params.leak_kept_share:
-                    flags.setdefault("leak", []).append(
-                        f"{label} is mostly the other leg's voice: {share:.0%} of its sound "
-                        "is its own"
-                    )
-    return {reason: "; ".join(details) for reason, details in flags.items()}
+    return {reason: "; ".join(details) for reason, details in found.items()}

@@ -1,19 +1,37 @@
-"""Speech turns per leg: the turn rules, crosstalk suppression, quality flags, one-pass analysis."""
+"""Speech labels per leg: the turn rules, crosstalk suppression, quality flags, the one-pass
+reader, and DER against known truth on spoken calls in every condition."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import subprocess
 import tracemalloc
-import wave
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
-from audio_factory import ffmpeg_exe
+from speech_calls import (
+    CONDITIONS,
+    LEGS,
+    RATE,
+    Call,
+    Scorer,
+    degrade,
+    leg_files,
+    make_call,
+    to_int16,
+    write_wav,
+)
 
+from converter import resolve_ffmpeg
+from errors import NotAudio
 from speech_activity import (
+    DEFAULT_PARAMS,
     LegAudio,
-    Segment,
+    VadParams,
     analyse_pcm,
     analyse_wav,
     detect_speech,
@@ -24,166 +42,217 @@ from speech_activity import (
     speech_seconds,
 )
 
-RATE = 16000
-rng = np.random.default_rng(7)
+DER_TARGETS = {"clean": 0.05} | {c: 0.10 for c in CONDITIONS if c != "clean"}
 
 
-def voice(
-    seconds: float, spans: list[Segment], level: float = 0.3, pitch: float = 180.0
-) -> np.ndarray:
-    """A voice-like sound (a pitch with syllable-rate modulation) inside `spans`, else nothing."""
-    t = np.arange(round(seconds * RATE)) / RATE
-    gate = np.zeros_like(t)
+def bursts(spans: list[tuple[float, float]], seconds: float = 5.0, seed: int = 0) -> LegAudio:
+    """A leg of faint noise (-70 dBFS) with loud noise bursts (-20 dBFS) where `spans` say."""
+    rng = np.random.default_rng(seed)
+    samples = rng.standard_normal(int(seconds * RATE)) * 10 ** (-70 / 20)
     for start, end in spans:
-        gate[(t >= start) & (t < end)] = 1.0
-    syllables = 0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)
-    harmonics = sum(np.sin(2 * np.pi * pitch * k * t) / k for k in range(1, 6))
-    return level * gate * syllables * harmonics / 2
+        part = slice(int(start * RATE), int(end * RATE))
+        samples[part] = rng.standard_normal(part.stop - part.start) * 10 ** (-20 / 20)
+    return analyse_pcm(to_int16(samples))
 
 
-def noise(seconds: float, level: float = 0.002) -> np.ndarray:
-    return rng.normal(0, level, round(seconds * RATE))
+def assert_segments(found: list[tuple[float, float]], expected: list[tuple[float, float]]) -> None:
+    """`found` has the expected segments, each edge within one 20 ms frame."""
+    assert len(found) == len(expected), found
+    for got, want in zip(found, expected, strict=True):
+        assert got == pytest.approx(want, abs=0.021), found
 
 
-def pcm(signal: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(signal * 32767), -32768, 32767).astype(np.int16)
+def pcm(call: Call, condition: str = "clean") -> dict[str, npt.NDArray[np.int16]]:
+    return {leg: to_int16(samples) for leg, samples in degrade(call, condition).items()}
 
 
-def leg(signal: np.ndarray) -> LegAudio:
-    return analyse_pcm(pcm(signal))
+@pytest.fixture(scope="module")
+def call() -> Call:
+    """One spoken call of about 40 s with overlaps, made once for the unit tests."""
+    return make_call(seed=11, seconds=40.0)
 
 
-def covered(segments: list[Segment], start: float, end: float) -> float:
-    """How much of [start, end) the segments cover."""
-    return sum(max(0.0, min(b, end) - max(a, start)) for a, b in segments)
+def test_pause_shorter_than_min_gap_is_bridged() -> None:
+    """Two stretches of speech 0.25 s apart come out as one segment."""
+    assert_segments(detect_speech(bursts([(0.5, 1.5), (1.75, 2.75)])), [(0.5, 2.75)])
 
 
-def test_pauses_under_a_third_of_a_second_stay_inside_a_turn() -> None:
-    """A 0.25 s pause is bridged, a 0.4 s pause splits the turn, a 0.15 s blip is dropped."""
-    spans = [(1.0, 2.0), (2.25, 3.0), (3.4, 4.5), (6.0, 6.15)]
-    turns = detect_speech(leg(voice(8, spans) + noise(8)))
-    assert len(turns) == 2, turns
-    (a0, a1), (b0, b1) = turns
-    assert a0 == pytest.approx(1.0, abs=0.08) and a1 == pytest.approx(3.0, abs=0.08)
-    assert b0 == pytest.approx(3.4, abs=0.08) and b1 == pytest.approx(4.5, abs=0.08)
+def test_pause_longer_than_min_gap_splits() -> None:
+    """Two stretches of speech 0.35 s apart stay two segments."""
+    found = detect_speech(bursts([(0.5, 1.5), (1.85, 2.85)]))
+    assert_segments(found, [(0.5, 1.5), (1.85, 2.85)])
 
 
-def test_leaks_and_echo_are_suppressed_and_overlap_survives_on_both_legs() -> None:
-    """Each leg keeps its own speech; the other's voice leaking in at -24 dB, and its echo,
-    do not count; the second both speak at once counts on both legs."""
-    seconds = 12.0
-    agent = voice(seconds, [(0.5, 4.0), (7.0, 9.0)], pitch=150)
-    customer = voice(seconds, [(3.0, 6.5), (9.5, 11.5)], pitch=220)
-    echo = np.concatenate([np.zeros(int(0.12 * RATE)), agent[: -int(0.12 * RATE)]])
-    leak = 10 ** (-24 / 20)
-    legs = {
-        "agent": leg(agent + leak * customer + noise(seconds)),
-        "customer": leg(customer + leak * agent + 0.5 * leak * echo + noise(seconds)),
-    }
-    alone = detect_speech(legs["customer"])
-    assert covered(alone, 0.5, 3.0) > 1.5  # alone, the customer's leg hears the agent
+def test_speech_shorter_than_min_speech_is_dropped() -> None:
+    """A 0.15 s blip is dropped while a 0.25 s one is kept."""
+    assert_segments(detect_speech(bursts([(0.5, 1.5), (3.0, 3.15)])), [(0.5, 1.5)])
+    assert_segments(detect_speech(bursts([(0.5, 1.5), (3.0, 3.25)])), [(0.5, 1.5), (3.0, 3.25)])
+
+
+def test_leaking_legs_keep_their_own_speech_and_the_overlaps(call: Call) -> None:
+    """With each party leaking into the other's leg (-20..-30 dB, plus echo), each leg keeps
+    its own speech, loses the other's, and speech of both at once survives on both legs."""
+    legs = {leg: analyse_pcm(samples) for leg, samples in pcm(call, "leak").items()}
     labels = label_legs(legs)
-    assert covered(labels["customer"], 0.5, 2.9) < 0.1
-    assert covered(labels["customer"], 7.0, 9.0) < 0.1
-    assert covered(labels["agent"], 4.2, 6.5) < 0.1
-    assert covered(labels["agent"], 0.5, 4.0) == pytest.approx(3.5, abs=0.15)
-    assert covered(labels["customer"], 3.0, 6.5) == pytest.approx(3.5, abs=0.15)
-    assert overlap_seconds(labels["agent"], labels["customer"]) == pytest.approx(1.0, abs=0.15)
+    truth_overlap = overlap_seconds(call.truth["agent"], call.truth["customer"])
+    assert truth_overlap > 1.0  # the call has overlaps to lose
+    assert overlap_seconds(labels["agent"], labels["customer"]) >= 0.8 * truth_overlap
+    for leg in LEGS:
+        assert overlap_seconds(labels[leg], call.truth[leg]) >= 0.95 * speech_seconds(
+            call.truth[leg]
+        )
+        wrong = speech_seconds(labels[leg]) - overlap_seconds(labels[leg], call.truth[leg])
+        assert wrong < 0.05 * speech_seconds(call.truth[leg]), (leg, wrong)
+    # Alone, the leaking legs would count the other's voice as their own.
+    alone = detect_speech(legs["agent"])
+    assert speech_seconds(alone) > 1.3 * speech_seconds(labels["agent"])
     assert quality_flags(legs, labels) == {}
 
 
-def test_frame_accuracy_on_a_call_with_known_turns() -> None:
-    """On a call of alternating turns with leaks and noise, labels match the truth on at
-    least 97% of the time (missed speech plus false alarm at most 3%)."""
-    seconds = 60.0
-    truth_a = [(s, s + 4.0) for s in np.arange(0.0, 60, 9.0)]
-    truth_c = [(s + 3.7, s + 8.2) for s in np.arange(0.0, 55, 9.0)]
-    a, c = voice(seconds, truth_a), voice(seconds, truth_c, level=0.15, pitch=240)
-    leak = 10 ** (-22 / 20)
-    labels = label_legs({"agent": leg(a + leak * c + noise(seconds, 0.01)),
-                         "customer": leg(c + leak * a + noise(seconds, 0.005))})  # fmt: skip
-    grid = np.arange(0, seconds, 0.01)
-    for name, truth in (("agent", truth_a), ("customer", truth_c)):
-        want = np.zeros(len(grid), bool)
-        got = np.zeros(len(grid), bool)
-        for start, end in truth:
-            want |= (grid >= start) & (grid < end)
-        for start, end in labels[name]:
-            got |= (grid >= start) & (grid < end)
-        assert np.mean(want != got) <= 0.03, (name, labels[name])
-
-
-def test_a_leg_that_is_only_the_other_ones_leak_is_flagged() -> None:
-    """A customer leg carrying nothing but the agent's voice 20 dB down keeps no speech."""
-    agent = voice(10, [(0.5, 4.5), (5.5, 9.5)])
-    legs = {"agent": leg(agent + noise(10, 0.0003)),
-            "customer": leg(0.1 * agent + noise(10, 0.0003))}  # fmt: skip
+def test_a_leg_that_is_only_the_others_leak_is_flagged_and_empty(call: Call) -> None:
+    """A customer leg carrying nothing but the agent's voice at -25 dB (and its echo) yields
+    (almost) no speech, is flagged "leak", and the agent keeps all of theirs."""
+    agent = call.legs["agent"]
+    echo = np.concatenate((np.zeros(int(0.12 * RATE)), agent[: -int(0.12 * RATE)]))
+    noise = np.random.default_rng(3).standard_normal(agent.size) * 10 ** (-75 / 20)
+    customer = 10 ** (-25 / 20) * agent + 10 ** (-31 / 20) * echo + noise
+    legs = {"agent": analyse_pcm(to_int16(agent)), "customer": analyse_pcm(to_int16(customer))}
     labels = label_legs(legs)
-    assert speech_seconds(labels["customer"]) == 0.0
+    assert speech_seconds(detect_speech(legs["customer"])) > 10.0
+    assert speech_seconds(labels["customer"]) < 0.5
+    assert speech_seconds(labels["agent"]) >= 0.95 * speech_seconds(call.truth["agent"])
     flags = quality_flags(legs, labels)
     assert set(flags) == {"leak", "no_speech"}, flags
-    assert flags["leak"].startswith("customer is mostly the other leg's voice")
+    assert flags["leak"].startswith("customer:") and "agent" not in flags["no_speech"]
 
 
-def test_identical_silent_and_clipped_legs_are_flagged() -> None:
-    """Two copies of one leg are the same audio; a silent leg has no speech; clipping shows."""
-    one = voice(6, [(1, 5)]) + noise(6)
-    same = {"agent": leg(one), "customer": leg(one)}
-    assert "same_audio" in quality_flags(same, label_legs(same))
-    silent = {"agent": leg(one), "customer": leg(noise(6))}
-    flags = quality_flags(silent, label_legs(silent))
-    assert flags == {"no_speech": "customer has 0.0 s of speech in 6.0 s"}
-    clipped = {"agent": leg(8 * one), "customer": leg(voice(6, [(0.5, 0.9)]) + noise(6))}
-    assert "clipping" in quality_flags(clipped, label_legs(clipped))
+def test_identical_legs_are_flagged_same_audio(call: Call) -> None:
+    """The same PCM on both legs, or the same audio off by one LSB, is "same_audio"."""
+    agent = pcm(call)["agent"]
+    twin = analyse_pcm(agent)
+    legs = {"agent": twin, "customer": analyse_pcm(agent.copy())}
+    assert "identical PCM" in quality_flags(legs, label_legs(legs))["same_audio"]
+    dithered = (agent.astype(np.int32) + (np.arange(agent.size) % 2)).clip(-32768, 32767)
+    near = {"agent": twin, "customer": analyse_pcm(dithered.astype(np.int16))}
+    assert near["agent"].pcm_sha256 != near["customer"].pcm_sha256
+    assert "same_audio" in quality_flags(near, label_legs(near))
+    apart = {leg: analyse_pcm(samples) for leg, samples in pcm(call).items()}
+    assert "same_audio" not in quality_flags(apart, label_legs(apart))
 
 
-def write_wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(RATE)
-        wav.writeframes(samples.astype("<i2").tobytes())
-    return path
+def test_a_silent_leg_is_flagged_no_speech(call: Call) -> None:
+    """A leg of faint noise beside a speaking one is "no_speech"; the speaking one is not."""
+    agent = pcm(call)["agent"]
+    hiss = np.random.default_rng(5).standard_normal(agent.size) * 10 ** (-70 / 20)
+    legs = {"agent": analyse_pcm(agent), "customer": analyse_pcm(to_int16(hiss))}
+    flags = quality_flags(legs, label_legs(legs))
+    assert set(flags) == {"no_speech"}, flags
+    assert flags["no_speech"].startswith("customer: 0.0 s of speech")
 
 
-def test_the_samples_hash_ignores_the_files_header(tmp_path: Path) -> None:
-    """The same samples in two WAVs with different headers hash alike; other samples do not."""
-    samples = pcm(voice(3, [(0.5, 2.5)]) + noise(3))
+def test_a_clipped_leg_is_flagged_clipping(call: Call) -> None:
+    """A leg driven 24 dB into full scale is "clipping"; the same call at its level is not."""
+    clean = pcm(call)
+    loud = to_int16(call.legs["customer"] * 16)
+    legs = {"agent": analyse_pcm(clean["agent"]), "customer": analyse_pcm(loud)}
+    assert legs["customer"].clipped_share > 0.01 and legs["customer"].peak_dbfs == 0.0
+    flags = quality_flags(legs, label_legs(legs))
+    assert set(flags) == {"clipping"} and flags["clipping"].startswith("customer:"), flags
+    plain = {leg: analyse_pcm(samples) for leg, samples in clean.items()}
+    assert plain["customer"].clipped_share == 0.0 and plain["customer"].peak_dbfs < -1.0
+
+
+def test_pcm_hash_ignores_the_header(tmp_path: Path, call: Call) -> None:
+    """The same PCM in two WAVs with different headers (an extra LIST chunk, an extensible
+    format chunk) has one pcm_sha256, and the reader gives the levels of the samples."""
+    samples = pcm(call)["agent"][: RATE * 7 + 123]  # not a whole number of frames
     plain = write_wav(tmp_path / "plain.wav", samples)
     tagged = tmp_path / "tagged.wav"
     subprocess.run(
-        [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-i", str(plain),
-         "-metadata", "title=call 17", "-c:a", "pcm_s16le", str(tagged)],
+        [resolve_ffmpeg(None), "-nostdin", "-loglevel", "error", "-i", str(plain),
+         "-c:a", "pcm_s16le", "-rf64", "never", "-write_bext", "0", "-metadata", "title=x",
+         "-f", "wav", str(tagged)],
         check=True,
     )  # fmt: skip
     assert plain.read_bytes() != tagged.read_bytes()
-    assert analyse_wav(plain).pcm_sha256 == analyse_wav(tagged).pcm_sha256
-    other = write_wav(tmp_path / "other.wav", samples[::-1])
-    assert analyse_wav(other).pcm_sha256 != analyse_wav(plain).pcm_sha256
-    assert analyse_wav(plain).frame_db.tolist() == analyse_pcm(samples).frame_db.tolist()
+    first, second = analyse_wav(plain), analyse_wav(tagged)
+    expected = hashlib.sha256(samples.astype("<i2").tobytes()).hexdigest()
+    assert first.pcm_sha256 == second.pcm_sha256 == expected
+    small_chunks = analyse_wav(tagged, dataclasses.replace(DEFAULT_PARAMS, chunk_frames=3))
+    whole = analyse_pcm(samples)
+    np.testing.assert_allclose(small_chunks.frame_db, whole.frame_db, atol=1e-3)
+    np.testing.assert_allclose(first.frame_db, whole.frame_db, atol=1e-3)
+    assert first.duration_seconds == pytest.approx(samples.size / RATE)
 
 
-def test_a_long_leg_is_read_in_pieces(tmp_path: Path) -> None:
-    """Analysing a 30-minute leg (58 MB) holds a few MB at a time, not the file."""
-    minute = pcm(voice(60, [(5, 25), (30, 55)]) + noise(60))
+def test_wrong_wav_layout_is_refused(tmp_path: Path) -> None:
+    """An 8 kHz WAV is not read as if it were 16 kHz."""
+    path = write_wav(tmp_path / "narrow.wav", np.zeros(8000, np.int16), rate=8000)
+    with pytest.raises(NotAudio, match="16 kHz mono"):
+        analyse_wav(path)
+
+
+def test_reading_a_long_file_keeps_memory_flat(tmp_path: Path) -> None:
+    """A 30-minute WAV is read in chunks: the peak allocation beyond the frame levels stays
+    under 4 MB, far below the file's 57.6 MB of samples."""
     path = tmp_path / "long.wav"
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(RATE)
-        for _ in range(30):
-            wav.writeframes(minute.tobytes())
+    subprocess.run(
+        [resolve_ffmpeg(None), "-nostdin", "-loglevel", "error", "-f", "lavfi",
+         "-i", "anoisesrc=color=pink:amplitude=0.1:duration=1800:sample_rate=16000",
+         "-ac", "1", "-c:a", "pcm_s16le", str(path)],
+        check=True,
+    )  # fmt: skip
     tracemalloc.start()
-    analysed = analyse_wav(path)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    assert analysed.duration_seconds == 1800.0
-    assert peak < 16 * 1024 * 1024, peak  # the file is 57.6 MB
-    assert len(detect_speech(analysed)) == 60
+    try:
+        leg = analyse_wav(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert leg.duration_seconds == pytest.approx(1800.0)
+    assert path.stat().st_size > 57_000_000
+    assert peak - leg.frame_db.nbytes < 4 * 1024 * 1024, peak
 
 
-def test_provenance_names_the_detector_and_every_parameter() -> None:
-    """The labels' provenance says which detector, version and thresholds produced them."""
-    made = provenance()
-    assert made["detector"] == "energy-hysteresis" and made["version"] == 1
-    assert made["min_gap"] == 0.3 and made["min_speech"] == 0.2
+def test_webrtc_method_labels_the_same_call(call: Call) -> None:
+    """The WebRTC detector, chosen in the parameters, finds each leg's own speech too."""
+    params = VadParams(method="webrtc")
+    legs = {leg: analyse_pcm(samples, params) for leg, samples in pcm(call, "leak").items()}
+    labels = label_legs(legs, params)
+    for leg in LEGS:
+        found = overlap_seconds(labels[leg], call.truth[leg])
+        assert found >= 0.9 * speech_seconds(call.truth[leg])
+        assert speech_seconds(labels[leg]) - found < 0.1 * speech_seconds(call.truth[leg])
+    with pytest.raises(ValueError, match="webrtc"):
+        detect_speech(analyse_pcm(pcm(call)["agent"]), params)
+
+
+def test_provenance_names_the_detector_and_every_knob() -> None:
+    """Provenance is JSON and carries the detector, its version and every parameter."""
+    record = json.loads(json.dumps(provenance()))
+    assert record["detector"] == "energy-hysteresis" and record["version"] >= 1
+    assert record["min_gap"] == 0.3 and record["min_speech"] == 0.2
+    assert set(record) >= {f.name for f in dataclasses.fields(VadParams)}
+    assert provenance(VadParams(method="webrtc"))["detector"] == "webrtcvad"
+
+
+@pytest.fixture(scope="module")
+def scores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scorer]:
+    """DER per condition over two spoken calls, each leg converted by the service's ffmpeg."""
+    work = tmp_path_factory.mktemp("calls")
+    scorers = {condition: Scorer() for condition in CONDITIONS}
+    for seed in (1, 2):
+        spoken = make_call(seed, seconds=40.0)
+        for condition in CONDITIONS:
+            files = leg_files(spoken, condition, work / f"{seed}_{condition}")
+            legs = {leg: analyse_wav(path) for leg, path in files.items()}
+            scorers[condition].add(spoken.truth, label_legs(legs), spoken.duration)
+    return scorers
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_der_within_target(scores: dict[str, Scorer], condition: str) -> None:
+    """DER (collar 0.25 s, overlap scored) is within 5% on clean legs and 10% under leaks,
+    noise and telephone codecs."""
+    score = scores[condition].score()
+    assert score.speech_seconds > 20
+    assert score.der <= DER_TARGETS[condition], score
