@@ -43,6 +43,20 @@ class Item:
     uem: Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temporary(target: Path) -> tuple[int, str]:
+    """A new file beside `target` with the permissions a plain open() would give it (mkstemp
+    alone makes it private to its owner)."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, name
+
+
 def write_if_changed(path: Path, data: bytes) -> bool:
     """Write `data` to `path` atomically unless it already holds exactly that; True if written."""
     try:
@@ -51,7 +65,7 @@ def write_if_changed(path: Path, data: bytes) -> bool:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, temporary = _temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -91,7 +105,7 @@ def write_mix(first: Path, second: Path, target: Path) -> int:
     )
     scale = min(1.0, 32767 / peak) if peak else 1.0
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, temporary = _temporary(target)
     os.close(fd)
     samples = 0
     try:

@@ -289,3 +289,16 @@ def test_a_rerun_rewrites_nothing_and_adds_only_what_is_new(
     assert (out / "rttm" / "flat.rttm").exists()
     export(out)
     assert not (out / "rttm" / "flat.rttm").exists() and not (out / "audio" / "flat.wav").exists()
+
+
+def test_exported_files_get_the_usual_permissions(collection: Settings, tmp_path: Path) -> None:
+    """Files are readable as the umask allows, like any file the user writes, not private."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        export(tmp_path / "set")
+    finally:
+        os.umask(old)
+    for name in ("audio/call-a.wav", "rttm/call-a.rttm", "database.yml", "nemo/train.json"):
+        assert (tmp_path / "set" / name).stat().st_mode & 0o777 == 0o644, name
