@@ -11,6 +11,7 @@ Layout of OUTPUT_DIR (every format points at the same audio and labels; nothing 
     huggingface/<split>/       audiofolder (train, validation, test): audio links + metadata.jsonl
     lhotse/<split>/            recordings.jsonl.gz and supervisions.jsonl.gz
     .export_state.json         what was exported, so a re-run touches only what changed
+    .export.lock               held while an export writes (a second one stops at once)
 
 Splits are decided by a hash of the agent id when the conversation has one (all of an agent's
 calls in one split), else of the conversation id: the same on every run and every machine.
@@ -26,6 +27,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 import dataset_formats as fmt
@@ -40,6 +42,11 @@ NEMO_NAMES = {"train": "train", "development": "dev", "test": "test"}
 HF_NAMES = {"train": "train", "development": "validation", "test": "test"}
 DATABASE = "CallCenter"
 STATE_FILE = ".export_state.json"
+LOCK_FILE = ".export.lock"
+
+
+class ExportBusy(Exception):
+    """Another export holds the output folder."""
 
 
 @dataclass
@@ -84,6 +91,21 @@ def export_dataset(
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {', '.join(ALL_FORMATS)}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(out / LOCK_FILE, timeout=0):
+            return _export(conversations, out, formats, split, include_flagged, progress)
+    except Timeout:
+        raise ExportBusy(f"another export is writing to {out}; try again when it ends") from None
+
+
+def _export(
+    conversations: Iterable[StoredConversation],
+    out: Path,
+    formats: Collection[str],
+    split: tuple[float, float, float],
+    include_flagged: bool,
+    progress: bool,
+) -> ExportSummary:
     state_path = out / STATE_FILE
     try:
         previous: dict[str, str] = json.loads(state_path.read_text())

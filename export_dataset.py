@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings
-from dataset_export import ALL_FORMATS, export_dataset
+from dataset_export import ALL_FORMATS, ExportBusy, export_dataset
 from errors import AudioError
 from metadata_tracker import MetadataTracker
 from settings import get_settings
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(EXIT_USAGE, invalid_settings(exc))
     except AudioError as exc:
         return fail(EXIT_FAILED, exc.full_message)
+    except ExportBusy as exc:
+        return fail(EXIT_FAILED, str(exc))
     except OSError as exc:
         return fail(EXIT_FAILED, f"cannot export: {exc}")
     hours = ", ".join(f"{name} {value:.3f} h" for name, value in done.hours.items())

@@ -302,3 +302,20 @@ def test_exported_files_get_the_usual_permissions(collection: Settings, tmp_path
         os.umask(old)
     for name in ("audio/call-a.wav", "rttm/call-a.rttm", "database.yml", "nemo/train.json"):
         assert (tmp_path / "set" / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_a_second_export_into_a_busy_folder_stops_with_one_line(
+    collection: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While an export holds the folder, another exits 1 with one error line and writes nothing."""
+    from filelock import FileLock
+
+    out = tmp_path / "set"
+    out.mkdir()
+    with FileLock(out / ".export.lock"):
+        assert main([str(out), "--no-progress"]) == 1
+    assert (
+        capsys.readouterr().err
+        == f"error: another export is writing to {out}; try again when it ends\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [".export.lock"]
