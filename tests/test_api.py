@@ -412,3 +412,18 @@ def test_numbers_beyond_any_collection_are_refused_not_overflowed(client: TestCl
     target = client.get("/statistics", params={"target_hours": 1e308})
     assert target.status_code == 400 and target.json()["error"] == "invalid_input"
     assert client.get("/statistics", params={"target_hours": 1e9}).status_code == 200
+
+
+def test_statistics_can_count_progress_in_speech_hours(
+    client: TestClient, source: SourceServer
+) -> None:
+    """?speech=true measures progress in speech hours; the speech section is always there."""
+    data = {"conversation_id": "sp1", "audio_url": source.file_url("mp3.mp3")}
+    assert client.post("/download/single", data=data).status_code == 200
+    audio = client.get("/statistics", params={"target_hours": 1}).json()
+    speech = client.get("/statistics", params={"target_hours": 1, "speech": "true"}).json()
+    assert audio["progress"]["measured_in"] == "audio"
+    assert audio["progress"]["current_hours"] == audio["summary"]["total_hours"] > 0
+    assert speech["progress"]["measured_in"] == "speech"
+    assert speech["progress"]["current_hours"] == speech["speech"]["speech_hours"]
+    assert speech["speech"]["labelled_files"] == 1

@@ -95,6 +95,15 @@ def test_target_reached_is_logged_every_run_and_its_command_runs_once(
     assert SUMMARY.match(lines[0]) and SUMMARY.match(lines[3])
 
 
+def test_target_in_speech_counts_speech_hours(store: Settings, tmp_path: Path) -> None:
+    """TARGET_IN_SPEECH=1 measures the target in speech hours: the stored test tones hold
+    audio hours past a 0.005 h target but no speech, so it is not reached."""
+    assert cron(store, tmp_path, TARGET_HOURS="0.005", TARGET_IN_SPEECH="1").returncode == 0
+    [line] = log_lines(tmp_path)
+    assert " 0.0000/0.005 h of speech (0.00%), 6 conversations" in line
+    assert not any("TARGET REACHED" in line for line in log_lines(tmp_path))
+
+
 def test_one_run_at_a_time(store: Settings, tmp_path: Path) -> None:
     """A run that finds the lock taken logs SKIPPED and leaves; runs started together never mix."""
     with open(tmp_path / "hourly.lock", "w") as lock:
