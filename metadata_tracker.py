@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -85,6 +86,7 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_SECONDS = 120
 FAILURE_WINDOW = timedelta(hours=24)
 BATCH_ROWS = 2000
+WAL_ATTEMPTS = 100  # x 0.1 s
 _INIT_LOCK_KEY = 0x6D657461  # PostgreSQL advisory lock taken while a store is created
 _FILE_FIELDS = list(StoredFile.model_fields)
 T = TypeVar("T")
@@ -224,13 +226,25 @@ class MetadataTracker:
             self._opened = True
 
     def _use_wal(self) -> None:
-        """Write-ahead logging: readers never wait for the writer (kept in the file once set)."""
-        raw = self.engine.raw_connection()
-        try:
-            if raw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                raw.execute("PRAGMA journal_mode=WAL")
-        finally:
-            raw.close()
+        """Write-ahead logging: readers never wait for the writer (kept in the file once set).
+
+        Switching needs the file to itself; while other processes open the same new store at
+        the same moment it may be refused, so it is tried again for a while. The store works
+        either way; WAL only lets readers and the writer overlap.
+        """
+        for _ in range(WAL_ATTEMPTS):
+            raw = self.engine.raw_connection()
+            try:
+                if raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                    return
+                if raw.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                    return
+            except sqlite3.OperationalError:
+                pass
+            finally:
+                raw.close()
+            time.sleep(0.1)
+        log.warning("%s stays in rollback-journal mode: others kept it busy", self.name)
 
     @contextmanager
     def _init_transaction(self) -> Iterator[Connection]:
