@@ -25,12 +25,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings, positive_float
+from cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    fail,
+    invalid_settings,
+    positive_float,
+    script_settings,
+)
 from errors import AudioError, StorageError
 from metadata_document import statistics_of
 from metadata_speech import speech_statistics
 from metadata_tracker import MetadataTracker
-from settings import get_settings
 from storage_layout import wav_files
 
 EXIT_BELOW_TARGET, EXIT_INCONSISTENT = 3, 4
@@ -372,9 +379,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings = get_settings()
-        if args.metadata_file:
-            settings = settings.model_copy(update={"metadata_file": args.metadata_file})
+        settings = script_settings(args.metadata_file)
         tracker = MetadataTracker.from_settings(settings)
         storage_dir = Path(args.storage_dir or settings.audio_storage_dir)
         now = datetime.now(tracker.tz)

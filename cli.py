@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
+
+from settings import Settings, get_settings
 
 # Every script means the same by these; 3 and above are each script's own (see its --help).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -55,3 +58,11 @@ def positive_float(text: str) -> float:
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
     return value
+
+
+def script_settings(metadata_file: Path | None) -> Settings:
+    """The settings a script runs with: the environment's, with its --metadata-file if given."""
+    settings = get_settings()
+    if metadata_file:
+        settings = settings.model_copy(update={"metadata_file": metadata_file})
+    return settings

@@ -16,11 +16,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings
+from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings, script_settings
 from dataset_export import ALL_FORMATS, ExportBusy, export_dataset
 from errors import AudioError
 from metadata_tracker import MetadataTracker
-from settings import get_settings
 from speech_labeller import label_unlabelled
 
 
@@ -68,9 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings = get_settings()
-        if args.metadata_file:
-            settings = settings.model_copy(update={"metadata_file": args.metadata_file})
+        settings = script_settings(args.metadata_file)
         tracker = MetadataTracker.from_settings(settings)
         labelled = label_unlabelled(tracker)
         done = export_dataset(

@@ -49,7 +49,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 import metadata_speech
-from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings
+from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings, script_settings
 from errors import AudioError, MetadataCorrupt, StorageError
 from metadata_document import (
     Entry,
@@ -78,7 +78,7 @@ from metadata_schema import (
     store_info,
 )
 from metadata_speech import LegLabels, StoredConversation
-from settings import Settings, get_settings
+from settings import Settings
 from storage_layout import stored_name
 
 log = logging.getLogger(__name__)
@@ -659,9 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        settings = get_settings()
-        if args.metadata_file:
-            settings = settings.model_copy(update={"metadata_file": args.metadata_file})
+        settings = script_settings(args.metadata_file)
         tracker = MetadataTracker.from_settings(settings)
         if args.export_json:
             done = tracker.export_json(force=True)
