@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from errors import NotAudio, StorageError
 
 TARGET_SAMPLE_RATE = 16000
@@ -150,8 +152,6 @@ def read_wav_info(path: Path) -> WavInfo:
 def same_audio(first: Path, second: Path, tolerance_db: float = 40.0) -> bool:
     """Whether two 16-bit WAVs hold the same audio: their difference at least `tolerance_db`
     below the signal (a mono recording saved as two channels, even through a lossy codec)."""
-    import numpy as np
-
     difference = signal = 0.0
     with wave.open(str(first), "rb") as a, wave.open(str(second), "rb") as b:
         if a.getnframes() != b.getnframes():

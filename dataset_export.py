@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import shutil
+import wave
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +152,8 @@ def _export_one(
     first, second = conversation.legs
     if previous.get(uri) == fingerprint and audio.exists():
         summary.unchanged += 1
-        samples = (audio.stat().st_size - 44) // 2
+        with wave.open(str(audio), "rb") as written:
+            samples = written.getnframes()
     else:
         samples = fmt.write_mix(Path(first.filepath), Path(second.filepath), audio)
         summary.written += 1
