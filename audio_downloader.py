@@ -1,7 +1,8 @@
 """Fetch an audio URL, convert it to 16 kHz mono 16-bit WAV with ffmpeg, store and record it.
 
 Memory stays flat whatever the length: the body is streamed to a temporary file in the storage
-directory, ffmpeg converts file to file in its own process, and the result is hashed in chunks.
+directory while ffmpeg, in its own process, converts it as it arrives (streaming.py), and the
+result is hashed in chunks.
 Every temporary name starts with a dot and carries the writer's pid, so a restarted server can
 tell an abandoned leftover from another worker's file in progress.
 """
@@ -25,14 +26,7 @@ import anyio.to_thread
 import httpx
 
 from conversion_slots import ConversionSlots
-from converter import (
-    all_zero,
-    read_wav_info,
-    resolve_ffmpeg,
-    run_ffmpeg,
-    same_audio,
-    sha256_of,
-)
+from converter import all_zero, read_wav_info, resolve_ffmpeg, same_audio, sha256_of
 from errors import (
     AudioError,
     AudioTooLong,
@@ -52,6 +46,7 @@ from metadata_tracker import MetadataTracker
 from settings import Settings
 from speech_labeller import label_conversation
 from storage_layout import remove_leftovers, stored_name, temporary_stem
+from streaming import Conversion, fetch_and_convert
 from url_policy import UrlPolicy, without_query
 
 log = logging.getLogger(__name__)
@@ -125,6 +120,13 @@ class AudioDownloader:
         self._jobs = asyncio.Semaphore(settings.max_concurrent_jobs)
         self._conversions = ConversionSlots(
             settings.conversion_slots_dir, settings.max_concurrent_conversions
+        )
+        self._conversion = Conversion(
+            ffmpeg=self.ffmpeg,
+            slots=self._conversions,
+            max_seconds=settings.max_audio_hours * 3600,
+            timeout=settings.convert_timeout_seconds,
+            niceness=settings.conversion_niceness,
         )
 
     async def aclose(self) -> None:
@@ -329,15 +331,9 @@ class AudioDownloader:
             self.storage_dir / f"{temporary_stem(conversation_id, label)}.wav" for label in labels
         ]
         try:
-            await self._fetcher.fetch(url, source, self._check_free_space)
-            if source.stat().st_size == 0:
-                raise NotAudio("the body is empty")
-            async with self._conversions.slot():
-                await run_ffmpeg(
-                    self.ffmpeg, source, converted,
-                    max_seconds=self.settings.max_audio_hours * 3600,
-                    timeout=self.settings.convert_timeout_seconds,
-                )  # fmt: skip
+            await fetch_and_convert(
+                self._fetcher, url, source, converted, self._check_free_space, self._conversion
+            )
             source.unlink(missing_ok=True)
             records = await anyio.to_thread.run_sync(
                 self._describe_and_record, conversation_id, labels, converted, url, agent_id

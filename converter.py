@@ -11,7 +11,7 @@ import shutil
 import signal
 import subprocess
 import wave
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +24,7 @@ TARGET_SAMPLE_RATE = 16000
 TARGET_CHANNELS = 1
 HASH_CHUNK_BYTES = 1024 * 1024
 _FFMPEG_ERROR_CHARS = 400
+_STDERR_KEEP_BYTES = 16384
 
 
 @lru_cache(maxsize=8)
@@ -64,11 +65,16 @@ async def run_ffmpeg(
     target: Path | Sequence[Path],
     max_seconds: float,
     timeout: float,
+    feed: AsyncIterator[bytes] | None = None,
+    niceness: int = 0,
 ) -> None:
     """Convert `source` to 16 kHz mono s16le WAV; the only place ffmpeg runs.
 
     Given one target, every channel is mixed into it; given two, the first and second channel
-    of the first audio stream go to one each (one decode for both).
+    of the first audio stream go to one each (one decode for both). With `feed`, ffmpeg reads
+    its input from a pipe as `feed` yields it (a download in progress) instead of from
+    `source`; time spent waiting for `feed` does not count against `timeout`. An error raised
+    by `feed` stops ffmpeg and propagates.
     """
     targets = [target] if isinstance(target, Path) else list(target)
     encode = [
@@ -78,7 +84,10 @@ async def run_ffmpeg(
         "-t", f"{max_seconds + 1:.3f}",
         "-fflags", "+bitexact", "-flags:a", "+bitexact", "-f", "wav",
     ]  # fmt: skip
-    args = [binary, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", f"file:{source}"]
+    given = "pipe:0" if feed is not None else f"file:{source}"
+    args = [binary, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", given]
+    if feed is not None:
+        args.remove("-nostdin")  # stdin is the input
     if len(targets) == 1:
         args += ["-map", "0:a:0", "-ac", str(TARGET_CHANNELS), *encode, f"file:{targets[0]}"]
     elif len(targets) == 2:
@@ -89,28 +98,84 @@ async def run_ffmpeg(
         raise ValueError("one target, or two for the channels of a stereo file")
     proc = await asyncio.create_subprocess_exec(
         *_dying_with_parent(), *args,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.PIPE if feed is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # its own process group, so a timeout kills everything it spawned
+        # A process group of its own (so a timeout kills everything it spawned) but not a
+        # session of its own: a new session is a new scheduling group, which would get as much
+        # CPU as the whole server and starve it of time to answer.
+        process_group=0,
     )  # fmt: skip
+    _lower_priority(proc.pid, niceness)
+    assert proc.stderr is not None
+    complaints = asyncio.ensure_future(_tail(proc.stderr))
     try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), timeout)
+        async with asyncio.timeout(timeout) as limit:
+            if feed is not None:
+                await _feed(proc, feed, limit)
+            await proc.wait()
+        stderr = await complaints
     except BaseException:
-        # Timeout, cancellation (client gone, shutdown): never leave ffmpeg running.
+        # Timeout, a failed download, cancellation (client gone, shutdown): never leave ffmpeg
+        # running.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             await asyncio.shield(proc.wait())
+        complaints.cancel()
         raise
     if proc.returncode != 0:
         raise NotAudio(f"ffmpeg could not decode it: {_ffmpeg_reason(stderr, source)}")
 
 
+async def _feed(
+    proc: asyncio.subprocess.Process, chunks: AsyncIterator[bytes], limit: asyncio.Timeout
+) -> None:
+    """Pipe `chunks` into ffmpeg; time spent waiting for the download does not count against
+    its conversion timeout."""
+    stdin = proc.stdin
+    assert stdin is not None
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            asked = loop.time()
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            when = limit.when()
+            if when is not None:
+                limit.reschedule(when + loop.time() - asked)
+            stdin.write(chunk)
+            await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # ffmpeg stopped reading (it failed, or reached -t); its exit status says which
+    finally:
+        stdin.close()
+
+
+async def _tail(stream: asyncio.StreamReader) -> bytes:
+    """What ffmpeg said, keeping only the end of it (a damaged file can fill megabytes)."""
+    kept = b""
+    while chunk := await stream.read(65536):
+        kept = (kept + chunk)[-_STDERR_KEEP_BYTES:]
+    return kept
+
+
+def _lower_priority(pid: int, niceness: int) -> None:
+    """Set ffmpeg's niceness from the server, after it started: nothing runs in the child
+    between fork and exec."""
+    if niceness > 0:
+        with contextlib.suppress(OSError):  # it may have exited already
+            os.setpriority(os.PRIO_PROCESS, pid, niceness)
+
+
 def _ffmpeg_reason(stderr: bytes, source: Path) -> str:
     """ffmpeg's last complaint, without the internal temporary file name."""
     lines = [
-        line.replace(f"file:{source}", "<download>").replace(str(source), "<download>")
+        line.replace(f"file:{source}", "<download>")
+        .replace(str(source), "<download>")
+        .replace("pipe:0", "<download>")
         for line in stderr.decode("utf-8", "replace").splitlines()
         if line.strip()
     ]
@@ -185,3 +250,25 @@ def sha256_of(path: Path) -> str:
         while chunk := handle.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def needs_whole_file(head: bytes) -> bool:
+    """Whether a file starting with `head` cannot be decoded from a pipe: an MP4/M4A/MOV whose
+    index (`moov`) comes after the audio (`mdat`), where ffmpeg must seek back. Undecided
+    (the boxes run past `head`) counts as needing it."""
+    if head[4:8] != b"ftyp":
+        return False
+    offset = 0
+    while offset + 8 <= len(head):
+        size = int.from_bytes(head[offset : offset + 4], "big")
+        kind = head[offset + 4 : offset + 8]
+        if kind == b"moov":
+            return False
+        if kind == b"mdat":
+            return True
+        if size == 1 and offset + 16 <= len(head):
+            size = int.from_bytes(head[offset + 8 : offset + 16], "big")
+        if size < 8:
+            return True
+        offset += size
+    return True

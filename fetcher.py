@@ -1,25 +1,30 @@
-"""Streaming one URL to a file: timeouts, size limits, and retries of transient failures."""
+"""Streaming one URL to a file: timeouts, size and rate limits, retries that resume."""
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import random
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from errors import AudioError, SourceError, SourceTimeout, TooLarge
+from growing_file import GrowingFile
 from metadata_schema import MB
 from settings import Settings
 from url_policy import GuardedTransport, UrlPolicy
 
-CHUNK_BYTES = 1024 * 1024
 MAX_REDIRECTS = 5
+RATE_COALESCE_SECONDS = 0.25
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class _Transient(Exception):
@@ -59,11 +64,11 @@ class _SizeGuard:
     def __init__(self, url: str, limit: int) -> None:
         self.url, self.limit, self.seen = url, limit, 0
 
-    def check_declared(self, declared: str | None) -> int:
-        """The declared body size (0 when unknown); TooLarge when over the limit."""
+    def check_declared(self, declared: str | None, offset: int = 0) -> int:
+        """The declared body size (0 when unknown); TooLarge when it would end past the limit."""
         size = int(declared) if declared and declared.isdigit() else 0
-        if size > self.limit:
-            raise TooLarge(self._message(size, "declares"))
+        if offset + size > self.limit:
+            raise TooLarge(self._message(offset + size, "declares"))
         return size
 
     def add(self, count: int) -> None:
@@ -76,6 +81,63 @@ class _SizeGuard:
             f"{self.url} {verb} {size / MB:.1f} MB, over the limit of "
             f"MAX_DOWNLOAD_MB={self.limit / MB:g}"
         )
+
+
+class RateMeter:
+    """Fails a transfer that averages under `limit` bytes/s over any `window` seconds, as curl's
+    --speed-limit/--speed-time do: `deadline()` is when that happens if no more bytes arrive."""
+
+    def __init__(self, limit: float, window: float, now: float) -> None:
+        self.limit, self.window, self.start = limit, window, now
+        self.total = 0
+        # (arrival time, bytes so far) with the bytes increasing; one sample per COALESCE s.
+        self._times: list[float] = [now]
+        self._totals: list[int] = [0]
+
+    def add(self, count: int, now: float) -> None:
+        self.total += count
+        if now - self._times[-1] < RATE_COALESCE_SECONDS:
+            self._totals[-1] = self.total
+        else:
+            self._times.append(now)
+            self._totals.append(self.total)
+        # Samples older than the window never decide a future deadline: keep one as a floor.
+        drop = bisect.bisect_right(self._times, now - self.window) - 1
+        if drop > 64:
+            del self._times[:drop], self._totals[:drop]
+
+    def deadline(self) -> float:
+        # The window ending at t holds total - total(t - window) bytes: too few once the
+        # first sample above `total - limit * window` falls out of it.
+        first = bisect.bisect_right(self._totals, self.total - self.limit * self.window)
+        if first >= len(self._times):  # cannot happen while limit > 0; be safe anyway
+            first = len(self._times) - 1
+        return max(self.start, self._times[first]) + self.window
+
+
+@dataclass
+class _Resume:
+    """What a retry needs to continue where the last attempt stopped."""
+
+    validator: str | None = None  # strong ETag or Last-Modified of the first answer
+    accepts_ranges: bool = False
+    total: int | None = None
+
+    def learn(self, response: httpx.Response) -> None:
+        headers = response.headers
+        etag = headers.get("etag")
+        strong = etag if etag and not etag.startswith("W/") else None
+        self.validator = strong or headers.get("last-modified")
+        self.accepts_ranges = "bytes" in headers.get("accept-ranges", "").lower()
+        length = headers.get("content-length")
+        self.total = int(length) if length and length.isdigit() else None
+        if headers.get("content-encoding", "identity").lower() != "identity":
+            self.accepts_ranges = False  # offsets would count decoded bytes
+
+    def request_headers(self, offset: int) -> dict[str, str]:
+        if offset <= 0 or not self.accepts_ranges or not self.validator:
+            return {}
+        return {"Range": f"bytes={offset}-", "If-Range": self.validator}
 
 
 class Fetcher:
@@ -91,17 +153,25 @@ class Fetcher:
             timeout=httpx.Timeout(settings.download_timeout_seconds),
             follow_redirects=True,
             max_redirects=MAX_REDIRECTS,
-            headers={"User-Agent": "diarization-audio-downloader/1.0"},
+            # identity: byte offsets of a resumed download mean the same thing on both sides.
+            headers={
+                "User-Agent": "diarization-audio-downloader/1.0",
+                "Accept-Encoding": "identity",
+            },
             trust_env=False,  # a proxy from the environment would bypass the address checks
         )
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def fetch(self, url: str, target: Path, check_space: Callable[[int], None]) -> None:
-        """Stream `url` into `target`, retrying transient failures with backoff.
+    async def fetch(
+        self, url: str, target: GrowingFile, check_space: Callable[[int], None]
+    ) -> None:
+        """Stream `url` into `target`, retrying transient failures with backoff; a retry
+        continues where the last attempt stopped when the source can resume.
 
         `check_space` is called with the declared body size before the body is read.
+        `target` always ends finished: complete, or with the error this raises.
         """
         settings = self.settings
         retrying = AsyncRetrying(
@@ -112,24 +182,69 @@ class Fetcher:
             ),
             reraise=True,
         )
+        resume = _Resume()
         try:
-            async for attempt in retrying:
-                with attempt:
-                    await self._fetch_once(url, target, check_space)
+            with open(target.path, "wb") as handle:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._fetch_once(url, handle, target, resume, check_space)
         except _Transient as exc:
+            target.finish(exc.final)
             raise exc.final from exc
+        except BaseException as exc:
+            target.finish(exc)
+            raise
+        target.finish()
 
-    async def _fetch_once(self, url: str, target: Path, check_space: Callable[[int], None]) -> None:
-        guard = _SizeGuard(url, self.settings.max_download_bytes)
-        deadline = self.settings.download_deadline_seconds
+    async def _fetch_once(
+        self,
+        url: str,
+        handle: BinaryIO,
+        target: GrowingFile,
+        resume: _Resume,
+        check_space: Callable[[int], None],
+    ) -> None:
+        settings = self.settings
+        guard = _SizeGuard(url, settings.max_download_bytes)
+        deadline = settings.download_deadline_seconds
+        loop = asyncio.get_running_loop()
+        rate = settings.min_download_rate_kb * 1024
+        window = settings.min_download_rate_window_seconds
+        meter = RateMeter(rate, window, loop.time()) if rate > 0 else None
         try:
-            async with asyncio.timeout(deadline):
-                async with self._client.stream("GET", url) as response:
+            async with asyncio.timeout(deadline), asyncio.timeout(None) as too_slow:
+                if meter is not None:
+                    too_slow.reschedule(meter.deadline())
+                headers = resume.request_headers(target.written)
+                async with self._client.stream("GET", url, headers=headers) as response:
+                    if headers and response.status_code == 416:
+                        resume.accepts_ranges = False  # start over on the next attempt
+                        raise _Transient(SourceError(f"{url} refused to resume (HTTP 416)"))
                     _check_status(url, response)
-                    declared = guard.check_declared(response.headers.get("content-length"))
+                    offset = _continue_at(response, target.written) if headers else 0
+                    if offset == 0:
+                        resume.learn(response)
+                        if target.written:
+                            target.restart()
+                    handle.seek(offset)
+                    handle.truncate()
+                    guard.seen = offset
+                    declared = guard.check_declared(response.headers.get("content-length"), offset)
                     check_space(declared)
-                    await _write_body(response.aiter_bytes(CHUNK_BYTES), target, guard)
+                    async for chunk in response.aiter_bytes():
+                        guard.add(len(chunk))
+                        handle.write(chunk)
+                        handle.flush()
+                        target.advance(len(chunk))
+                        if meter is not None:
+                            meter.add(len(chunk), loop.time())
+                            too_slow.reschedule(meter.deadline())
         except TimeoutError as exc:
+            if meter is not None and too_slow.expired():
+                raise SourceTimeout(
+                    f"{url} sent less than MIN_DOWNLOAD_RATE_KB={settings.min_download_rate_kb:g} "
+                    f"KB/s over {window:g} s; gave up"
+                ) from exc
             raise _Transient(SourceTimeout(f"{url} did not finish within {deadline:g} s")) from exc
         except httpx.TimeoutException as exc:
             raise _Transient(
@@ -145,6 +260,17 @@ class Fetcher:
             ) from exc
 
 
+def _continue_at(response: httpx.Response, offset: int) -> int:
+    """Where a ranged answer's body starts: `offset` for a 206 that continues there, 0 for a
+    source that sent the whole file instead (a 200: it ignored the range or the file changed)."""
+    if response.status_code != 206:
+        return 0
+    found = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+    if found is None or int(found.group(1)) != offset:
+        raise _Transient(SourceError(f"{response.url} answered a range it was not asked for"))
+    return offset
+
+
 def _check_status(url: str, response: httpx.Response) -> None:
     status = response.status_code
     if status < 400:
@@ -154,12 +280,3 @@ def _check_status(url: str, response: httpx.Response) -> None:
         retry_after = _retry_after_seconds(response.headers.get("retry-after"))
         raise _Transient(error, retry_after)
     raise error
-
-
-async def _write_body(chunks: AsyncIterator[bytes], target: Path, guard: _SizeGuard) -> None:
-    # Writes of one chunk land in the page cache in microseconds; a thread hop per chunk
-    # would cost more than it saves.
-    with open(target, "wb") as handle:
-        async for chunk in chunks:
-            guard.add(len(chunk))
-            handle.write(chunk)

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     download_retries: int = Field(default=3, ge=0, le=20)
     download_retry_backoff_seconds: float = Field(default=1.0, ge=0)
     download_retry_max_wait_seconds: float = Field(default=60, ge=0)
+    # A source averaging under this rate over the window fails with 504 (0 turns it off).
+    min_download_rate_kb: float = Field(default=10, ge=0)
+    min_download_rate_window_seconds: float = Field(default=30, gt=0)
+    # Signed URLs: stored, logged and answered without their query string unless this is set.
+    keep_url_query: bool = False
 
     # Converting.
     ffmpeg_binary: str | None = None
@@ -58,6 +63,10 @@ class Settings(BaseSettings):
     max_concurrent_conversions: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     conversion_slots_dir: Path = Path(tempfile.gettempdir()) / "diarization-conversion-slots"
     job_queue_timeout_seconds: float = Field(default=300, ge=0)
+    # ffmpeg runs this much nicer than the server, so requests are answered under load.
+    conversion_niceness: int = Field(default=10, ge=0, le=19)
+    # On SIGTERM, jobs in flight get this long to finish; the rest are cancelled with 503.
+    shutdown_grace_seconds: float = Field(default=20, ge=0)
     # Who spoke when: each stored leg's speech turns, found as soon as it is recorded.
     label_speech: bool = True
     min_free_disk_mb: float = Field(default=1024, ge=0)

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import json
 import random
+import re
 import socket
 import socketserver
 import sys
@@ -47,6 +48,8 @@ HTML_BODY = (
 )
 
 _REDIRECT_CODES = {301, 302, 303, 307, 308}
+_RESUME_MODES = {"honours", "ignores", "changes"}
+_RANGE = re.compile(r"bytes=(\d+)-")
 _DISCONNECT_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF, errno.ESHUTDOWN}
 
 
@@ -188,6 +191,10 @@ class _Handler(BaseHTTPRequestHandler):
             case ["lying-length", "huge", declared, *name] if name:
                 self._serve_file(self._file(name), declared=_int(declared, "length"))
                 self.close_connection = True
+            case ["resumable", mode, *name] if name and mode in _RESUME_MODES:
+                self._resumable(self._file(name), mode, hit)
+            case ["throttled", rate, *name] if name:
+                self._throttled(self._file(name), _int(rate, "rate"))
             case ["endless"]:
                 self._endless()
             case ["big", size]:
@@ -323,6 +330,58 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 self.wfile.write(byte)
 
+    def _resumable(self, path: Path, mode: str, hit: int) -> None:
+        """A source that advertises ranges. Its first answer stops after ?drop= of the body
+        (default half) as a dropped connection would; later ones honour `Range` + `If-Range`
+        ("honours"), ignore the range and send everything ("ignores"), or carry a new ETag
+        so the range no longer applies ("changes")."""
+        size = path.stat().st_size
+        etag = f'"v{hit}"' if mode == "changes" else '"v1"'
+        self.owner._note_request(self.path, dict(self.headers.items()))
+        start, status = 0, 200
+        wanted = _RANGE.fullmatch(self.headers.get("Range", ""))
+        if wanted and mode == "honours" and self.headers.get("If-Range") == etag:
+            start, status = int(wanted.group(1)), 206
+        headers = {"Accept-Ranges": "bytes", "ETag": etag}
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+        content_type = _CONTENT_TYPES.get(path.suffix.lower(), _DEFAULT_CONTENT_TYPE)
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(size - start))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.head_only:
+            return
+        count = size - start
+        if hit == 1:
+            count = int(size * _float(self.query.get("drop", "0.5"), "drop"))
+            self.close_connection = True  # cut mid-body, with no word of it beforehand
+        with path.open("rb") as f:
+            f.seek(start)
+            self._send_file_counted(f, start, count)
+
+    def _throttled(self, path: Path, rate: int) -> None:
+        """The file at about `rate` bytes per second, in 50 ms slices."""
+        size = path.stat().st_size
+        content_type = _CONTENT_TYPES.get(path.suffix.lower(), _DEFAULT_CONTENT_TYPE)
+        self._start(200, self._content_type(content_type), size)
+        if self.head_only:
+            return
+        piece = max(1, int(rate * 0.05))
+        with path.open("rb") as f:
+            while data := f.read(piece):
+                if not self._pause(0.05):
+                    return
+                self.wfile.write(data)
+                self.owner._count_bytes(self.path.split("?")[0], len(data))
+
+    def _send_file_counted(self, f: BinaryIO, offset: int, count: int) -> None:
+        if count > 0:
+            self.connection.sendfile(f, offset, count)
+            self.owner._count_bytes(self.path.split("?")[0], count)
+
     def _endless(self) -> None:
         # Audio type by default so a downloader that checks Content-Type still starts reading
         # and the test reaches its size or time limit.
@@ -382,7 +441,8 @@ class SourceServer:
     /slow/<seconds>/<name>, /trickle/<interval>/<name>, /truncated/<name>,
     /lying-length/short/<name>, /lying-length/huge/<bytes>/<name>, /endless, /big/<bytes>,
     /html, /random/<bytes>, /empty, /redirect/<n>/<name>, /redirect-loop,
-    /redirect-to?location=<url>; anything else is 404. Query options: ?content_type= on every
+    /redirect-to?location=<url>, /resumable/<honours|ignores|changes>/<name>,
+    /throttled/<bytes per second>/<name>; anything else is 404. Query options: ?content_type= on every
     body-carrying route, ?retry_after= on /status and /flaky, ?status= on /flaky and
     /redirect-to, ?seed= on /random, ?length= on /lying-length/short.
     """
@@ -391,6 +451,10 @@ class SourceServer:
         self.root = Path(root).resolve()
         #: Requests per request path (query string excluded), HEAD included.
         self.hits: collections.Counter[str] = collections.Counter()
+        #: Body bytes sent per request path by /resumable/ and /throttled/.
+        self.bytes_sent: collections.Counter[str] = collections.Counter()
+        #: (path with query, request headers) of every /resumable/ request, in order.
+        self.requests: list[tuple[str, dict[str, str]]] = []
         #: Unexpected exceptions raised in handlers (client disconnects are not errors).
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
@@ -472,6 +536,8 @@ class SourceServer:
         """Forget all hits, which also re-arms every /flaky/ path."""
         with self._lock:
             self.hits.clear()
+            self.bytes_sent.clear()
+            self.requests.clear()
 
     def wait_for_hits(self, path: str, count: int = 1, timeout: float = 30) -> bool:
         """Block until `path` has had at least `count` requests; False if `timeout` ran out.
@@ -487,6 +553,14 @@ class SourceServer:
             self.hits[path] += 1
             self._hit.notify_all()
             return self.hits[path]
+
+    def _count_bytes(self, path: str, count: int) -> None:
+        with self._lock:
+            self.bytes_sent[path] += count
+
+    def _note_request(self, path: str, headers: dict[str, str]) -> None:
+        with self._lock:
+            self.requests.append((path, headers))
 
     def _track(self, conn: socket.socket) -> None:
         with self._lock:
