@@ -442,9 +442,10 @@ class SourceServer:
     /lying-length/short/<name>, /lying-length/huge/<bytes>/<name>, /endless, /big/<bytes>,
     /html, /random/<bytes>, /empty, /redirect/<n>/<name>, /redirect-loop,
     /redirect-to?location=<url>, /resumable/<honours|ignores|changes>/<name>,
-    /throttled/<bytes per second>/<name>; anything else is 404. Query options: ?content_type= on every
-    body-carrying route, ?retry_after= on /status and /flaky, ?status= on /flaky and
-    /redirect-to, ?seed= on /random, ?length= on /lying-length/short.
+    /throttled/<bytes per second>/<name>; anything else is 404. Query options: ?content_type=
+    on every body-carrying route, ?retry_after= on /status and /flaky, ?status= on /flaky and
+    /redirect-to, ?seed= on /random, ?length= on /lying-length/short, ?drop= (share of the
+    body sent before the first answer breaks off) on /resumable.
     """
 
     def __init__(self, root: Path) -> None:
