@@ -44,10 +44,11 @@ from fetcher import Fetcher
 from metadata_schema import MB, StoredFile
 from metadata_tracker import MetadataTracker
 from settings import Settings
-from speech_labeller import label_conversation
+from speech_labeller import LabelWorker
 from storage_layout import remove_leftovers, stored_name, temporary_stem
 from streaming import Conversion, fetch_and_convert
-from url_policy import UrlPolicy, without_query
+from url_policy import UrlPolicy
+from url_secrets import scrub, shown, source_sha256
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,17 @@ class AudioDownloader:
             niceness=settings.conversion_niceness,
         )
 
+        self._labeller = LabelWorker(settings) if settings.label_speech else None
+
+    async def start(self) -> None:
+        """Everything a job needs that takes time to start: the labelling process."""
+        if self._labeller is not None:
+            await anyio.to_thread.run_sync(self._labeller.start)
+
     async def aclose(self) -> None:
         await self._fetcher.aclose()
+        if self._labeller is not None:
+            await anyio.to_thread.run_sync(self._labeller.close)
 
     def prepare_storage(self) -> int:
         """Create the storage directory and remove leftovers of dead processes; returns count."""
@@ -214,12 +224,11 @@ class AudioDownloader:
     def _record_failure(
         self, conversation_id: str, speaker_label: str, url: str, exc: AudioError
     ) -> None:
-        public = without_query(url)
         try:
-            self.tracker.record_failure(conversation_id, speaker_label, public, exc.code,
-                                        exc.message.replace(url, public))  # fmt: skip
+            self.tracker.record_failure(conversation_id, speaker_label, shown(url), exc.code,
+                                        scrub(exc.message))  # fmt: skip
         except AudioError as problem:  # the answer is the download's error, not this one
-            log.error("cannot record the failure of %s: %s", public, problem.message)
+            log.error("cannot record the failure of %s: %s", shown(url), problem.message)
 
     async def download_many(
         self,
@@ -310,9 +319,14 @@ class AudioDownloader:
         if not intact:
             log.warning("stored file %s is missing or changed; downloading it again", path)
             return None
-        if record.url != url:
+        if (record.source_sha256 or source_sha256(record.url)) != source_sha256(url):
+            elsewhere = (
+                "another URL at the same address (a different query string)"
+                if shown(record.url) == shown(url)
+                else shown(record.url)
+            )
             raise UrlConflict(
-                f"{path.name} is already stored from {record.url}, not {url}; send "
+                f"{path.name} is already stored from {elsewhere}, not {shown(url)}; send "
                 "overwrite=true to replace it"
             )
         return StoredAudio("exists", conversation_id, speaker_label, record)
@@ -334,10 +348,12 @@ class AudioDownloader:
             await fetch_and_convert(
                 self._fetcher, url, source, converted, self._check_free_space, self._conversion
             )
-            source.unlink(missing_ok=True)
             records = await anyio.to_thread.run_sync(
-                self._describe_and_record, conversation_id, labels, converted, url, agent_id
-            )
+                self._describe_and_record, conversation_id, labels, source, converted, url,
+                agent_id,
+            )  # fmt: skip
+            if self._labeller is not None:
+                await self._labeller.label(conversation_id)
         except NotAudio as exc:
             raise NotAudio(f"{url} is not decodable audio: {exc.message}") from exc
         except TimeoutError as exc:
@@ -360,11 +376,13 @@ class AudioDownloader:
         self,
         conversation_id: str,
         labels: Sequence[str],
+        source: Path,
         converted: Sequence[Path],
         url: str,
         agent_id: str | None,
     ) -> list[StoredFile]:
         """Read the converted files back, then publish and record each with its transaction."""
+        source.unlink(missing_ok=True)  # a large file can take a while to free: not in the loop
         finals = [self.target_path(conversation_id, label) for label in labels]
         records = [self._describe(c, f, url) for c, f in zip(converted, finals, strict=True)]
         if len(converted) == 2 and any(all_zero(path) for path in converted):
@@ -382,16 +400,7 @@ class AudioDownloader:
                 conversation_id, label, record, functools.partial(os.replace, temporary, final),
                 agent_id,
             )  # fmt: skip
-        if self.settings.label_speech:
-            self._label(conversation_id)
         return records
-
-    def _label(self, conversation_id: str) -> None:
-        """Label the conversation's legs; a failure leaves them unlabelled, never the file lost."""
-        try:
-            label_conversation(self.tracker, conversation_id)
-        except Exception:  # the file is stored; `--label` in metadata_tracker.py retries later
-            log.exception("conversation=%s could not be labelled", conversation_id)
 
     def _describe(self, converted: Path, final: Path, url: str) -> StoredFile:
         info = read_wav_info(converted)
@@ -404,7 +413,8 @@ class AudioDownloader:
             )
         return StoredFile(
             filepath=str(final),
-            url=url,
+            url=url if self.settings.store_url_query else shown(url),
+            source_sha256=source_sha256(url),
             file_size_bytes=converted.stat().st_size,
             duration_seconds=info.duration_seconds,
             sample_rate=info.sample_rate,

@@ -1,4 +1,5 @@
-"""Logging set-up: console plus a rotating file, timestamps in LOG_TIMEZONE with the offset."""
+"""Logging set-up: console plus a rotating file, timestamps in LOG_TIMEZONE with the offset, and
+no URL query strings (signed URLs' secrets) in any line."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from zoneinfo import ZoneInfo
 from concurrent_log_handler import ConcurrentRotatingFileHandler
 
 from settings import Settings
+from url_secrets import scrub
 
 LOG_FILENAME = "audio_downloader.log"
 MAX_BYTES = 5 * 1024 * 1024
@@ -25,6 +27,10 @@ class ZonedFormatter(logging.Formatter):
     def __init__(self, fmt: str, tz: ZoneInfo) -> None:
         super().__init__(fmt)
         self.tz = tz
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Source URLs appear in messages and tracebacks; their query strings never do.
+        return scrub(super().format(record))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         moment = datetime.fromtimestamp(record.created, self.tz)

@@ -21,6 +21,7 @@ from logger import setup_logging
 from metadata_tracker import JsonExporter, MetadataTracker
 from routes import VERSION, Services, protected_router, public_router
 from settings import Settings, get_settings
+from url_secrets import scrub
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         downloader = AudioDownloader(active, tracker)
         downloader.prepare_storage()
+        await downloader.start()
         version = await anyio.to_thread.run_sync(ffmpeg_version, downloader.ffmpeg)
         exporter = JsonExporter(tracker, active.metadata_export_seconds)
         exporter.start()
@@ -123,8 +125,9 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _answer(exc: errors.AudioError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.Busy) else None
+    # Messages name source URLs; their query strings (signatures, tokens) stay out.
     return JSONResponse(
-        {"detail": exc.message, "error": exc.code}, status_code=exc.status, headers=headers
+        {"detail": scrub(exc.message), "error": exc.code}, status_code=exc.status, headers=headers
     )
 
 

@@ -54,10 +54,11 @@ from sqlalchemy import (
 )
 
 from errors import MetadataCorrupt
+from url_secrets import source_sha256
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MB = 1024 * 1024
 NAME_LENGTH = 128  # conversation ids and speaker labels (api_models.NAME_PATTERN)
 STAMP_LENGTH = 40  # ISO 8601 with microseconds and offset fits in 32
@@ -92,6 +93,7 @@ files = Table(
     Column("speaker_label", String(NAME_LENGTH), primary_key=True),
     Column("filepath", Text, nullable=False),
     Column("url", Text, nullable=False),
+    Column("source_sha256", String(64)),
     Column("file_size_bytes", BigInteger, nullable=False),
     Column("duration_seconds", Float, nullable=False),
     Column("sample_rate", Integer, nullable=False),
@@ -172,8 +174,22 @@ def _add_speech(conn: Connection) -> None:
     metadata.create_all(conn, tables=[labellers, speech, conversation_flags])
 
 
+def _add_source_hash(conn: Connection) -> None:
+    """Version 2 -> 3: each file's source hash, so a freshly signed link to the same object
+    counts as the same source. URLs already stored are left as they were."""
+    conn.exec_driver_sql("ALTER TABLE files ADD COLUMN source_sha256 VARCHAR(64)")
+    rows = conn.execute(select(files.c.conversation_id, files.c.speaker_label, files.c.url))
+    for conversation_id, speaker_label, url in rows.all():
+        conn.execute(
+            update(files)
+            .where(files.c.conversation_id == conversation_id)
+            .where(files.c.speaker_label == speaker_label)
+            .values(source_sha256=source_sha256(url))
+        )
+
+
 # MIGRATIONS[n] brings a store of version n to version n + 1 inside one write transaction.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_speech}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_speech, 2: _add_source_hash}
 
 
 def create_schema(conn: Connection) -> None:
@@ -249,7 +265,15 @@ class StoredFile(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     filepath: str = Field(description="Where the WAV is stored.")
-    url: str = Field(description="The URL it was downloaded from.")
+    url: str = Field(
+        description="The URL it was downloaded from, without its query string (where signed "
+        "URLs keep their signatures) unless STORE_URL_QUERY is set."
+    )
+    source_sha256: str | None = Field(
+        default=None,
+        description="SHA-256 of the source URL without its signing parameters: the same object "
+        "under a freshly signed URL has the same hash, a different object another.",
+    )
     file_size_bytes: int
     duration_seconds: float = Field(description="Read from the written WAV header.")
     sample_rate: int = Field(description="Always 16000.")

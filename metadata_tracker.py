@@ -80,6 +80,7 @@ from metadata_schema import (
 from metadata_speech import LegLabels, StoredConversation
 from settings import Settings
 from storage_layout import stored_name
+from url_secrets import source_sha256
 
 log = logging.getLogger(__name__)
 
@@ -391,6 +392,8 @@ class MetadataTracker:
 
     def _file_row(self, conversation_id: str, label: str, stored: StoredFile) -> dict[str, Any]:
         row = {name: getattr(stored, name) for name in _FILE_FIELDS}
+        if row["source_sha256"] is None:  # recorded before sources were hashed
+            row["source_sha256"] = source_sha256(stored.url)
         row.update(conversation_id=conversation_id, speaker_label=label,
                    downloaded_epoch=self.epoch(stored.downloaded_at))  # fmt: skip
         return row

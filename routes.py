@@ -34,6 +34,7 @@ from metadata_schema import MB
 from metadata_tracker import MetadataTracker
 from settings import Settings
 from storage_layout import stored_name, wav_files
+from url_secrets import scrub, shown
 
 VERSION = "1.0.0"
 MAX_URL_CHARS = 8192
@@ -320,7 +321,7 @@ def _dual_item(
     if isinstance(outcome, errors.AudioError):
         return DualItemPublic(
             speaker=label, filename=stored_name(conversation_id, label), status="failed",
-            url=url, error=outcome.message, error_code=outcome.code,
+            url=shown(url), error=scrub(outcome.message), error_code=outcome.code,
         )  # fmt: skip
     return DualItemPublic(
         **outcome.file.model_dump(), speaker=label, filename=outcome.filename,

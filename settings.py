@@ -51,8 +51,9 @@ class Settings(BaseSettings):
     # A source averaging under this rate over the window fails with 504 (0 turns it off).
     min_download_rate_kb: float = Field(default=10, ge=0)
     min_download_rate_window_seconds: float = Field(default=30, gt=0)
-    # Signed URLs: stored, logged and answered without their query string unless this is set.
-    keep_url_query: bool = False
+    # Signed URLs: stored without their query string unless this is set (logs and answers
+    # never show query strings).
+    store_url_query: bool = False
 
     # Converting.
     ffmpeg_binary: str | None = None

@@ -1,8 +1,9 @@
 """Label a conversation's stored legs with who spoke when, and keep the labels in the store.
 
-Runs after each file is recorded (in the job's worker thread), and over unlabelled
-conversations on demand. Every leg of the conversation is read from its stored WAV, so the
-second leg of a call, whenever and wherever it arrives, labels both legs together with the
+Runs after each file is recorded, in a process of its own (`LabelWorker`: its numeric work
+would otherwise hold the server's interpreter lock and delay every answer), and over
+unlabelled conversations on demand. Every leg of the conversation is read from its stored WAV,
+so the second leg of a call, whenever and wherever it arrives, labels both legs together with the
 crosstalk between them suppressed. Labels name the file versions they came from; when a file
 changes while it is being labelled, the store refuses the stale labels and the job that
 changed it labels again.
@@ -10,11 +11,17 @@ changed it labels again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from logger import setup_logging
 from metadata_speech import LegLabels
 from metadata_tracker import MetadataTracker
+from settings import Settings
 from speech_activity import (
     DEFAULT_PARAMS,
     VadParams,
@@ -75,3 +82,64 @@ def label_unlabelled(tracker: MetadataTracker, params: VadParams = DEFAULT_PARAM
                 "conversation=%s cannot be labelled: %s is missing", conversation_id, exc.filename
             )
     return done
+
+
+class LabelWorker:
+    """One labelling process per service process, started with the service (`start`).
+
+    The process comes from a fork server that has already imported this module, so starting
+    it costs milliseconds, and it never inherits the server's threads. A failure is logged and
+    leaves the conversation unlabelled (`metadata_tracker.py --label` picks it up later); the
+    stored file is never affected.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["speech_labeller"])
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=context, initializer=_start, initargs=(self._settings,)
+            )
+        return self._pool
+
+    def start(self) -> None:
+        """Start the process and wait until it is ready (blocking: call it from a thread)."""
+        self._executor().submit(_ready).result()
+
+    async def label(self, conversation_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor(), _label, conversation_id)
+        except BrokenProcessPool:
+            log.error("conversation=%s: the labelling process died; it will be restarted",
+                      conversation_id)  # fmt: skip
+            self.close()
+        except Exception:
+            log.exception("conversation=%s could not be labelled", conversation_id)
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_worker_tracker: MetadataTracker | None = None
+
+
+def _start(settings: Settings) -> None:
+    global _worker_tracker
+    setup_logging(settings)
+    _worker_tracker = MetadataTracker.from_settings(settings)
+
+
+def _ready() -> bool:
+    return _worker_tracker is not None
+
+
+def _label(conversation_id: str) -> bool:
+    assert _worker_tracker is not None, "LabelWorker starts every process with _start"
+    return label_conversation(_worker_tracker, conversation_id)

@@ -81,11 +81,6 @@ class UrlPolicy:
         return addresses[0]
 
 
-def without_query(url: str) -> str:
-    """The URL without its query string and fragment, where signed URLs keep their secrets."""
-    return url.split("#", 1)[0].split("?", 1)[0]
-
-
 def _host_matches(host: str, pattern: str) -> bool:
     if pattern.startswith("*."):
         return host.endswith(pattern[1:])

@@ -377,7 +377,7 @@ def test_metadata_file_holds_every_documented_field(
     agent = entry["speakers"]["agent"]
     assert set(agent) == {
         "filepath", "url", "file_size_bytes", "file_size_mb", "duration_seconds",
-        "sample_rate", "channels", "sha256", "downloaded_at",
+        "sample_rate", "channels", "sha256", "downloaded_at", "source_sha256",
     }  # fmt: skip
     assert agent["url"] == source.file_url("mp3.mp3")
     assert agent["file_size_bytes"] == Path(agent["filepath"]).stat().st_size

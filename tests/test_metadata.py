@@ -22,6 +22,7 @@ from main import create_app
 from metadata_schema import StoredFile
 from metadata_tracker import JsonExporter, MetadataTracker, main
 from settings import Settings
+from url_secrets import source_sha256
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -217,6 +218,9 @@ def test_first_start_imports_the_json_document_intact(
     imported = everything(make_tracker(tmp_path, backend))
     assert list(imported) == list(old)
     for cid, entry in old.items():
+        # Each file gains the hash that tells its source apart, computed from its URL.
+        for stored in imported[cid]["speakers"].values():
+            assert stored.pop("source_sha256") == source_sha256(stored["url"])
         assert imported[cid] == entry, cid
     conversations, seconds, size = recount(old)
     assert stats["summary"]["total_conversations"] == conversations
@@ -229,6 +233,9 @@ def test_first_start_imports_the_json_document_intact(
     assert (tmp_path / "conversations_metadata.json.v1").read_bytes() == raw
     exported = json.loads(Path(settings.metadata_file).read_text())
     assert exported["schema_version"] == 2 and "recent_changes" not in exported
+    for entry in exported["conversations"].values():
+        for stored in entry["speakers"].values():
+            assert stored.pop("source_sha256") == source_sha256(stored["url"])
     assert exported["conversations"] == old
 
 

@@ -109,21 +109,26 @@ def _piped_ffmpeg_running(storage: Path) -> bool:
     return False
 
 
-def _watch_for_piped_ffmpeg(storage: Path, source: SourceServer, path: str, size: int) -> dict:
+class _PipeWatch:
     """Polls, until the source has sent everything, for an ffmpeg reading a pipe."""
-    seen: dict[str, object] = {"piped_before_end": False}
 
-    def watch() -> None:
+    def __init__(self, storage: Path, source: SourceServer, path: str, size: int) -> None:
+        self.piped_before_end = False
+        self._thread = threading.Thread(
+            target=self._watch, args=(storage, source, path, size), daemon=True
+        )
+        self._thread.start()
+
+    def _watch(self, storage: Path, source: SourceServer, path: str, size: int) -> None:
         deadline = time.monotonic() + 60
         while source.bytes_sent[path] < size and time.monotonic() < deadline:
             if _piped_ffmpeg_running(storage):
-                seen["piped_before_end"] = source.bytes_sent[path] < size
+                self.piped_before_end = source.bytes_sent[path] < size
                 return
             time.sleep(0.02)
 
-    seen["thread"] = threading.Thread(target=watch, daemon=True)
-    seen["thread"].start()  # type: ignore[attr-defined]
-    return seen
+    def join(self) -> None:
+        self._thread.join(5)
 
 
 def test_conversion_starts_before_the_download_ends(tmp_path: Path, net: SourceServer) -> None:
@@ -134,10 +139,10 @@ def test_conversion_starts_before_the_download_ends(tmp_path: Path, net: SourceS
     test_client, settings = _client(tmp_path)
     with test_client as client:
         whole = _stored_sha(client, net.file_url("call.mp3"), "whole")
-        seen = _watch_for_piped_ffmpeg(Path(settings.audio_storage_dir), net, path, size)
+        seen = _PipeWatch(Path(settings.audio_storage_dir), net, path, size)
         streamed = _stored_sha(client, net.url(path), "streamed")
-        seen["thread"].join(5)  # type: ignore[attr-defined]
-    assert seen["piped_before_end"] is True
+        seen.join()
+    assert seen.piped_before_end is True
     assert streamed["sha256"] == whole["sha256"]
 
 
@@ -151,10 +156,10 @@ def test_an_mp4_with_its_index_at_the_end_waits_for_the_whole_file(
     path = f"/throttled/{size}/{name}"  # about one second on the wire
     test_client, settings = _client(tmp_path)
     with test_client as client:
-        seen = _watch_for_piped_ffmpeg(Path(settings.audio_storage_dir), net, path, size)
+        seen = _PipeWatch(Path(settings.audio_storage_dir), net, path, size)
         stored = _stored_sha(client, net.url(path), "m4a")
-        seen["thread"].join(5)  # type: ignore[attr-defined]
-    assert seen["piped_before_end"] is piped
+        seen.join()
+    assert seen.piped_before_end is piped
     assert stored["duration_seconds"] == pytest.approx(60.0, abs=0.1)
 
 

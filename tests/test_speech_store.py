@@ -15,6 +15,7 @@ from errors import MetadataCorrupt
 from metadata_schema import SCHEMA_VERSION, StoredFile
 from metadata_speech import LegLabels
 from metadata_tracker import MetadataTracker
+from url_secrets import source_sha256
 
 DATA = Path(__file__).resolve().parent / "data"
 PROVENANCE: dict[str, object] = {"detector": "test", "version": 1}
@@ -157,7 +158,10 @@ def test_a_version_1_store_is_migrated_with_every_row_kept(tmp_path: Path) -> No
     assert len(tracker.unlabelled()) == 40
     tracker.close()
     with sqlite3.connect(path) as db:
-        assert db.execute(query).fetchall() == before
+        after = db.execute(query).fetchall()
+        # Every row kept as it was, plus the hash of its source (version 3).
+        assert [row[:-1] for row in after] == before
+        assert [row[-1] for row in after] == [source_sha256(row[3]) for row in before]
         assert db.execute("select * from failures").fetchall() == failures
         assert db.execute("select schema_version from store_info").fetchone() == (SCHEMA_VERSION,)
 
