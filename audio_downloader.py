@@ -37,6 +37,7 @@ from errors import (
     InvalidInput,
     NotAudio,
     NotStereo,
+    ShuttingDown,
     StorageError,
     UrlConflict,
 )
@@ -131,11 +132,41 @@ class AudioDownloader:
         )
 
         self._labeller = LabelWorker(settings) if settings.label_speech else None
+        # Graceful stop: jobs that may still be cancelled (queued or transferring), and those
+        # the stop cancelled (so their cancellation becomes a ShuttingDown answer).
+        self._stopping = False
+        self._cancellable: set[asyncio.Task[object]] = set()
+        self._stopped: set[asyncio.Task[object]] = set()
 
     async def start(self) -> None:
         """Everything a job needs that takes time to start: the labelling process."""
         if self._labeller is not None:
             await anyio.to_thread.run_sync(self._labeller.start)
+
+    def begin_shutdown(self) -> None:
+        """Take no new jobs; cancel those still transferring after SHUTDOWN_GRACE_SECONDS.
+
+        A job already recording its files finishes: its answer is the stored result.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_grace_seconds
+        log.info("stopping: %d job(s) in flight get %g s to finish", len(self._cancellable), grace)
+        asyncio.get_running_loop().call_later(grace, self._cancel_jobs)
+
+    def _cancel_jobs(self) -> None:
+        if self._cancellable:
+            log.warning("stopping: cancelling %d unfinished job(s)", len(self._cancellable))
+        for task in list(self._cancellable):
+            self._stopped.add(task)
+            task.cancel()
+
+    def _stop_answer(self) -> ShuttingDown:
+        return ShuttingDown(
+            "the service is stopping; nothing was stored, send it again later (or to another "
+            "server)"
+        )
 
     async def aclose(self) -> None:
         await self._fetcher.aclose()
@@ -266,8 +297,24 @@ class AudioDownloader:
         if all(found is not None for found in existing):
             return [found for found in existing if found is not None]
         self._check_free_space(0)
-        async with self._job_slot():
-            return await self._fetch_convert_store(conversation_id, labels, url, agent_id)
+        if self._stopping:
+            raise self._stop_answer()
+        task: asyncio.Task[object] | None = asyncio.current_task()
+        assert task is not None
+        self._cancellable.add(task)
+        try:
+            async with self._job_slot():
+                if self._stopping:
+                    raise self._stop_answer()
+                return await self._fetch_convert_store(conversation_id, labels, url, agent_id)
+        except asyncio.CancelledError:
+            if task not in self._stopped:
+                raise  # the client went away
+            self._stopped.discard(task)
+            task.uncancel()
+            raise self._stop_answer() from None
+        finally:
+            self._cancellable.discard(task)
 
     @contextlib.asynccontextmanager
     async def _job_slot(self) -> AsyncIterator[None]:
@@ -348,6 +395,8 @@ class AudioDownloader:
             await fetch_and_convert(
                 self._fetcher, url, source, converted, self._check_free_space, self._conversion
             )
+            # From here on the job finishes even when the service is stopping.
+            self._cancellable.discard(asyncio.current_task())
             records = await anyio.to_thread.run_sync(
                 self._describe_and_record, conversation_id, labels, source, converted, url,
                 agent_id,

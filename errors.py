@@ -17,6 +17,7 @@ AudioError
 ├── SourceError
 ├── ConversionTimeout
 ├── Busy
+│   └── ShuttingDown
 ├── SourceTimeout
 └── InsufficientStorage
 
@@ -147,6 +148,15 @@ class Busy(AudioError):
     def __init__(self, message: str, retry_after: int = 5, log_detail: str | None = None) -> None:
         super().__init__(message, log_detail)
         self.retry_after = retry_after
+
+
+class ShuttingDown(Busy):
+    code = "shutting_down"
+    status = 503
+    description = (
+        "the service is stopping (SIGTERM) and cancelled this job after SHUTDOWN_GRACE_SECONDS, "
+        "or took no new one; nothing was stored (see Retry-After)"
+    )
 
 
 class SourceTimeout(AudioError):

@@ -17,6 +17,7 @@ import errors
 from api_models import NAME_RULE
 from audio_downloader import AudioDownloader
 from converter import ffmpeg_version
+from graceful import on_termination
 from logger import setup_logging
 from metadata_tracker import JsonExporter, MetadataTracker
 from routes import VERSION, Services, protected_router, public_router
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version = await anyio.to_thread.run_sync(ffmpeg_version, downloader.ffmpeg)
         exporter = JsonExporter(tracker, active.metadata_export_seconds)
         exporter.start()
+        restore_signals = on_termination(downloader.begin_shutdown)
         app.state.services = Services(active, tracker, downloader, version)
         log.info(
             "ready: storage=%s store=%s (%d conversations) export=%s ffmpeg=%s (%s)",
@@ -55,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            restore_signals()
             await downloader.aclose()
             await anyio.to_thread.run_sync(exporter.stop)
             tracker.close()

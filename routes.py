@@ -60,7 +60,7 @@ METADATA_ERRORS = (errors.StorageError, errors.MetadataCorrupt)
 DOWNLOAD_ERROR_CLASSES = (
     errors.InvalidInput, errors.UrlRefused, errors.UrlConflict, errors.TooLarge, errors.NotAudio,
     errors.AudioTooLong, *METADATA_ERRORS, errors.SourceError, errors.ConversionTimeout,
-    errors.Busy, errors.SourceTimeout, errors.InsufficientStorage,
+    errors.Busy, errors.ShuttingDown, errors.SourceTimeout, errors.InsufficientStorage,
 )  # fmt: skip
 DOWNLOAD_ERRORS = error_responses(*DOWNLOAD_ERROR_CLASSES)
 

@@ -18,8 +18,13 @@ import httpx
 import errors
 from settings import Settings
 
+
+def _descendants(cls: type[errors.AudioError]) -> list[type[errors.AudioError]]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_descendants(sub))]
+
+
 _ERRORS_BY_CODE: dict[str, type[errors.AudioError]] = {
-    cls.code: cls for cls in errors.AudioError.__subclasses__()
+    cls.code: cls for cls in _descendants(errors.AudioError)
 }
 _HINT = "is it running? Start it with `make run`, or pass --server"
 PROBE_TIMEOUT_SECONDS = 10.0
@@ -144,9 +149,9 @@ class ServiceClient:
             return body
         if isinstance(body, dict) and isinstance(body.get("detail"), str) and "error" in body:
             error_class = _ERRORS_BY_CODE.get(str(body["error"]), errors.AudioError)
-            if error_class is errors.Busy:
+            if issubclass(error_class, errors.Busy):
                 retry_after = response.headers.get("retry-after", "")
-                raise errors.Busy(body["detail"], int(retry_after) if retry_after.isdigit() else 5)
+                raise error_class(body["detail"], int(retry_after) if retry_after.isdigit() else 5)
             raise error_class(body["detail"])
         raise ServiceUnreachable(
             f"{self.base_url}{path} answered HTTP {response.status_code} without the service's "

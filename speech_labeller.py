@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -99,8 +100,14 @@ class LabelWorker:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            # The fork server imports its preloads before it applies the service's import path,
+            # so it is told where this module lives (the service may run from another folder).
+            here = str(Path(__file__).resolve().parent)
+            paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            if here not in paths:
+                os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["speech_labeller"])
+            context.set_forkserver_preload(["labeller_process", "speech_labeller"])
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=context, initializer=_start, initargs=(self._settings,)
             )

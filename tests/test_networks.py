@@ -3,21 +3,26 @@ up on sources that trickle, each against a real local server that misbehaves tha
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from audio_factory import ffmpeg_exe, make_long_mp3
-from conftest import make_settings
+from conftest import ServerProcess, make_settings, recorded_conversations
 from fastapi.testclient import TestClient
 from source_server import SourceServer
 from test_errors import assert_nothing_stored, post_single
 
 from fetcher import RateMeter
 from main import create_app
+from metadata_tracker import MetadataTracker
 from settings import Settings
 
 MINUTES = 3
@@ -220,3 +225,53 @@ def test_rate_meter_deadline_follows_the_window() -> None:
     assert meter.deadline() == 11.0
     meter.add(5000, now=20.0)  # a burst keeps it alive until t=30
     assert meter.deadline() == 30.0
+
+
+# Stopping -----------------------------------------------------------------------------------
+
+
+def test_sigterm_finishes_short_jobs_and_cancels_long_ones_with_503(
+    tmp_path: Path, net: SourceServer
+) -> None:
+    """SIGTERM to the server's process group (as systemd sends it) while two jobs run: the one
+    that ends within SHUTDOWN_GRACE_SECONDS is stored and answered 200; the one that cannot is
+    cancelled and answered 503 with Retry-After; then the server exits with no ffmpeg left,
+    no partial file, and only the finished job in the store."""
+    settings = make_settings(tmp_path, shutdown_grace_seconds=3, label_speech=True)
+    size = (net.root / "call.mp3").stat().st_size
+    slow = f"/throttled/{size // 60}/call.mp3"  # a minute on the wire
+    quick = f"/throttled/{size}/call.mp3"  # about a second
+    server = ServerProcess(settings).start()
+    storage = Path(settings.audio_storage_dir)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+
+            def post(cid: str, path: str) -> httpx.Response:
+                return httpx.post(
+                    server.base_url + "/download/single",
+                    data={"conversation_id": cid, "audio_url": net.url(path)},
+                    timeout=60,
+                    trust_env=False,
+                )
+
+            long_job = pool.submit(post, "long", slow)
+            assert net.wait_for_hits(slow.split("?")[0], 1, timeout=30)
+            short_job = pool.submit(post, "short", quick)
+            assert net.wait_for_hits(quick.split("?")[0], 1, timeout=30)
+            assert server.proc is not None
+            os.killpg(server.proc.pid, signal.SIGTERM)
+            cancelled, finished = long_job.result(), short_job.result()
+        # uvicorn ends by re-raising the signal it handled, as a signalled process should.
+        assert server.proc.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        server.stop()
+    assert finished.status_code == 200, finished.text
+    assert (cancelled.status_code, cancelled.json()["error"]) == (503, "shutting_down")
+    assert cancelled.headers["Retry-After"].isdigit()
+    assert not _piped_ffmpeg_running(storage)
+    assert sorted(p.name for p in storage.iterdir()) == ["short_speaker.wav"]
+    assert sorted(recorded_conversations(settings)) == ["short"]
+    tracker = MetadataTracker.from_settings(settings)
+    assert tracker.failure_summary()["by_error_last_24_hours"] == {"shutting_down": 1}
+    assert tracker.statistics()["speech"]["labelled_files"] == 1
+    tracker.close()
