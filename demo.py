@@ -17,6 +17,7 @@ import argparse
 import csv
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -177,8 +178,8 @@ def run_demo(work: Path) -> bool:
             return all(code == 0 for code in codes)
     finally:
         if service is not None:
-            service.terminate()
-            service.wait(20)
+            service.send_signal(signal.SIGINT)  # as Ctrl-C would: a graceful stop
+            service.wait(30)
         get_settings.cache_clear()
 
 

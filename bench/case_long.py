@@ -100,11 +100,12 @@ def _probe_while(base_url: str, work: Callable[[], object]) -> tuple[float, list
 
     def probe() -> None:
         with client(base_url, timeout=60) as own:
-            while not done.is_set():
+            while True:  # at least one probe, however quickly `work` ends
                 started = time.perf_counter()
                 own.get("/health").raise_for_status()
                 latencies.append(time.perf_counter() - started)
-                done.wait(0.02)
+                if done.wait(0.02):
+                    break
 
     prober = threading.Thread(target=probe, daemon=True)
     prober.start()
@@ -157,7 +158,7 @@ def run_parallel(ctx: Context) -> list[Row]:
             f"{wall:.1f} s, {hours / wall * 3600:.0f}x real time ({bare_wall:.1f} s)"),
         Row(CASE4, f"/health p50 / max ({len(latencies)} probes)",
             f"{ms(percentile(latencies, 0.5))} / {ms(max(latencies))}"),
-        Row(CASE4, "/health p99", ms(p99), "<= 100 ms", p99 <= 0.1),
+        Row(CASE4, "/health p99", ms(p99), "<= 50 ms", p99 <= 0.05),
         Row(CASE4, f"idle server beside {jobs} bare ffmpeg: /health p50 / p99 / max",
             f"{ms(percentile(bare_latencies, 0.5))} / {ms(percentile(bare_latencies, 0.99))} / "
             f"{ms(max(bare_latencies))}"),

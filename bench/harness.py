@@ -44,7 +44,7 @@ class Scale:
 FULL = Scale(
     name="full", rounds=5, long_minutes=60, longer_minutes=180, conversations=40,
     batch_minutes=3, batch_rounds=3, metadata_sizes=(0, 1_000, 20_000, 100_000),
-    metadata_samples=15, parallel_jobs=8, workers=4, simultaneous=64,
+    metadata_samples=15, parallel_jobs=16, workers=4, simultaneous=64,
 )  # fmt: skip
 SMOKE = Scale(
     name="smoke", rounds=1, long_minutes=0.1, longer_minutes=0.3, conversations=2,
