@@ -101,10 +101,12 @@ async def run_ffmpeg(
         stdin=asyncio.subprocess.PIPE if feed is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-        # A process group of its own (so a timeout kills everything it spawned) but not a
-        # session of its own: a new session is a new scheduling group, which would get as much
-        # CPU as the whole server and starve it of time to answer.
-        process_group=0,
+        # A session of its own: a timeout kills everything it spawned as one group, and where
+        # the kernel groups CPU time by session (autogroup) the session is a scheduling group
+        # whose weight _lower_priority lowers. In the server's own session ffmpeg's threads
+        # would count as the server's group, and other processes on the host (a client, the
+        # batch script) would wait seconds for a CPU behind them.
+        start_new_session=True,
     )  # fmt: skip
     _lower_priority(proc.pid, niceness)
     assert proc.stderr is not None
@@ -163,11 +165,21 @@ async def _tail(stream: asyncio.StreamReader) -> bytes:
 
 
 def _lower_priority(pid: int, niceness: int) -> None:
-    """Set ffmpeg's niceness from the server, after it started: nothing runs in the child
-    between fork and exec."""
-    if niceness > 0:
-        with contextlib.suppress(OSError):  # it may have exited already
-            os.setpriority(os.PRIO_PROCESS, pid, niceness)
+    """Lower ffmpeg's priority from the server after it started (nothing runs in the child
+    between fork and exec), in both ways Linux may weigh it.
+
+    Its niceness ranks its threads against the server's where the scheduler groups tasks by
+    cgroup (systemd, containers); the niceness of its session's autogroup ranks the session
+    against the server's where the kernel groups by session (kernel.sched_autogroup_enabled),
+    and there a niced process in a session at full weight would still take as much CPU as the
+    whole server.
+    """
+    if niceness <= 0:
+        return
+    with contextlib.suppress(OSError):  # it may have exited already
+        os.setpriority(os.PRIO_PROCESS, pid, niceness)
+    with contextlib.suppress(OSError):  # a kernel without autogroups, or it exited already
+        Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
 
 
 def _ffmpeg_reason(stderr: bytes, source: Path) -> str:

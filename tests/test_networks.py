@@ -4,6 +4,7 @@ up on sources that trickle, each against a real local server that misbehaves tha
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import subprocess
@@ -103,15 +104,21 @@ def test_a_source_that_cannot_resume_starts_over_cleanly(
 # Converting while downloading ---------------------------------------------------------------
 
 
-def _piped_ffmpeg_running(storage: Path) -> bool:
+def _piped_ffmpegs(storage: Path) -> list[int]:
+    """The pids of ffmpegs converting from a pipe into `storage`."""
+    found = []
     for proc in Path("/proc").iterdir():
         try:
             line = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         if "ffmpeg" in line and "pipe:0" in line and str(storage) in line:
-            return True
-    return False
+            found.append(int(proc.name))
+    return found
+
+
+def _piped_ffmpeg_running(storage: Path) -> bool:
+    return bool(_piped_ffmpegs(storage))
 
 
 class _PipeWatch:
@@ -149,6 +156,49 @@ def test_conversion_starts_before_the_download_ends(tmp_path: Path, net: SourceS
         seen.join()
     assert seen.piped_before_end is True
     assert streamed["sha256"] == whole["sha256"]
+
+
+def _stat_fields(path: Path) -> list[str]:
+    """The fields of a /proc stat file after the command name (field 3 onwards)."""
+    return path.read_text().rsplit(")", 1)[1].split()
+
+
+def _priority_of(pid: int) -> tuple[int, set[int], str | None]:
+    """An ffmpeg's session id, the niceness of each of its threads, and its autogroup line."""
+    session = int(_stat_fields(Path(f"/proc/{pid}/stat"))[3])
+    nices = {int(_stat_fields(task / "stat")[16]) for task in Path(f"/proc/{pid}/task").iterdir()}
+    autogroup = Path(f"/proc/{pid}/autogroup")
+    return session, nices, autogroup.read_text().strip() if autogroup.exists() else None
+
+
+def test_ffmpeg_runs_below_the_server(tmp_path: Path, net: SourceServer) -> None:
+    """A conversion runs in a session of its own, every ffmpeg thread at CONVERSION_NICENESS,
+    and (on a kernel that groups CPU time by session) its session's group at that niceness too,
+    so it cannot take CPU from the server or from other processes on the host."""
+    test_client, settings = _client(tmp_path, conversion_niceness=7)
+    storage = Path(settings.audio_storage_dir)
+    seen: list[tuple[int, int, set[int], str | None]] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while not seen and time.monotonic() < deadline:
+            for pid in _piped_ffmpegs(storage):
+                with contextlib.suppress(OSError):
+                    if len(list(Path(f"/proc/{pid}/task").iterdir())) > 1:  # threads started
+                        seen.append((pid, *_priority_of(pid)))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    with test_client as client:
+        _stored_sha(client, net.url("/throttled/1000000/call.mp3"), "niced")
+    watcher.join(5)
+    assert seen, "no ffmpeg with threads was seen converting"
+    pid, session, nices, autogroup = seen[0]
+    assert session == pid != os.getsid(0)
+    assert nices == {7}
+    if autogroup is not None:
+        assert autogroup.endswith("nice 7"), autogroup
 
 
 @pytest.mark.parametrize(("name", "piped"), [("index_last.m4a", False), ("index_first.m4a", True)])
