@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+import metrics
 from errors import AudioError, SourceError, SourceTimeout, TooLarge
 from metadata_schema import MB
 from settings import Settings
@@ -67,6 +68,7 @@ class _SizeGuard:
         return size
 
     def add(self, count: int) -> None:
+        metrics.bytes_fetched(count)
         self.seen += count
         if self.seen > self.limit:
             raise TooLarge(self._message(self.seen, "sent more than"))
@@ -98,6 +100,7 @@ class Fetcher:
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    @metrics.timed_download
     async def fetch(self, url: str, target: Path, check_space: Callable[[int], None]) -> None:
         """Stream `url` into `target`, retrying transient failures with backoff.
 

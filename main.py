@@ -14,11 +14,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import errors
+import metrics
 from api_models import NAME_RULE
 from audio_downloader import AudioDownloader
 from converter import ffmpeg_version
 from logger import setup_logging
 from metadata_tracker import JsonExporter, MetadataTracker
+from metrics_routes import router as metrics_router
 from routes import VERSION, Services, protected_router, public_router
 from settings import Settings, get_settings
 
@@ -75,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(public_router)
     app.include_router(protected_router)
+    app.include_router(metrics_router)
+    metrics.instrument(app)
     return app
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import metrics
 from metadata_speech import LegLabels
 from metadata_tracker import MetadataTracker
 from speech_activity import (
@@ -40,7 +41,7 @@ def label_conversation(
     flags = quality_flags(analyses, labels)
     paired = len(legs) == 2
     overlap = overlap_seconds(*labels.values()) if paired else 0.0
-    saved = tracker.save_labels(
+    gained = tracker.save_labels(
         conversation_id,
         {
             label: LegLabels(
@@ -56,12 +57,14 @@ def label_conversation(
         flags,
         provenance(params),
     )
-    if not saved:
+    if gained is None:
         log.info(
             "conversation=%s changed while it was labelled; its newer job labels it",
             conversation_id,
         )
-    return saved
+        return False
+    metrics.speech_stored(gained)
+    return True
 
 
 def label_unlabelled(tracker: MetadataTracker, params: VadParams = DEFAULT_PARAMS) -> int:

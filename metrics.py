@@ -1,0 +1,250 @@
+"""Prometheus metrics: their definitions, the small functions that update them, and the text that
+GET /metrics answers, summed over every worker process of the service.
+
+prometheus_client's multiprocess mode: each process writes its values to memory-mapped files in
+one directory and a scrape, answered by any worker, adds them up. The directory must be known
+before the first metric exists, so this module sets PROMETHEUS_MULTIPROC_DIR itself, before it
+imports prometheus_client:
+
+    METRICS_DIR/<pid>-<start time> of the process that started this run of the service
+
+That process is uvicorn's supervisor under `uvicorn main:app --workers N` (the parent of every
+worker) and the server itself under `python main.py`, so the workers of one run share one
+directory and every run starts with an empty one of its own. Directories of runs whose process
+has gone are removed when a process starts. Within a run, the counters and histograms of a
+worker that died stay in the sums (what it counted did happen); its gauges leave them at the
+next scrape (`mark_process_dead`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
+
+import errors
+from settings import get_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+_RUN_DIR = re.compile(r"(\d+)-(\d+)")
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+_HAVE_PROC = Path("/proc/self/stat").exists()
+
+
+def _started(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after boot; 0 where /proc is missing), or None
+    when it is not running (or a zombie). The start time tells it from a later one with its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        if _HAVE_PROC:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0
+    fields = stat.rsplit(")", 1)[1].split()  # the name in brackets may hold spaces
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def _run_directory(base: Path) -> Path:
+    """This run's directory under `base`, created; those of runs that have ended are removed."""
+    parent = multiprocessing.parent_process()  # uvicorn's supervisor, for its workers
+    pid = parent.pid if parent is not None and parent.pid is not None else os.getpid()
+    run = base / f"{pid}-{_started(pid) or 0}"
+    run.mkdir(parents=True, exist_ok=True)
+    for other in base.iterdir():
+        found = _RUN_DIR.fullmatch(other.name)
+        if found and other != run and _started(int(found[1])) != int(found[2]):
+            shutil.rmtree(other, ignore_errors=True)
+    return run
+
+
+_settings = get_settings()
+try:
+    RUN_DIR = _run_directory(_settings.metrics_dir)
+except OSError as exc:
+    raise errors.StorageError(
+        f"cannot use METRICS_DIR: {exc.strerror}", log_detail=str(_settings.metrics_dir)
+    ) from exc
+_imported_before = "prometheus_client.values" in sys.modules
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(RUN_DIR)
+
+import prometheus_client.values  # noqa: E402
+from prometheus_client import (  # noqa: E402
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead  # noqa: E402
+from prometheus_fastapi_instrumentator import Instrumentator  # noqa: E402
+
+if _imported_before:  # it chose values of this process alone when imported: choose again
+    _values = prometheus_client.values
+    _values.ValueClass = _values.get_value_class()  # type: ignore[no-untyped-call]
+
+# The text format every Prometheus server reads.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+
+def _codes(cls: type[errors.AudioError]) -> set[str]:
+    return {cls.code}.union(*(_codes(sub) for sub in cls.__subclasses__()))
+
+
+# The `error` label's values: the fixed set of codes of errors.py ("" unless the file failed).
+ERROR_CODES = sorted(_codes(errors.AudioError) - {errors.AudioError.code})
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+DOWNLOADS = Counter(
+    "audio_downloads",
+    "Files the service was asked to store, by outcome: success (stored now), exists (already "
+    "stored from the same URL), failed (with the error code)",
+    ["outcome", "error"],
+)
+STORED_SECONDS = Counter(
+    "audio_stored_seconds",
+    "Seconds of audio in the WAV files stored (a replaced file counts again)",
+)
+STORED_SPEECH_SECONDS = Counter(
+    "audio_stored_speech_seconds", "Seconds of speech the stored files' labels added to the store"
+)
+FETCHED_BYTES = Counter("audio_fetched_bytes", "Bytes of source audio received")
+DOWNLOAD_SECONDS = Histogram(
+    "audio_download_duration_seconds",
+    "Time to fetch one source body, retries included (fetches that got the whole body)",
+    buckets=DURATION_BUCKETS,
+)
+CONVERSION_SECONDS = Histogram(
+    "audio_conversion_duration_seconds",
+    "Time one ffmpeg conversion took (conversions that succeeded)",
+    buckets=DURATION_BUCKETS,
+)
+JOBS_WAITING = Gauge(
+    "audio_jobs_waiting",
+    "Jobs waiting for one of a worker's MAX_CONCURRENT_JOBS slots, in all live workers",
+    multiprocess_mode="livesum",
+)
+JOBS_RUNNING = Gauge(
+    "audio_jobs_running",
+    "Jobs holding a slot (downloading, converting, recording), in all live workers",
+    multiprocess_mode="livesum",
+)
+
+# Every series exists from the start, so a rate over a fresh service is 0 rather than absent.
+for _outcome in ("success", "exists"):
+    DOWNLOADS.labels(_outcome, "")
+for _code in ERROR_CODES:
+    DOWNLOADS.labels("failed", _code)
+
+
+# Updates: one call from the code that knows -----------------------------------------------------
+
+
+def download_failed(code: str, files: int = 1) -> None:
+    """`files` files of one job failed with error `code`."""
+    known = code if code in ERROR_CODES else errors.InternalError.code
+    DOWNLOADS.labels("failed", known).inc(files)
+
+
+def download_done(status: str, duration_seconds: float) -> None:
+    """One file stored now (`success`) or found stored already (`exists`)."""
+    DOWNLOADS.labels("success" if status == "success" else "exists", "").inc()
+    if status == "success":
+        STORED_SECONDS.inc(duration_seconds)
+
+
+def speech_stored(gained_seconds: float) -> None:
+    """The store's speech grew by this much; a shrink (labels computed again) counts nothing."""
+    if gained_seconds > 0:
+        STORED_SPEECH_SECONDS.inc(gained_seconds)
+
+
+def bytes_fetched(count: int) -> None:
+    FETCHED_BYTES.inc(count)
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+Async = Callable[P, Coroutine[Any, Any, T]]
+
+
+def _timed(histogram: Histogram) -> Callable[[Async[P, T]], Async[P, T]]:
+    """A decorator observing how long each call of a coroutine function took that returned."""
+
+    def decorate(function: Async[P, T]) -> Async[P, T]:
+        @functools.wraps(function)
+        async def timed(*args: P.args, **kwargs: P.kwargs) -> T:
+            started = time.perf_counter()
+            result = await function(*args, **kwargs)
+            histogram.observe(time.perf_counter() - started)
+            return result
+
+        return timed
+
+    return decorate
+
+
+timed_download = _timed(DOWNLOAD_SECONDS)
+timed_conversion = _timed(CONVERSION_SECONDS)
+
+
+class JobSlots(asyncio.Semaphore):
+    """A worker's job slots, counting the jobs that wait for one and the jobs that hold one."""
+
+    async def acquire(self) -> Literal[True]:
+        JOBS_WAITING.inc()
+        try:
+            await super().acquire()
+        finally:
+            JOBS_WAITING.dec()
+        JOBS_RUNNING.inc()
+        return True
+
+    def release(self) -> None:
+        JOBS_RUNNING.dec()
+        super().release()
+
+
+# Exposition -------------------------------------------------------------------------------------
+
+
+def instrument(app: FastAPI) -> None:
+    """Count `app`'s HTTP requests by route template (never the path as sent), method, status."""
+    Instrumentator(
+        should_group_status_codes=False,
+        excluded_handlers=["^/metrics$"],
+        # The values live in RUN_DIR whatever the registry; a private one lets tests build
+        # several apps in one process.
+        registry=CollectorRegistry(),
+    ).instrument(app)
+
+
+def render() -> bytes:
+    """Every metric, summed over this run's processes; reads files, so call it in a thread."""
+    for path in RUN_DIR.glob("gauge_live*.db"):
+        found = _LIVE_GAUGE_FILE.fullmatch(path.name)
+        if found and _started(int(found[1])) is None:  # a worker that died
+            with contextlib.suppress(FileNotFoundError):  # another scrape was first
+                mark_process_dead(int(found[1]), str(RUN_DIR))  # type: ignore[no-untyped-call]
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(RUN_DIR))  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
