@@ -288,17 +288,27 @@ def test_one_process_counts_a_download(tmp_path: Path, source: SourceServer) -> 
     assert grew("http_requests_total", handler="/download/single", method="POST", status="200") == 1
 
 
-def test_metrics_stay_shared_when_prometheus_client_was_imported_first(tmp_path: Path) -> None:
-    """A process that imported prometheus_client before metrics.py still writes its values to
-    the run's directory, where the other workers' scrapes read them."""
-    code = "import prometheus_client, metrics\nmetrics.bytes_fetched(7)\nprint(metrics.RUN_DIR)"
-    env = {**os.environ, "METRICS_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+def test_importing_writes_nothing_and_the_first_count_lands_in_the_run_directory(
+    tmp_path: Path,
+) -> None:
+    """The scripts import audio_downloader and converter without making any metric file; the
+    first count a process makes goes to its run's directory, where a scrape reads it."""
+    code = (
+        "import os, pathlib, conversations_csv, test_single_download, metrics\n"
+        "print(pathlib.Path(os.environ['METRICS_DIR']).exists())\n"
+        "metrics.bytes_fetched(7)\n"
+        "print(metrics.run_directory())\n"
+    )
+    env = {**os.environ, "METRICS_DIR": str(tmp_path / "metrics"), "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    files = [str(path) for path in Path(out.stdout.strip()).glob("*.db")]
+    existed, run_dir = out.stdout.split()
+    assert existed == "False"
+    assert Path(run_dir).parent == tmp_path / "metrics"
+    files = [str(path) for path in Path(run_dir).glob("*.db")]
     fetched = [
         s.value
         for metric in MultiProcessCollector.merge(files)  # type: ignore[no-untyped-call]
