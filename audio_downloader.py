@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 import httpx
 
+import metrics
 from conversion_slots import ConversionSlots
 from converter import all_zero, read_wav_info, resolve_ffmpeg, same_audio, sha256_of
 from errors import (
@@ -119,7 +120,7 @@ class AudioDownloader:
             settings.allowed_url_hosts, settings.blocked_networks, settings.block_private_networks
         )
         self._fetcher = Fetcher(settings, self.policy, client)
-        self._jobs = asyncio.Semaphore(settings.max_concurrent_jobs)
+        self._jobs = metrics.JobSlots(settings.max_concurrent_jobs)
         self._conversions = ConversionSlots(
             settings.conversion_slots_dir, settings.max_concurrent_conversions
         )
@@ -239,6 +240,7 @@ class AudioDownloader:
                 conversation_id, speakers, url, exc.code, exc.full_message,
                 time.monotonic() - started,
             )  # fmt: skip
+            metrics.download_failed(exc.code, len(labels))
             for label in labels:
                 await anyio.to_thread.run_sync(self._record_failure, conversation_id, label,
                                                url, exc)  # fmt: skip
@@ -250,6 +252,7 @@ class AudioDownloader:
                 conversation_id, result.speaker_label, url, result.status,
                 result.file.duration_seconds, result.file.file_size_mb, time.monotonic() - started,
             )  # fmt: skip
+            metrics.download_done(result.status, result.file.duration_seconds)
         return results
 
     def _record_failure(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+import metrics
 from errors import NotAudio, StorageError
 
 TARGET_SAMPLE_RATE = 16000
@@ -59,6 +60,7 @@ def ffmpeg_version(binary: str) -> str:
 _SPLIT_GRAPH = "[0:a:0]asplit=2[a][b];[a]pan=mono|c0=c0[left];[b]pan=mono|c0=c1[right]"
 
 
+@metrics.timed_conversion
 async def run_ffmpeg(
     binary: str,
     source: Path,

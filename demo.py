@@ -161,6 +161,7 @@ def run_demo(work: Path) -> bool:
         "METADATA_FILE": str(work / "conversations_metadata.json"),
         "LOG_DIR": str(work / "logs"),
         "CONVERSION_SLOTS_DIR": str(work / "conversion-slots"),
+        "METRICS_DIR": str(work / "metrics"),
         # Named outright, so a DATABASE_URL in the environment or a .env file is never touched.
         "DATABASE_URL": f"sqlite:///{work / 'conversations_metadata.sqlite3'}",
         "NO_PROXY": "127.0.0.1,localhost",

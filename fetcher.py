@@ -16,6 +16,7 @@ from typing import BinaryIO
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+import metrics
 from errors import AudioError, SourceError, SourceTimeout, TooLarge
 from growing_file import GrowingFile
 from metadata_schema import MB
@@ -72,6 +73,7 @@ class _SizeGuard:
         return size
 
     def add(self, count: int) -> None:
+        metrics.bytes_fetched(count)
         self.seen += count
         if self.seen > self.limit:
             raise TooLarge(self._message(self.seen, "sent more than"))
@@ -164,6 +166,7 @@ class Fetcher:
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    @metrics.timed_download
     async def fetch(
         self, url: str, target: GrowingFile, check_space: Callable[[int], None]
     ) -> None:

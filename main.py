@@ -14,12 +14,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import errors
+import metrics
 from api_models import NAME_RULE
 from audio_downloader import AudioDownloader
 from converter import ffmpeg_version
 from graceful import on_termination
 from logger import setup_logging
 from metadata_tracker import JsonExporter, MetadataTracker
+from metrics_routes import router as metrics_router
 from routes import VERSION, Services, protected_router, public_router
 from settings import Settings, get_settings
 from url_secrets import scrub
@@ -80,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(public_router)
     app.include_router(protected_router)
+    app.include_router(metrics_router)
+    metrics.instrument(app)
     return app
 
 
@@ -134,7 +138,12 @@ def _answer(exc: errors.AudioError) -> JSONResponse:
     )
 
 
-app = create_app()
+# Built where uvicorn imports this module ("main:app"). Not in `python main.py`'s own module
+# (main() has uvicorn import and serve this one) nor when multiprocessing runs this file again
+# to start a child process (it is then "__mp_main__"): each would be a second app, with
+# metrics of its own.
+if __name__ == "main":
+    app = create_app()
 
 
 def main() -> None:

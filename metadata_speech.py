@@ -119,15 +119,16 @@ def _set_overlap(conn: Connection, conversation_id: str, overlap: int) -> None:
     )
 
 
-def drop_labels(conn: Connection, insert: Insert, conversation_id: str, speaker_label: str) -> None:
-    """Forget one leg's labels (its file is being replaced) and the conversation's pairing."""
+def drop_labels(conn: Connection, insert: Insert, conversation_id: str, speaker_label: str) -> int:
+    """Forget one leg's labels (its file is being replaced) and the conversation's pairing;
+    returns the microseconds of speech they held."""
     old = conn.execute(
         select(speech.c.speech_micros).where(
             speech.c.conversation_id == conversation_id, speech.c.speaker_label == speaker_label
         )
     ).scalar()
     if old is None:
-        return
+        return 0
     conn.execute(
         delete(speech).where(
             speech.c.conversation_id == conversation_id, speech.c.speaker_label == speaker_label
@@ -138,6 +139,7 @@ def drop_labels(conn: Connection, insert: Insert, conversation_id: str, speaker_
     conn.execute(
         delete(conversation_flags).where(conversation_flags.c.conversation_id == conversation_id)
     )
+    return int(old)
 
 
 def save_labels(
@@ -149,8 +151,9 @@ def save_labels(
     flags: Mapping[str, str],
     provenance: Mapping[str, object],
     now: str,
-) -> bool:
-    """Store a conversation's labels and flags; False (nothing written) if a file changed since.
+) -> int | None:
+    """Store a conversation's labels and flags; returns the microseconds of speech the store
+    gained by it (negative when it lost some), or None (nothing written) if a file changed since.
 
     Flags are replaced as a whole; a leg whose decoded audio is already stored under another
     conversation adds the `duplicate` flag.
@@ -163,12 +166,14 @@ def save_labels(
         ).all()
     )
     if any(current.get(label) != leg.file_sha256 for label, leg in legs.items()):
-        return False
+        return None
     labeller = _labeller_id(conn, insert, provenance)
     all_flags = dict(flags)
+    gained = 0
     for label, leg in legs.items():
-        drop_labels(conn, insert, conversation_id, label)
+        gained -= drop_labels(conn, insert, conversation_id, label)
         amount = speech_micros_of(leg.segments)
+        gained += amount
         conn.execute(
             speech.insert().values(
                 conversation_id=conversation_id, speaker_label=label,
@@ -207,7 +212,7 @@ def save_labels(
                 for reason, detail in sorted(all_flags.items())
             ],
         )
-    return True
+    return gained
 
 
 def speech_summary(conn: Connection) -> dict[str, Any]:

@@ -565,14 +565,16 @@ class MetadataTracker:
         overlap_seconds: float,
         flags: dict[str, str],
         provenance: dict[str, object],
-    ) -> bool:
-        """Keep a conversation's labels; False when one of its files changed meanwhile."""
+    ) -> float | None:
+        """Keep a conversation's labels; returns the seconds of speech the store gained by them
+        (negative when it lost some), or None when one of its files changed meanwhile."""
         now = self.now()
         with self._writing() as conn:
-            return metadata_speech.save_labels(
+            gained = metadata_speech.save_labels(
                 conn, self._insert(), conversation_id, legs, overlap_seconds, flags,
                 provenance, now,
             )  # fmt: skip
+        return None if gained is None else gained / 1_000_000
 
     def speech_summary(self) -> dict[str, Any]:
         with self._reading() as conn:

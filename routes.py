@@ -127,6 +127,7 @@ async def root() -> RootPublic:
             "GET /statistics": "hours collected and progress toward target_hours",
             "GET /conversations": "recorded conversations, paged",
             "GET /conversations/{conversation_id}": "one recorded conversation",
+            "GET /metrics": "Prometheus metrics of every worker process",
             "GET /docs": "interactive API documentation",
         },
     )

@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     )
     block_private_networks: bool = False
 
+    # Monitoring: GET /metrics in the Prometheus text format.
+    # Each run of the service (one `python main.py`, or one `uvicorn --workers N` with all its
+    # workers) keeps its metric files in a directory of its own under this one.
+    metrics_dir: Path = Path(tempfile.gettempdir()) / "diarization-metrics"
+    # true lets /metrics be scraped without X-API-Key even when API_KEY is set.
+    metrics_public: bool = False
+
     @field_validator("allowed_url_hosts", "blocked_networks", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import metrics
 from logger import setup_logging
 from metadata_speech import LegLabels
 from metadata_tracker import MetadataTracker
@@ -38,17 +39,19 @@ log = logging.getLogger(__name__)
 
 def label_conversation(
     tracker: MetadataTracker, conversation_id: str, params: VadParams = DEFAULT_PARAMS
-) -> bool:
-    """Label every stored leg of one conversation; False if a file changed meanwhile."""
+) -> float | None:
+    """Label every stored leg of one conversation. Returns the seconds of speech the store
+    gained (negative when labels computed again found less), or None when there was nothing
+    to label or a file changed meanwhile."""
     legs = tracker.legs(conversation_id)
     if not legs:
-        return False
+        return None
     analyses = {label: analyse_wav(Path(path), params) for label, (path, _) in legs.items()}
     labels = label_legs(analyses, params)
     flags = quality_flags(analyses, labels)
     paired = len(legs) == 2
     overlap = overlap_seconds(*labels.values()) if paired else 0.0
-    saved = tracker.save_labels(
+    gained = tracker.save_labels(
         conversation_id,
         {
             label: LegLabels(
@@ -64,12 +67,12 @@ def label_conversation(
         flags,
         provenance(params),
     )
-    if not saved:
+    if gained is None:
         log.info(
             "conversation=%s changed while it was labelled; its newer job labels it",
             conversation_id,
         )
-    return saved
+    return gained
 
 
 def label_unlabelled(tracker: MetadataTracker, params: VadParams = DEFAULT_PARAMS) -> int:
@@ -77,7 +80,7 @@ def label_unlabelled(tracker: MetadataTracker, params: VadParams = DEFAULT_PARAM
     done = 0
     for conversation_id in tracker.unlabelled():
         try:
-            done += label_conversation(tracker, conversation_id, params)
+            done += label_conversation(tracker, conversation_id, params) is not None
         except FileNotFoundError as exc:
             log.warning(
                 "conversation=%s cannot be labelled: %s is missing", conversation_id, exc.filename
@@ -120,13 +123,16 @@ class LabelWorker:
     async def label(self, conversation_id: str) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor(), _label, conversation_id)
+            gained = await loop.run_in_executor(self._executor(), _label, conversation_id)
         except BrokenProcessPool:
             log.error("conversation=%s: the labelling process died; it will be restarted",
                       conversation_id)  # fmt: skip
             self.close()
         except Exception:
             log.exception("conversation=%s could not be labelled", conversation_id)
+        else:
+            if gained is not None:
+                metrics.speech_stored(gained)  # counted here: the metrics are the service's
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -147,6 +153,6 @@ def _ready() -> bool:
     return _worker_tracker is not None
 
 
-def _label(conversation_id: str) -> bool:
+def _label(conversation_id: str) -> float | None:
     assert _worker_tracker is not None, "LabelWorker starts every process with _start"
     return label_conversation(_worker_tracker, conversation_id)

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from errors import StorageError
+from processes import running
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +53,17 @@ def remove_leftovers(directory: Path) -> int:
     removed = 0
     for path in directory.iterdir():
         match = _TEMP_RE.match(path.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and _left_over(int(match.group(1))):
             path.unlink(missing_ok=True)
             removed += 1
     if removed:
         log.info("removed %d leftover temporary file(s) from %s", removed, directory)
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
+
+
+def _left_over(pid: int) -> bool:
+    """A temporary file's writer has ended (this process's own, from before it started work,
+    count as left over too)."""
+    return pid == os.getpid() or not running(pid)

@@ -72,7 +72,7 @@ def add_call(tracker: MetadataTracker, store: Path, call: tuple) -> None:  # typ
         cid, "agent", write_leg(store / f"{cid}_agent.wav", agent), agent_id=agent_id
     )
     tracker.record_file(cid, "customer", write_leg(store / f"{cid}_customer.wav", customer))
-    assert label_conversation(tracker, cid)
+    assert label_conversation(tracker, cid) is not None
 
 
 @pytest.fixture

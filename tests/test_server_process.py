@@ -130,8 +130,11 @@ def test_health_answers_while_long_conversions_run(tmp_path: Path, long_audio: P
 
 
 def test_python_main_serves_on_host_and_port(tmp_path: Path) -> None:
-    """`python main.py` reads HOST and PORT from the environment and serves the API there."""
-    settings = make_settings(tmp_path, host="127.0.0.1", port=free_port())
+    """`python main.py` reads HOST and PORT from the environment and serves the API there, with
+    its metrics in a directory of its own under METRICS_DIR."""
+    settings = make_settings(
+        tmp_path, host="127.0.0.1", port=free_port(), metrics_dir=tmp_path / "metrics"
+    )
     env = settings_env(settings)
     out = open(tmp_path / "out.txt", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -149,6 +152,10 @@ def test_python_main_serves_on_host_and_port(tmp_path: Path) -> None:
                 time.sleep(0.1)
         assert body is not None, (tmp_path / "out.txt").read_text()
         assert body["storage_directory"] == str(settings.audio_storage_dir)
+        scraped = httpx.get(f"http://127.0.0.1:{settings.port}/metrics", trust_env=False)
+        assert "audio_downloads_total{" in scraped.text
+        [run_dir] = (tmp_path / "metrics").iterdir()
+        assert run_dir.name.startswith(f"{proc.pid}-")
     finally:
         proc.terminate()
         proc.wait(20)

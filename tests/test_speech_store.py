@@ -53,12 +53,13 @@ def test_labels_add_up_to_speech_hours_overlap_and_flags(tracker: MetadataTracke
     """Saved labels show in /statistics: speech per speaker, overlap, share, flags by reason."""
     agent, customer = two_legs(tracker, "c1", 1)
     assert tracker.unlabelled() == ["c1"]
-    assert tracker.save_labels(
+    gained = tracker.save_labels(
         "c1",
         {"agent": labels(agent, [(0.0, 10.0), (20.0, 30.5)]),
          "customer": labels(customer, [(9.0, 21.0)])},
         overlap_seconds=2.0, flags={"clipping": "agent clips"}, provenance=PROVENANCE,
     )  # fmt: skip
+    assert gained == 32.5
     assert tracker.unlabelled() == []
     speech = tracker.statistics()["speech"]
     assert speech["speech_hours_by_speaker"] == {
@@ -77,22 +78,28 @@ def test_labels_add_up_to_speech_hours_overlap_and_flags(tracker: MetadataTracke
 def test_a_replaced_file_loses_its_labels_and_stale_labels_are_refused(
     tracker: MetadataTracker,
 ) -> None:
-    """Replacing a leg takes its speech out of the totals; labels of the old file are refused."""
+    """Replacing a leg takes its speech out of the totals; labels of the old file are refused;
+    each save answers what it added to the speech totals."""
     agent, customer = two_legs(tracker, "c1", 1)
     old_labels = {
         "agent": labels(agent, [(0.0, 10.0)]),
         "customer": labels(customer, [(10.0, 20.0)]),
     }
-    assert tracker.save_labels("c1", old_labels, 0.0, {}, PROVENANCE)
+    assert tracker.save_labels("c1", old_labels, 0.0, {}, PROVENANCE) == 20.0
+    shorter = {**old_labels, "customer": labels(customer, [(10.0, 12.5)])}
+    assert tracker.save_labels("c1", shorter, 0.0, {}, PROVENANCE) == -7.5  # labelled again
+    assert tracker.save_labels("c1", old_labels, 0.0, {}, PROVENANCE) == 7.5
     tracker.record_file("c1", "agent", stored(7))  # a new version of the agent's file
     speech = tracker.statistics()["speech"]
     assert speech["speech_hours_by_speaker"] == {"agent": 0.0, "customer": round(10 / 3600, 4)}
     assert tracker.unlabelled() == ["c1"]
-    assert not tracker.save_labels(
-        "c1", old_labels, 0.0, {}, PROVENANCE
+    assert (
+        tracker.save_labels("c1", old_labels, 0.0, {}, PROVENANCE) is None
     )  # computed from the old file
     assert tracker.statistics()["speech"]["labelled_files"] == 1
     assert list(tracker.labelled_conversations()) == []  # not every leg has current labels
+    new_agent = {**old_labels, "agent": labels(stored(7), [(0.0, 4.0)])}
+    assert tracker.save_labels("c1", new_agent, 0.0, {}, PROVENANCE) == 4.0
 
 
 def test_the_same_audio_under_another_id_is_flagged_duplicate(tracker: MetadataTracker) -> None:
@@ -100,19 +107,25 @@ def test_the_same_audio_under_another_id_is_flagged_duplicate(tracker: MetadataT
     a1, c1 = two_legs(tracker, "first", 1)
     a2, c2 = two_legs(tracker, "second", 3)
     seg = [(0.0, 5.0)]
-    assert tracker.save_labels(
-        "first",
-        {"agent": labels(a1, seg, "x"), "customer": labels(c1, seg, "y")},
-        0,
-        {},
-        PROVENANCE,
+    assert (
+        tracker.save_labels(
+            "first",
+            {"agent": labels(a1, seg, "x"), "customer": labels(c1, seg, "y")},
+            0,
+            {},
+            PROVENANCE,
+        )
+        == 10.0
     )
-    assert tracker.save_labels(
-        "second",
-        {"agent": labels(a2, seg, "z"), "customer": labels(c2, seg, "y")},
-        0,
-        {},
-        PROVENANCE,
+    assert (
+        tracker.save_labels(
+            "second",
+            {"agent": labels(a2, seg, "z"), "customer": labels(c2, seg, "y")},
+            0,
+            {},
+            PROVENANCE,
+        )
+        == 10.0
     )
     assert tracker.flags() == [
         ("second", "duplicate", "customer is the same audio as first/customer")
