@@ -11,12 +11,14 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import errors
 from api_models import NAME_RULE
 from audio_downloader import AudioDownloader
 from converter import ffmpeg_version
+from dashboard_routes import router as dashboard_router
 from graceful import on_termination
 from logger import setup_logging
 from metadata_tracker import JsonExporter, MetadataTracker
@@ -62,7 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(exporter.stop)
             tracker.close()
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline wheel, not a CDN: the
+    # service often runs where there is no internet. No validator badge: it calls a web service.
+    app = FastAPIOffline(
         title="Diarization audio downloader",
         version=VERSION,
         description=(
@@ -71,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "metadata store (exported as JSON). Every error answer is `{detail, error}`."
         ),
         lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},
         exception_handlers={
             errors.AudioError: audio_error,
             RequestValidationError: invalid_request,
@@ -80,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(public_router)
     app.include_router(protected_router)
+    app.include_router(dashboard_router)
     return app
 
 

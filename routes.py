@@ -127,6 +127,8 @@ async def root() -> RootPublic:
             "GET /statistics": "hours collected and progress toward target_hours",
             "GET /conversations": "recorded conversations, paged",
             "GET /conversations/{conversation_id}": "one recorded conversation",
+            "GET /dashboard": "progress, hours per day, speakers, lengths, failures: one page",
+            "GET /dashboard/data": "the dashboard's figures as JSON",
             "GET /docs": "interactive API documentation",
         },
     )

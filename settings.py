@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     )
     block_private_networks: bool = False
 
+    # The dashboard's target when /dashboard is given no target_hours.
+    dashboard_target_hours: float = Field(default=100, gt=0, le=1e9)
+
     @field_validator("allowed_url_hosts", "blocked_networks", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
