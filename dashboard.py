@@ -151,7 +151,7 @@ def figures(report: Report, target_hours: float, now: str) -> DashboardPublic:
         per_day=DailyPublic(
             days=days[-DAYS_SHOWN:],
             rate_days=rate_days,
-            rate_rule=f"mean hours per day over the last {rate_days} days, today included",
+            rate_rule=f"mean of the last {rate_days} days' hours, today included",
         ),
         speakers=[
             SpeakerPublic(

@@ -55,12 +55,22 @@ def duration_text(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 x 10^n at or above `value` (an axis's top)."""
+def nice_step(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^n at or above `value`."""
     if value <= 0:
         return 1.0
     power = 10.0 ** math.floor(math.log10(value))
     return next(m * power for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * power >= value * (1 - 1e-12))
+
+
+def axis_ticks(highest: float) -> list[float]:
+    """Round values from 0 to at least `highest`, at most five of them."""
+    step = nice_step(highest / 4)
+    return (
+        [step * i for i in range(math.ceil(highest / step - 1e-9) + 1)]
+        if highest > 0
+        else [0.0, 1.0]
+    )
 
 
 def _number(value: float) -> str:
@@ -97,12 +107,13 @@ def page(data: DashboardPublic, target_hours: float) -> str:
                  f'<p class="note">Last file stored {last}.</p>', wide=True),
         _section(f"Progress toward {target_hours:g} h", _progress("audio", data.audio, AUDIO)
                  + _progress("speech", data.speech, SPEECH)
-                 + f'<p class="note">Projection: remaining hours / the {daily.rate_rule}; '
-                 "speech at that rate times the speech share so far.</p>"),
-        _section(f"Hours per day, last {len(daily.days)} days", _per_day(daily.days)
-                 + f'<p class="note">Bars: audio hours stored each day. Line: trend, the '
-                 f"{daily.rate_rule.removeprefix('mean hours per day over ')} ending each day."
-                 "</p>"),
+                 + f'<p class="note">Projected date: today plus the remaining hours over the '
+                 f"{daily.rate_rule}; speech at that rate times the speech share so far. "
+                 "&ldquo;Not moving&rdquo; when nothing was stored in those days.</p>"),
+        _section(f"Audio hours per day, last {len(daily.days)} days", _per_day(daily.days)
+                 + '<p class="note">Bars: audio hours stored each day (dates in the store\'s '
+                 f"time zone). Line: the trend, the mean of the {daily.rate_days} days ending "
+                 "each day.</p>"),
         _section("Hours per speaker label", _speakers(data)),
         _section("Conversation lengths", _lengths(data)),
         _section("Failures by error code, last 24 hours",
@@ -173,7 +184,7 @@ def _progress(measure: str, target: TargetPublic, colour: str) -> str:
         when = f"{hours_text(projection.hours_per_day)}/day, reached about {date}"
     label = f"{measure}: {hours_text(p.current_hours)} of {p.target_hours:g} h"
     return (
-        f'<svg id="progress-{measure}" viewBox="0 0 600 46" role="img" '
+        f'<svg id="progress-{measure}" viewBox="0 0 600 64" role="img" '
         f'data-percent="{p.progress_percentage}" data-current-hours="{p.current_hours}" '
         f'data-state="{projection.state}" data-date="{_e(projection.projected_date or "")}">'
         f"<title>{_e(label)}</title>"
@@ -181,16 +192,16 @@ def _progress(measure: str, target: TargetPublic, colour: str) -> str:
         f'<text x="600" y="12" text-anchor="end">{_e(when)}</text>'
         '<rect x="0" y="18" width="600" height="22" rx="3" fill="#e3e6ea"/>'
         f'<rect class="fill" x="0" y="18" width="{width:.1f}" height="22" rx="3" '
-        f'fill="{colour}"/></svg>'
+        f'fill="{colour}"/><text x="0" y="56">remaining {hours_text(p.remaining_hours)}, '
+        f"about {p.estimated_conversations_needed:,} more conversations</text></svg>"
     )
 
 
-def _axis(top: float, left: float, width: float, y0: float, height: float) -> str:
-    """Four horizontal grid lines with their values."""
+def _axis(ticks: Sequence[float], left: float, width: float, y0: float, height: float) -> str:
+    """Horizontal grid lines with their values."""
     parts = []
-    for i in range(5):
-        value = top * i / 4
-        y = y0 - height * i / 4
+    for value in ticks:
+        y = y0 - height * value / ticks[-1]
         parts.append(
             f'<line x1="{left}" x2="{left + width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e6ea"/>'
             f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{_number(value)}</text>'
@@ -201,7 +212,8 @@ def _axis(top: float, left: float, width: float, y0: float, height: float) -> st
 def _per_day(days: Sequence[DayPublic]) -> str:
     left, top, width, height = 44.0, 8.0, 586.0, 170.0
     y0 = top + height
-    ceiling = nice_ceiling(max([d.hours for d in days] + [d.trend_hours for d in days] + [0]))
+    ticks = axis_ticks(max([d.hours for d in days] + [d.trend_hours for d in days] + [0]))
+    ceiling = ticks[-1]
     step = width / max(len(days), 1)
     bars, points, labels = [], [], []
     for i, d in enumerate(days):
@@ -221,10 +233,9 @@ def _per_day(days: Sequence[DayPublic]) -> str:
             )
     return (
         '<svg id="per-day" viewBox="0 0 640 200" role="img"><title>Hours per day</title>'
-        f"{_axis(ceiling, left, width, y0, height)}{''.join(bars)}"
+        f"{_axis(ticks, left, width, y0, height)}{''.join(bars)}"
         f'<polyline class="trend" points="{" ".join(points)}" fill="none" stroke="{TREND}" '
-        f'stroke-width="2"/>{"".join(labels)}'
-        f'<text x="{left}" y="{y0 + 28}">hours</text></svg>'
+        f'stroke-width="2"/>{"".join(labels)}</svg>'
     )
 
 
@@ -240,7 +251,7 @@ def _hbars(
     if not rows:
         return f'<p class="none" id="{chart_id}">{_e(empty)}</p>'
     ceiling = max(value for _, value in rows) or 1.0
-    row_height, left, width = 22, 150, 340
+    row_height, left, width = 22, 130, 250
     parts = []
     for i, (label, value) in enumerate(rows):
         y = i * row_height
@@ -288,7 +299,8 @@ def _lengths(data: DashboardPublic) -> str:
         return '<p class="none" id="lengths">nothing stored yet</p>'
     left, top, width, height = 44.0, 8.0, 586.0, 150.0
     y0 = top + height
-    ceiling = nice_ceiling(max(b.conversations for b in lengths.bins))
+    ticks = axis_ticks(max(b.conversations for b in lengths.bins))
+    ceiling = ticks[-1]
     step = width / len(lengths.bins)
     parts = []
     for i, b in enumerate(lengths.bins):
@@ -312,7 +324,7 @@ def _lengths(data: DashboardPublic) -> str:
     summary = ", ".join(f"{name} {duration_text(v)}" for name, v in q if v is not None)
     return (
         '<svg id="lengths" viewBox="0 0 640 190" role="img"><title>Conversation lengths</title>'
-        f"{_axis(ceiling, left, width, y0, height)}{''.join(parts)}"
+        f"{_axis(ticks, left, width, y0, height)}{''.join(parts)}"
         f'<text x="{left}" y="{y0 + 28}">conversations by length (all files together; '
         "m:ss)</text></svg>"
         f'<p class="note">{lengths.conversations:,} conversations: {summary}.</p>'
