@@ -30,7 +30,7 @@ from routes import METADATA_ERRORS, ServicesDep, error_responses, require_api_ke
 
 SESSION_COOKIE = "dashboard_session"
 SESSION_SECONDS = 12 * 3600
-_TOKEN = re.compile(r"^([0-9]{1,12})\.[0-9a-f]{64}$")
+_TOKEN = re.compile(r"([0-9]{1,12})\.[0-9a-f]{64}")
 
 router = APIRouter()
 TargetQuery = Annotated[
@@ -50,7 +50,7 @@ def session_token(api_key: str, issued: int) -> str:
 
 def session_valid(token: str, api_key: str, now: float) -> bool:
     """Whether `token` was issued for this API_KEY within SESSION_SECONDS (constant time)."""
-    found = _TOKEN.match(token)
+    found = _TOKEN.fullmatch(token)
     if found is None or not now - SESSION_SECONDS <= int(found[1]) <= now + 60:
         return False
     return hmac.compare_digest(token.encode(), session_token(api_key, int(found[1])).encode())

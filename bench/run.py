@@ -14,7 +14,15 @@ from pathlib import Path
 
 from source_server import SourceServer
 
-from bench import case_batch, case_fixed, case_labels, case_long, case_metadata, case_workers
+from bench import (
+    case_batch,
+    case_dashboard,
+    case_fixed,
+    case_labels,
+    case_long,
+    case_metadata,
+    case_workers,
+)
 from bench.harness import FULL, ROOT, SMOKE, WORK, Context, Row, machine_summary, render_table
 
 CASES: dict[str, Callable[[Context], list[Row]]] = {
@@ -25,6 +33,7 @@ CASES: dict[str, Callable[[Context], list[Row]]] = {
     "5": case_workers.run,
     "6": case_fixed.run,
     "7": case_labels.run,
+    "8": case_dashboard.run,
 }
 
 
