@@ -11,7 +11,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi_offline import FastAPIOffline
+from fastapi_standalone_docs import StandaloneDocs
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import errors
@@ -64,9 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(exporter.stop)
             tracker.close()
 
-    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline wheel, not a CDN: the
-    # service often runs where there is no internet. No validator badge: it calls a web service.
-    app = FastAPIOffline(
+    app = FastAPI(
         title="Diarization audio downloader",
         version=VERSION,
         description=(
@@ -75,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "metadata store (exported as JSON). Every error answer is `{detail, error}`."
         ),
         lifespan=lifespan,
+        # No validator badge: it would send the schema to a web service.
         swagger_ui_parameters={"validatorUrl": None},
         exception_handlers={
             errors.AudioError: audio_error,
@@ -83,6 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             Exception: unexpected_error,
         },
     )
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-standalone-docs wheel, not a
+    # CDN: the service often runs where there is no internet.
+    StandaloneDocs(app=app)
     app.include_router(public_router)
     app.include_router(protected_router)
     app.include_router(dashboard_router)

@@ -303,7 +303,7 @@ def test_docs_load_their_assets_from_the_service(client: TestClient) -> None:
         assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
         assert assets, html
         for asset in assets:
-            assert asset.startswith("/static-offline-docs/"), asset
+            assert asset.startswith(path + "/"), asset
             served = client.get(asset)
             assert served.status_code == 200 and len(served.content) > 100_000
     assert '"validatorUrl": null' in client.get("/docs").text
