@@ -141,7 +141,10 @@ def test_dashboard_asks_for_the_key_once_and_shows_the_statistics(
     assert page.url == server.base_url + "/dashboard"
     with httpx.Client(base_url=server.base_url, headers=HEADERS, trust_env=False) as http:
         stats = statistics(http)
-    value = lambda selector: page.get_attribute(selector, "data-value")  # noqa: E731
+
+    def value(selector: str) -> str | None:
+        return page.get_attribute(selector, "data-value")
+
     summary = stats["summary"]
     assert value("#conversations") == str(summary["total_conversations"]) == "2"
     assert float(value("#audio-hours") or 0) == summary["total_hours"] > 0
