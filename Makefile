@@ -1,7 +1,7 @@
 # Every target creates .venv and installs the pinned requirements itself; `make test` and
 # `make bench` also install what they need from apt when it is missing: PostgreSQL (the tests
-# start a server of their own), curl (the benchmark posts with it) and espeak-ng (the speech
-# labels are checked on calls it speaks).
+# start a server of their own), curl (the benchmark posts with it), espeak-ng (the speech
+# labels are checked on calls it speaks) and Chromium (the pages are checked in a real browser).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 help:
 	@echo "make demo   - the whole workflow offline, on temporary storage"
-	@echo "make test   - every test (installs PostgreSQL from apt first if it is missing)"
+	@echo "make test   - every test (installs PostgreSQL and Chromium from apt first if missing)"
 	@echo "make run    - start the service (HOST/PORT from .env or the environment)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - the performance benchmark"
@@ -29,7 +29,9 @@ PG_INITDB ?= $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) \
                          $(shell command -v initdb 2>/dev/null))
 CURL ?= $(shell command -v curl 2>/dev/null)
 ESPEAK ?= $(shell command -v espeak-ng 2>/dev/null)
-APT_MISSING := $(strip $(if $(PG_INITDB),,postgresql) $(if $(CURL),,curl) $(if $(ESPEAK),,espeak-ng))
+CHROMIUM ?= $(shell command -v chromium 2>/dev/null)
+APT_MISSING := $(strip $(if $(PG_INITDB),,postgresql) $(if $(CURL),,curl) $(if $(ESPEAK),,espeak-ng) \
+                       $(if $(CHROMIUM),,chromium))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 system-packages:
@@ -37,7 +39,8 @@ ifneq ($(APT_MISSING),)
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_MISSING)
 else
-	@echo "PostgreSQL server binaries: $(dir $(PG_INITDB)); curl: $(CURL); espeak-ng: $(ESPEAK)"
+	@echo "PostgreSQL server binaries: $(dir $(PG_INITDB)); curl: $(CURL); espeak-ng: $(ESPEAK);" \
+	      "chromium: $(CHROMIUM)"
 endif
 
 test: $(STAMP) system-packages

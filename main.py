@@ -11,6 +11,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_standalone_docs import StandaloneDocs
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import errors
@@ -18,6 +19,7 @@ import metrics
 from api_models import NAME_RULE
 from audio_downloader import AudioDownloader
 from converter import ffmpeg_version
+from dashboard_routes import router as dashboard_router
 from graceful import on_termination
 from logger import setup_logging
 from metadata_tracker import JsonExporter, MetadataTracker
@@ -73,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "metadata store (exported as JSON). Every error answer is `{detail, error}`."
         ),
         lifespan=lifespan,
+        # No validator badge: it would send the schema to a web service.
+        swagger_ui_parameters={"validatorUrl": None},
         exception_handlers={
             errors.AudioError: audio_error,
             RequestValidationError: invalid_request,
@@ -80,10 +84,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             Exception: unexpected_error,
         },
     )
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-standalone-docs wheel, not a
+    # CDN: the service often runs where there is no internet.
+    StandaloneDocs(app=app)
     app.include_router(public_router)
     app.include_router(protected_router)
     app.include_router(metrics_router)
     metrics.instrument(app)
+    app.include_router(dashboard_router)
     return app
 
 

@@ -48,6 +48,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
+import metadata_reports
 import metadata_speech
 from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings, script_settings
 from errors import AudioError, MetadataCorrupt, StorageError
@@ -309,6 +310,11 @@ class MetadataTracker:
                 delta_micros -= micros(old.duration_seconds)
                 delta_bytes -= old.file_size_bytes
             self._add_totals(conn, speaker_label, delta_files, delta_micros, delta_bytes)
+            conn.execute(
+                update(conversations)
+                .where(conversations.c.conversation_id == conversation_id)
+                .values(duration_micros=conversations.c.duration_micros + delta_micros)
+            )
             if publish is not None:
                 publish()
             entry = self._entries(conn, [conversation_id])[0]
@@ -477,29 +483,14 @@ class MetadataTracker:
         """Failed attempts: in all, in the last 24 hours by error code, and the latest few."""
         since = time.time() - FAILURE_WINDOW.total_seconds()
         with self._reading() as conn:
-            total = conn.execute(select(func.count()).select_from(failures)).scalar_one()
-            by_code: dict[str, int] = dict(
-                conn.execute(
-                    select(failures.c.error_code, func.count())
-                    .where(failures.c.failed_epoch >= since)
-                    .group_by(failures.c.error_code)
-                    .order_by(failures.c.error_code)
-                ).all()
-            )
-            latest = conn.execute(
-                select(failures).order_by(failures.c.id.desc()).limit(recent)
-            ).mappings()
-            summary: dict[str, Any] = {
-                "total": total,
-                "last_24_hours": sum(by_code.values()),
-                "by_error_last_24_hours": by_code,
-            }
-            if recent:
-                summary["recent"] = [
-                    {k: v for k, v in row.items() if k not in ("id", "failed_epoch")}
-                    for row in latest
-                ]
-        return summary
+            return metadata_reports.failure_summary(conn, since, recent)
+
+    def report(self, since_day: str, recent_failures: int) -> metadata_reports.Report:
+        """The dashboard's figures (days from `since_day`), from one consistent view."""
+        since = time.time() - FAILURE_WINDOW.total_seconds()
+        with self._reading() as conn:
+            totals = self._totals(conn)
+            return metadata_reports.report(conn, totals, since_day, since, recent_failures)
 
     def file_rows(self) -> list[dict[str, Any]]:
         """One flat row per stored file with its conversation's timestamps, in stored order."""

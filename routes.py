@@ -128,6 +128,8 @@ async def root() -> RootPublic:
             "GET /conversations": "recorded conversations, paged",
             "GET /conversations/{conversation_id}": "one recorded conversation",
             "GET /metrics": "Prometheus metrics of every worker process",
+            "GET /dashboard": "progress, hours per day, speakers, lengths, failures: one page",
+            "GET /dashboard/data": "the dashboard's figures as JSON",
             "GET /docs": "interactive API documentation",
         },
     )

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     metrics_dir: Path = Path(tempfile.gettempdir()) / "diarization-metrics"
     # true lets /metrics be scraped without X-API-Key even when API_KEY is set.
     metrics_public: bool = False
+    # The dashboard's target when /dashboard is given no target_hours.
+    dashboard_target_hours: float = Field(default=100, gt=0, le=1e9)
 
     @field_validator("allowed_url_hosts", "blocked_networks", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import wave
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,10 +21,18 @@ CASE2 = "2 CSV batch"
 SCRIPT = ROOT / "batch_download_from_csv.py"
 
 
-def _write_csv(path: Path, prefix: str, files: list[tuple[str, str, str]], ctx: Context) -> None:
+def _write_csv(
+    path: Path,
+    prefix: str,
+    files: list[tuple[str, str, str]],
+    ctx: Context,
+    url_of: Callable[[str], str] | None = None,
+) -> None:
+    """The batch's CSV; each file's URL is `url_of(name)` (default: served whole)."""
+    url_of = url_of or ctx.source_url
     urls: dict[str, dict[str, str]] = {}
     for cid, speaker, name in files:
-        urls.setdefault(cid, {})[speaker] = ctx.source_url(name)
+        urls.setdefault(cid, {})[speaker] = url_of(name)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["conversation_id", "agent_audio_url", "customer_audio_url"])

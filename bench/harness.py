@@ -71,7 +71,8 @@ class Context:
     scale: Scale
     work: Path
     media: Path
-    source_url: Callable[[str], str]
+    source_url: Callable[[str], str]  # a file of `media`, served whole at memory speed
+    url: Callable[[str], str]  # any path of the source server (its misbehaving routes)
     cores: int
     notes: list[str] = field(default_factory=list)
 

@@ -14,7 +14,16 @@ from pathlib import Path
 
 from source_server import SourceServer
 
-from bench import case_batch, case_fixed, case_labels, case_long, case_metadata, case_workers
+from bench import (
+    case_batch,
+    case_dashboard,
+    case_fixed,
+    case_labels,
+    case_long,
+    case_metadata,
+    case_network,
+    case_workers,
+)
 from bench.harness import FULL, ROOT, SMOKE, WORK, Context, Row, machine_summary, render_table
 
 CASES: dict[str, Callable[[Context], list[Row]]] = {
@@ -25,6 +34,8 @@ CASES: dict[str, Callable[[Context], list[Row]]] = {
     "5": case_workers.run,
     "6": case_fixed.run,
     "7": case_labels.run,
+    "8": case_dashboard.run,
+    "9": case_network.run,
 }
 
 
@@ -86,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     rows: list[Row] = []
     with SourceServer(media) as source:
-        ctx = Context(scale, work, media, source.file_url, os.cpu_count() or 1)
+        ctx = Context(scale, work, media, source.file_url, source.url, os.cpu_count() or 1)
         for case in chosen:
             case_started = time.monotonic()
             print(f"case {case} ...", file=sys.stderr, flush=True)

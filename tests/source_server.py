@@ -12,6 +12,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -195,6 +196,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._resumable(self._file(name), mode, hit)
             case ["throttled", rate, *name] if name:
                 self._throttled(self._file(name), _int(rate, "rate"))
+            case ["link", rate, *name] if name:
+                self._linked(self._file(name), self.owner.link(_int(rate, "rate")))
             case ["endless"]:
                 self._endless()
             case ["big", size]:
@@ -377,6 +380,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(data)
                 self.owner._count_bytes(self.path.split("?")[0], len(data))
 
+    def _linked(self, path: Path, link: _Link) -> None:
+        """The file over `link`, in 64 kB pieces, each sent when the link has carried it."""
+        size = path.stat().st_size
+        content_type = _CONTENT_TYPES.get(path.suffix.lower(), _DEFAULT_CONTENT_TYPE)
+        self._start(200, self._content_type(content_type), size)
+        if self.head_only:
+            return
+        with path.open("rb") as f:
+            while data := f.read(64 * 1024):
+                if not self._pause(link.reserve(len(data)) - time.monotonic()):
+                    return
+                self.wfile.write(data)
+
     def _send_file_counted(self, f: BinaryIO, offset: int, count: int) -> None:
         if count > 0:
             self.connection.sendfile(f, offset, count)
@@ -434,6 +450,23 @@ def _float(text: str, what: str) -> float:
     return value
 
 
+class _Link:
+    """A link of `rate` bytes per second shared by every request that names it, so transfers
+    in parallel split its bandwidth as they would on a real uplink."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._free_at = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self, count: int) -> float:
+        """When `count` more bytes will have crossed the link, behind those already queued."""
+        with self._lock:
+            start = max(time.monotonic(), self._free_at)
+            self._free_at = start + count / self.rate
+            return self._free_at
+
+
 class SourceServer:
     """Serves files under `root` at /files/<name>, plus routes that misbehave on purpose.
 
@@ -442,7 +475,9 @@ class SourceServer:
     /lying-length/short/<name>, /lying-length/huge/<bytes>/<name>, /endless, /big/<bytes>,
     /html, /random/<bytes>, /empty, /redirect/<n>/<name>, /redirect-loop,
     /redirect-to?location=<url>, /resumable/<honours|ignores|changes>/<name>,
-    /throttled/<bytes per second>/<name>; anything else is 404. Query options: ?content_type=
+    /throttled/<bytes per second>/<name> (each request at that rate),
+    /link/<bytes per second>/<name> (all requests naming that rate share it); anything else is
+    404. Query options: ?content_type=
     on every body-carrying route, ?retry_after= on /status and /flaky, ?status= on /flaky and
     /redirect-to, ?seed= on /random, ?length= on /lying-length/short, ?drop= (share of the
     body sent before the first answer breaks off) on /resumable.
@@ -458,6 +493,7 @@ class SourceServer:
         self.requests: list[tuple[str, dict[str, str]]] = []
         #: Unexpected exceptions raised in handlers (client disconnects are not errors).
         self.errors: list[BaseException] = []
+        self._links: dict[int, _Link] = {}
         self._lock = threading.Lock()
         self._hit = threading.Condition(self._lock)  # notified on every request
         self._stop_event = threading.Event()
@@ -524,6 +560,11 @@ class SourceServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def link(self, rate: int) -> _Link:
+        """The link of `rate` bytes per second, shared by every /link/<rate>/ request."""
+        with self._lock:
+            return self._links.setdefault(rate, _Link(rate))
 
     def url(self, path: str) -> str:
         """base_url + path (a leading "/" is added if missing)."""

@@ -12,7 +12,8 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 CASES = ("1 one long file", "2 CSV batch", "3 metadata at scale", "4 /health under load",
-         "5 many at once", "6 fixed cost per file", "7 speech labels")  # fmt: skip
+         "5 many at once", "6 fixed cost per file", "7 speech labels", "8 dashboard",
+         "9 limited-rate link")  # fmt: skip
 
 
 def test_bench_smoke_prints_every_case() -> None:
@@ -30,7 +31,8 @@ def test_bench_smoke_prints_every_case() -> None:
     assert {row.split("|")[1].strip() for row in targets} == set(CASES), done.stdout
     # 1: time ratio, memory at two lengths; 2: three ratios to bare ffmpeg, two to yt-dlp;
     # 3: record, /statistics, first /statistics, memory; 4: /health p99; 5: recorded; 6: fixed cost;
-    # 7: DER in six conditions and the labelling cost of the default detector.
-    assert len(targets) == 22, done.stdout
+    # 7: DER in six conditions and the labelling cost of the default detector; 8: /dashboard/data;
+    # 9: one long file and a batch at two link rates.
+    assert len(targets) == 27, done.stdout
     assert re.search(r"^Machine: \d+ cores", done.stdout, re.M), done.stdout
     assert "yt-dlp" in done.stdout and "bare ffmpeg" in done.stdout
