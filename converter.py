@@ -69,6 +69,7 @@ async def run_ffmpeg(
     timeout: float,
     feed: AsyncIterator[bytes] | None = None,
     niceness: int = 0,
+    samples: int | None = None,
 ) -> None:
     """Convert `source` to 16 kHz mono s16le WAV; the only place ffmpeg runs.
 
@@ -76,7 +77,9 @@ async def run_ffmpeg(
     of the first audio stream go to one each (one decode for both). With `feed`, ffmpeg reads
     its input from a pipe as `feed` yields it (a download in progress) instead of from
     `source`; time spent waiting for `feed` does not count against `timeout`. An error raised
-    by `feed` stops ffmpeg and propagates.
+    by `feed` stops ffmpeg and propagates. `samples` cuts the decoded audio to that many
+    samples per channel (an MP3's exact length, which ffmpeg applies to a file but not to a
+    pipe).
     """
     targets = [target] if isinstance(target, Path) else list(target)
     encode = [
@@ -90,10 +93,13 @@ async def run_ffmpeg(
     args = [binary, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", given]
     if feed is not None:
         args.remove("-nostdin")  # stdin is the input
+    cut = f"atrim=end_sample={samples}" if samples is not None else None
     if len(targets) == 1:
-        args += ["-map", "0:a:0", "-ac", str(TARGET_CHANNELS), *encode, f"file:{targets[0]}"]
+        args += ["-map", "0:a:0", *(["-af", cut] if cut else []), "-ac", str(TARGET_CHANNELS)]
+        args += [*encode, f"file:{targets[0]}"]
     elif len(targets) == 2:
-        args += ["-filter_complex", _SPLIT_GRAPH]
+        graph = _SPLIT_GRAPH.replace("[0:a:0]", f"[0:a:0]{cut},") if cut else _SPLIT_GRAPH
+        args += ["-filter_complex", graph]
         for pad, path in zip(("[left]", "[right]"), targets, strict=True):
             args += ["-map", pad, *encode, f"file:{path}"]
     else:

@@ -19,6 +19,7 @@ from converter import needs_whole_file, run_ffmpeg
 from errors import NotAudio
 from fetcher import Fetcher
 from growing_file import GrowingFile, Restarted
+from mp3_header import decoded_samples
 
 SNIFF_BYTES = 64 * 1024
 
@@ -68,8 +69,12 @@ async def _convert(
     growing: GrowingFile, download: Path, targets: Sequence[Path], conversion: Conversion
 ) -> None:
     await growing.wait_for(SNIFF_BYTES)
-    if needs_whole_file(growing.head(SNIFF_BYTES)):
+    head = growing.head(SNIFF_BYTES)
+    if needs_whole_file(head):
         await growing.complete()  # outside the slot: it is only waiting
+    # From a pipe, ffmpeg keeps an MP3 encoder's end padding that it trims from a file: the
+    # tag's exact length makes both give the same WAV.
+    samples = decoded_samples(head)
     async with conversion.slots.slot():
         while True:
             await growing.wait_for(1)
@@ -83,6 +88,7 @@ async def _convert(
                     conversion.ffmpeg, download, targets,
                     max_seconds=conversion.max_seconds, timeout=conversion.timeout,
                     feed=growing.follow() if streaming else None, niceness=conversion.niceness,
+                    samples=samples if streaming else None,
                 )  # fmt: skip
                 return
             except Restarted:
