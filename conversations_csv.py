@@ -10,6 +10,8 @@ back in the input's own format.
 from __future__ import annotations
 
 import csv
+import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -114,17 +116,32 @@ def _row(line: int, record: dict[str | Any, Any], fieldnames: list[str], cols: C
 
 
 def write_failed_rows(directory: Path, fieldnames: list[str], rows: Sequence[Row]) -> Path:
-    """The rows as they were read, under the input's header, in a new timestamped file."""
+    """The rows as they were read, under the input's header, in a new timestamped file.
+
+    The file appears whole or not at all (written under a temporary name, then linked into
+    place), and never replaces another run's: two runs in one second get distinct names."""
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    path = directory / f"failed_rows_{stamp}.csv"
-    suffix = 1
-    while path.exists():  # two runs in one second must not overwrite each other's retries
-        suffix += 1
-        path = directory / f"failed_rows_{stamp}_{suffix}.csv"
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        writer.writeheader()
-        for row in sorted(rows, key=lambda r: r.line):
-            writer.writerow(row.record)
-    return path
+    temporary = directory / f".failed_rows_{stamp}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fieldnames)
+            writer.writeheader()
+            for row in sorted(rows, key=lambda r: r.line):
+                writer.writerow(row.record)
+            handle.flush()
+            os.fsync(handle.fileno())
+        for suffix in itertools.count(1):
+            path = directory / f"failed_rows_{stamp}{f'_{suffix}' if suffix > 1 else ''}.csv"
+            try:
+                os.link(temporary, path)  # fails, rather than replaces, if the name is taken
+            except FileExistsError:
+                continue
+            except OSError:  # a filesystem without hard links: rename, having looked first
+                if path.exists():
+                    continue
+                os.replace(temporary, path)
+            return path
+        raise AssertionError("unreachable")  # itertools.count never ends
+    finally:
+        temporary.unlink(missing_ok=True)

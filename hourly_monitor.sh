@@ -12,11 +12,12 @@
 #   TARGET_HOURS            hours to collect (default below)
 #   TARGET_IN_SPEECH        1 to count TARGET_HOURS in speech hours rather than audio hours
 #   TARGET_REACHED_COMMAND  shell command run once when the target is first reached
+#   TARGET_REACHED_TIMEOUT  seconds before that command is killed with all it started (600)
 #   HOURLY_LOG_FILE         log file (default: hourly_log.txt beside this script)
 #   HOURLY_LOCK_FILE        lock that keeps runs from overlapping (default: beside this script)
 set -u
 case "${1:-}" in
-    -h | --help) sed -n '2,15p' "$0" | cut -c3-; exit 0 ;;
+    -h | --help) sed -n '2,16p' "$0" | cut -c3-; exit 0 ;;
 esac
 
 TARGET_HOURS="${TARGET_HOURS:-100}"
@@ -38,4 +39,5 @@ fi
 SPEECH=()
 [ "${TARGET_IN_SPEECH:-0}" = 1 ] && SPEECH=(--speech)
 exec "$PYTHON" progress_monitor.py "--log-file=$LOG_FILE" "--target=$TARGET_HOURS" \
-    "--command=${TARGET_REACHED_COMMAND:-}" "${SPEECH[@]}"
+    "--command=${TARGET_REACHED_COMMAND:-}" "--command-timeout=${TARGET_REACHED_TIMEOUT:-600}" \
+    "${SPEECH[@]}"

@@ -14,6 +14,10 @@ The numbers are analyze_storage.py's summary line. Once the target is met every 
 target in the log, so raising the target arms it again. A failure is an `ERROR (exit N): error:
 ...` line in the log and the same line on stderr, where cron mails it.
 
+The command gets `--command-timeout` seconds (10 minutes by default); past that its whole process
+group is killed and the log says so, so a command that hangs cannot keep the run, and with it
+the cron lock, forever.
+
 Exit codes: 0 the progress was logged, target reached or not; 1 the metadata or storage could not
 be read, or the log could not be written; 2 a bad option or setting.
 """
@@ -21,6 +25,9 @@ be read, or the log could not be written; 2 a bad option or setting.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -84,6 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--target", default="100", metavar="HOURS", help="hours to collect (default 100)")
     add("--command", default="", metavar="SHELL_COMMAND",
         help="run with bash, once, when the target is first reached")  # fmt: skip
+    add("--command-timeout", type=positive_float, default=600.0, metavar="SECONDS",
+        help="kill the command and all it started after this long (default 600)")  # fmt: skip
     add("--speech", action="store_true", help="count the target in speech hours")
     add("--skipped", type=Path, metavar="LOCK_FILE",
         help="only log that another run holds LOCK_FILE, and check nothing")  # fmt: skip
@@ -99,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.skipped:
             log.write(f"SKIPPED: another {JOB} run holds {args.skipped}")
             return EXIT_OK
-        check(log, settings, _target(args.target), args.command, args.speech)
+        check(log, settings, _target(args.target), args.command, args.speech, args.command_timeout)
     except ValidationError as exc:
         return _failed(log, Failure(EXIT_USAGE, invalid_settings(exc)))
     except Failure as failure:
@@ -113,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check(
-    log: HourlyLog, settings: Settings, target: float, command: str, speech: bool = False
+    log: HourlyLog,
+    settings: Settings,
+    target: float,
+    command: str,
+    speech: bool = False,
+    command_timeout: float = 600.0,
 ) -> None:
     """Log the progress line; past the target, the marker, and the command's outcome once."""
     tracker = MetadataTracker.from_settings(settings)
@@ -130,23 +144,37 @@ def check(
     first_time = not log.has(marker)
     log.write(marker)
     if first_time and command:
-        log.write(run_command(command))
+        log.write(run_command(command, command_timeout))
 
 
-def run_command(command: str) -> str:
-    """Run the command with bash in the current folder; the log line saying how it went."""
+def run_command(command: str, timeout: float = 600.0) -> str:
+    """Run the command with bash in the current folder, in a process group of its own that is
+    killed whole after `timeout` seconds; the log line saying how it went."""
     try:
-        done = subprocess.run(
+        proc = subprocess.Popen(
             ["bash", "-c", command],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            check=False,
+            start_new_session=True,
         )
     except OSError as exc:
         return f"TARGET_REACHED_COMMAND could not start: {exc}"
-    output = done.stdout.decode(errors="replace").rstrip("\n").replace("\n", " | ")
-    return f"TARGET_REACHED_COMMAND exited {done.returncode}" + (f": {output}" if output else "")
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        outcome = f"exited {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:  # what it printed before; a process that left the group may still hold the pipe
+            output, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            output = b""
+        proc.kill()
+        proc.wait()
+        outcome = f"killed after {timeout:g} s (--command-timeout)"
+    text = (output or b"").decode(errors="replace").rstrip("\n").replace("\n", " | ")
+    return f"TARGET_REACHED_COMMAND {outcome}" + (f": {text}" if text else "")
 
 
 def _zone(settings: Settings) -> ZoneInfo:

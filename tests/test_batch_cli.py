@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from conftest import ServerProcess, free_port, make_settings, recorded_conversat
 from source_server import SourceServer
 
 from batch_download_from_csv import main
+from conversations_csv import Row, write_failed_rows
 from settings import Settings
 
 
@@ -258,3 +260,42 @@ def test_busy_service_is_asked_again_after_its_retry_after(
         assert run(csv_path, server.base_url, "--concurrency", "2") == 0
     assert "succeeded 2, partial 0, failed 0" in capsys.readouterr().out
     assert "POST /download/dual -> 503 busy" in server.output()
+
+
+def test_failed_rows_files_never_replace_each_other_and_appear_whole(tmp_path: Path) -> None:
+    """Every name a run in these seconds could pick is taken already: the file gets the next
+    free suffix, the files already there keep their contents, and no temporary file is left."""
+    now = datetime.now()
+    taken = [
+        tmp_path / f"failed_rows_{now + timedelta(seconds=s):%Y%m%d_%H%M%S}.csv" for s in range(3)
+    ]
+    for path in taken:
+        path.write_text("someone else's\n")
+    rows = [
+        Row(2, "c2", "http://127.0.0.1/b.mp3", None, {"conversation_id": "c2", "agent_url": "b"}),
+        Row(1, "c1", "http://127.0.0.1/a.mp3", None, {"conversation_id": "c1", "agent_url": "a"}),
+    ]
+    written = [write_failed_rows(tmp_path, ["conversation_id", "agent_url"], rows) for _ in "ab"]
+    assert len(set(written)) == 2 and not set(written) & set(taken)
+    assert all(path.name.endswith(("_2.csv", "_3.csv")) for path in written)
+    for path in written:
+        assert path.read_text() == "conversation_id,agent_url\nc1,a\nc2,b\n"
+    assert all(path.read_text() == "someone else's\n" for path in taken)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_failed_rows_file_that_cannot_be_written_whole_is_not_written(tmp_path: Path) -> None:
+    """A row that cannot be encoded stops the write half-way: no file, no temporary file."""
+    rows = [
+        Row(1, "c1", "http://127.0.0.1/a.mp3", None, {"conversation_id": "c1", "agent_url": "a"}),
+        Row(
+            2,
+            "c2",
+            "http://127.0.0.1/b.mp3",
+            None,
+            {"conversation_id": "c2", "agent_url": "\udc80"},
+        ),
+    ]
+    with pytest.raises(UnicodeEncodeError):
+        write_failed_rows(tmp_path, ["conversation_id", "agent_url"], rows)
+    assert list(tmp_path.iterdir()) == []

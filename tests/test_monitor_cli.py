@@ -7,6 +7,7 @@ import fcntl
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,6 +141,7 @@ def test_help_prints_the_crontab_line_and_runs_nothing(tmp_path: Path) -> None:
     assert run.returncode == 0
     assert "0 * * * * TARGET_HOURS=100 /absolute/path/to/hourly_monitor.sh" in run.stdout
     assert "TARGET_REACHED_COMMAND" in run.stdout and list(tmp_path.iterdir()) == []
+    assert "TARGET_REACHED_TIMEOUT" in run.stdout
 
 
 # progress_monitor.py, the Python side of the script, called directly --------------------------
@@ -210,6 +212,35 @@ def test_the_command_runs_once_however_many_runs_find_the_target_reached(
         "TARGET REACHED: 0.006 h", "TARGET_REACHED_COMMAND exited 3: out | err",
     ]  # fmt: skip
     assert fired.read_text() == "run\nrun\n"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_command_that_hangs_is_killed_with_all_it_started(
+    use_store: Callable[..., None], tmp_path: Path
+) -> None:
+    """Past --command-timeout the command's whole process group is killed, what it printed and
+    that it was killed are logged, and the run ends (releasing cron's lock)."""
+    use_store()
+    started = tmp_path / "started.txt"
+    command = f"sleep 300 & echo $! > {started}; echo waiting; sleep 300"
+    args = ["--target", "0.005", "--command", command, "--command-timeout", "1"]
+    assert monitor(tmp_path, *args) == 0
+    assert messages(tmp_path)[-1] == (
+        "TARGET_REACHED_COMMAND killed after 1 s (--command-timeout): waiting"
+    )
+    background = int(started.read_text())
+    for _ in range(100):  # reaped by whoever adopts it, within moments of the kill
+        if not _alive(background):
+            break
+        time.sleep(0.05)
+    assert not _alive(background)
 
 
 def test_a_marker_in_the_earlier_stamp_format_counts(
