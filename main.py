@@ -12,12 +12,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_standalone_docs import StandaloneDocs
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import errors
 import metrics
 from api_models import NAME_RULE
 from audio_downloader import AudioDownloader
+from cli import EXIT_OK, EXIT_USAGE, fail, invalid_settings
 from converter import ffmpeg_version
 from dashboard_routes import router as dashboard_router
 from graceful import on_termination
@@ -154,10 +156,14 @@ if __name__ == "main":
     app = create_app()
 
 
-def main() -> None:
-    settings = get_settings()
+def main() -> int:
+    try:
+        settings = get_settings()
+    except ValidationError as exc:  # one line naming the setting, as the scripts say it
+        return fail(EXIT_USAGE, invalid_settings(exc))
     uvicorn.run("main:app", host=settings.host, port=settings.port, log_level="info")
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

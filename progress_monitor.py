@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     log = HourlyLog(args.log_file, None)
     try:
         settings = get_settings()
-        log = HourlyLog(args.log_file, _zone(settings))
+        log = HourlyLog(args.log_file, ZoneInfo(settings.log_timezone))  # checked by Settings
         if args.skipped:
             log.write(f"SKIPPED: another {JOB} run holds {args.skipped}")
             return EXIT_OK
@@ -175,16 +175,6 @@ def run_command(command: str, timeout: float = 600.0) -> str:
         outcome = f"killed after {timeout:g} s (--command-timeout)"
     text = (output or b"").decode(errors="replace").rstrip("\n").replace("\n", " | ")
     return f"TARGET_REACHED_COMMAND {outcome}" + (f": {text}" if text else "")
-
-
-def _zone(settings: Settings) -> ZoneInfo:
-    try:
-        return ZoneInfo(settings.log_timezone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise Failure(
-            EXIT_USAGE,
-            f"invalid settings: LOG_TIMEZONE: unknown time zone {settings.log_timezone!r}",
-        ) from exc
 
 
 def _target(text: str) -> float:

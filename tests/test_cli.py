@@ -9,6 +9,8 @@ from cli_helpers import use_settings
 
 import analyze_storage
 import batch_download_from_csv
+import main
+import metadata_tracker
 import test_single_download
 from settings import Settings, get_settings
 
@@ -16,19 +18,29 @@ SCRIPTS: dict[str, Callable[[list[str] | None], int]] = {
     "batch_download_from_csv.py": batch_download_from_csv.main,
     "test_single_download.py": test_single_download.main,
     "analyze_storage.py": analyze_storage.main,
+    "metadata_tracker.py": metadata_tracker.main,
+    "main.py": lambda argv: main.main(),  # `make run`
+}
+BAD_SETTINGS = {
+    "DOWNLOAD_RETRIES": ("99", "Input should be less than or equal to 20"),
+    "LOG_TIMEZONE": ("Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
 }
 
 
+@pytest.mark.parametrize("variable", BAD_SETTINGS)
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_an_invalid_setting_is_one_line_naming_it_and_exit_2(
     script: str,
+    variable: str,
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A setting out of range is one `error: invalid settings: NAME: ...` line and exit 2."""
+    """A setting out of range or unknown is one `error: invalid settings: NAME: ...` line and
+    exit 2, before anything starts."""
+    value, message = BAD_SETTINGS[variable]
     use_settings(monkeypatch, settings)
-    monkeypatch.setenv("DOWNLOAD_RETRIES", "99")
+    monkeypatch.setenv(variable, value)
     get_settings.cache_clear()
     try:
         assert SCRIPTS[script]([]) == 2
@@ -36,9 +48,7 @@ def test_an_invalid_setting_is_one_line_naming_it_and_exit_2(
         get_settings.cache_clear()
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == (
-        "error: invalid settings: DOWNLOAD_RETRIES: Input should be less than or equal to 20\n"
-    )
+    assert captured.err == f"error: invalid settings: {variable}: {message}\n"
 
 
 @pytest.mark.parametrize(

@@ -271,9 +271,10 @@ def test_failures_are_an_error_line_in_the_log_and_on_stderr(
     assert monitor(tmp_path, "--target", "0.001", "--command", f"touch {fired}") == 1
     use_store()
     assert monitor(tmp_path, "--target", "-3", "--command", f"touch {fired}") == 2
-    use_store(log_timezone="Mars/Olympus")
+    monkeypatch.setenv("LOG_TIMEZONE", "Mars/Olympus")
+    get_settings.cache_clear()
     assert monitor(tmp_path, "--target", "0.001", "--command", f"touch {fired}") == 2
-    use_store()
+    monkeypatch.delenv("LOG_TIMEZONE")
     monkeypatch.setenv("DOWNLOAD_RETRIES", "99")
     get_settings.cache_clear()
     assert monitor(tmp_path, "--target", "0.001", "--command", f"touch {fired}") == 2
