@@ -44,6 +44,7 @@ from metadata_tracker import MetadataTracker
 from settings import Settings, get_settings
 
 JOB = "hourly_monitor.sh"  # the name cron and the log know this job by
+COMMAND_TIMEOUT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--target", default="100", metavar="HOURS", help="hours to collect (default 100)")
     add("--command", default="", metavar="SHELL_COMMAND",
         help="run with bash, once, when the target is first reached")  # fmt: skip
-    add("--command-timeout", type=positive_float, default=600.0, metavar="SECONDS",
-        help="kill the command and all it started after this long (default 600)")  # fmt: skip
+    add("--command-timeout", type=positive_float, default=COMMAND_TIMEOUT_SECONDS,
+        metavar="SECONDS", help="kill the command and all it started after this long "
+        "(default %(default)g)")  # fmt: skip
     add("--speech", action="store_true", help="count the target in speech hours")
     add("--skipped", type=Path, metavar="LOCK_FILE",
         help="only log that another run holds LOCK_FILE, and check nothing")  # fmt: skip
@@ -127,7 +129,7 @@ def check(
     target: float,
     command: str,
     speech: bool = False,
-    command_timeout: float = 600.0,
+    command_timeout: float = COMMAND_TIMEOUT_SECONDS,
 ) -> None:
     """Log the progress line; past the target, the marker, and the command's outcome once."""
     tracker = MetadataTracker.from_settings(settings)
@@ -147,7 +149,7 @@ def check(
         log.write(run_command(command, command_timeout))
 
 
-def run_command(command: str, timeout: float = 600.0) -> str:
+def run_command(command: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> str:
     """Run the command with bash in the current folder, in a process group of its own that is
     killed whole after `timeout` seconds; the log line saying how it went."""
     try:
