@@ -88,5 +88,7 @@ class ConversionSlots:
             self._waiting.remove(turn)
             if first:  # with its slot, or cancelled: the next in line looks from now on
                 self._freed = None
-                if self._waiting:
+                # A next job cancelled meanwhile has its future cancelled too; it passes the
+                # turn on itself when its own cancellation reaches this block.
+                if self._waiting and not self._waiting[0].done():
                     self._waiting[0].set_result(None)

@@ -148,3 +148,42 @@ def _take_after(holder: subprocess.Popen[str], slots: ConversionSlots) -> None:
         asyncio.run(main())
     finally:
         holder.kill()
+
+
+def test_a_waiter_cancelled_just_as_its_turn_comes_passes_the_turn_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job next in line is cancelled after the slot is let go but before the first in line
+    has taken it: the first still gets the slot, and the job after the cancelled one gets it
+    next."""
+    monkeypatch.setattr(conversion_slots, "POLL_SECONDS", 3600.0)
+    slots = ConversionSlots(tmp_path / "slots", 1)
+    slots.prepare()
+    got: list[str] = []
+    tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def take(name: str) -> None:
+        async with slots.slot():
+            got.append(name)
+
+    async def holder(go: asyncio.Event) -> None:
+        async with slots.slot():
+            got.append("holder")
+            await go.wait()
+        tasks["second"].cancel()  # the first in line is woken, not yet running
+
+    async def main() -> None:
+        go = asyncio.Event()
+        held = asyncio.create_task(holder(go))
+        while not got:
+            await asyncio.sleep(0)
+        for name in ("first", "second", "third"):
+            tasks[name] = asyncio.create_task(take(name))
+            await asyncio.sleep(0)
+        go.set()
+        async with asyncio.timeout(DEADLINE):
+            await asyncio.gather(held, tasks["first"], tasks["third"])
+        assert tasks["second"].cancelled()
+
+    asyncio.run(main())
+    assert got == ["holder", "first", "third"]
