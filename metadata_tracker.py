@@ -106,6 +106,47 @@ def database_url(settings: Settings) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
+def _conversations_upsert(insert: Any, keep_agent: bool) -> Any:
+    statement = insert(conversations)
+    changes: dict[str, Any] = {"updated_at": statement.excluded.updated_at}
+    if keep_agent:
+        changes["agent_id"] = statement.excluded.agent_id
+    return statement.on_conflict_do_update(
+        index_elements=[conversations.c.conversation_id], set_=changes
+    )
+
+
+def _files_upsert(insert: Any) -> Any:
+    statement = insert(files)
+    keys = {"conversation_id", "speaker_label"}
+    return statement.on_conflict_do_update(
+        index_elements=[files.c.conversation_id, files.c.speaker_label],
+        set_={c.name: statement.excluded[c.name] for c in files.c if c.name not in keys},
+    )
+
+
+def _totals_upsert(insert: Any) -> Any:
+    """Adds the given counts to a speaker's running totals."""
+    statement = insert(speaker_totals)
+    t = speaker_totals.c
+    return statement.on_conflict_do_update(
+        index_elements=[t.speaker_label],
+        set_={
+            "files": t.files + statement.excluded.files,
+            "duration_micros": t.duration_micros + statement.excluded.duration_micros,
+            "size_bytes": t.size_bytes + statement.excluded.size_bytes,
+        },
+    )
+
+
+_UPSERTS: dict[str, Callable[[Any], Any]] = {
+    "conversations": lambda insert: _conversations_upsert(insert, keep_agent=False),
+    "conversations+agent": lambda insert: _conversations_upsert(insert, keep_agent=True),
+    "files": _files_upsert,
+    "totals": _totals_upsert,
+}
+
+
 class MetadataTracker:
     """The store of stored files, failures and totals; safe across threads, processes, hosts."""
 
@@ -117,6 +158,7 @@ class MetadataTracker:
         self._sqlite = self.url.get_backend_name() == "sqlite"
         self.engine = self._engine()
         self._opened = False
+        self._upserts: dict[str, Any] = {}
         self._open_lock = threading.Lock()
 
     @classmethod
@@ -283,8 +325,8 @@ class MetadataTracker:
         stored: StoredFile,
         publish: Callable[[], None] | None = None,
         agent_id: str | None = None,
-    ) -> Entry:
-        """Add or replace one speaker's file of a conversation; returns the conversation.
+    ) -> None:
+        """Add or replace one speaker's file of a conversation.
 
         `publish` runs inside the write transaction, after the rows are written and before the
         commit: if it raises, nothing is recorded. A replaced file loses its speech labels.
@@ -317,8 +359,6 @@ class MetadataTracker:
             )
             if publish is not None:
                 publish()
-            entry = self._entries(conn, [conversation_id])[0]
-        return entry
 
     def record_many(self, items: Iterable[tuple[str, str, StoredFile]]) -> int:
         """Record many (conversation_id, speaker_label, file) at once, in order; for back-fills.
@@ -351,50 +391,36 @@ class MetadataTracker:
     def _insert(self) -> Any:
         return sqlite.insert if self._sqlite else postgresql.insert
 
+    def _upsert(self, name: str) -> Any:
+        """One of the INSERT ... ON CONFLICT DO UPDATE statements below, built once for this
+        store's dialect: building one costs more than running it."""
+        statement = self._upserts.get(name)
+        if statement is None:
+            statement = self._upserts[name] = _UPSERTS[name](self._insert())
+        return statement
+
     def _upsert_conversations(
         self, conn: Connection, ids: list[str], now: str, agent_id: str | None = None
     ) -> None:
-        unique = list(dict.fromkeys(ids))
-        statement = self._insert()(conversations)
-        changes: dict[str, Any] = {"updated_at": statement.excluded.updated_at}
-        if agent_id is not None:  # an id given once is kept by later posts that omit it
-            changes["agent_id"] = statement.excluded.agent_id
+        # An id given once is kept by later posts that omit it.
+        statement = self._upsert("conversations" if agent_id is None else "conversations+agent")
         conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[conversations.c.conversation_id], set_=changes
-            ),
+            statement,
             [{"conversation_id": cid, "created_at": now, "updated_at": now, "agent_id": agent_id}
-             for cid in unique],
+             for cid in dict.fromkeys(ids)],
         )  # fmt: skip
 
     def _upsert_files(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        statement = self._insert()(files)
-        keys = {"conversation_id", "speaker_label"}
-        conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[files.c.conversation_id, files.c.speaker_label],
-                set_={c.name: statement.excluded[c.name] for c in files.c if c.name not in keys},
-            ),
-            rows,
-        )
+        conn.execute(self._upsert("files"), rows)
 
     def _add_totals(
         self, conn: Connection, label: str, count: int, duration: int, size: int
     ) -> None:
-        statement = self._insert()(speaker_totals).values(
-            speaker_label=label, files=count, duration_micros=duration, size_bytes=size
-        )
-        t = speaker_totals.c
         conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[t.speaker_label],
-                set_={
-                    "files": t.files + statement.excluded.files,
-                    "duration_micros": t.duration_micros + statement.excluded.duration_micros,
-                    "size_bytes": t.size_bytes + statement.excluded.size_bytes,
-                },
-            )
-        )
+            self._upsert("totals"),
+            {"speaker_label": label, "files": count, "duration_micros": duration,
+             "size_bytes": size},
+        )  # fmt: skip
 
     def _file_row(self, conversation_id: str, label: str, stored: StoredFile) -> dict[str, Any]:
         row = {name: getattr(stored, name) for name in _FILE_FIELDS}

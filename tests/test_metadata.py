@@ -127,9 +127,12 @@ def test_concurrent_processes_never_lose_an_update(
 
 def test_replacing_a_speaker_recomputes_totals(tracker: MetadataTracker) -> None:
     """Recording the same speaker again replaces it; totals count it once and created_at stays."""
-    first = tracker.record_file("a", "agent", stored(1, seconds=60))
+    tracker.record_file("a", "agent", stored(1, seconds=60))
+    first = tracker.get_conversation("a")
     tracker.record_file("a", "customer", stored(2, seconds=30))
-    last = tracker.record_file("a", "agent", stored(3, seconds=120))
+    tracker.record_file("a", "agent", stored(3, seconds=120))
+    last = tracker.get_conversation("a")
+    assert first is not None and last is not None
     assert last["created_at"] == first["created_at"]
     assert last["total"]["files"] == 2
     assert last["total"]["duration_seconds"] == pytest.approx(150.005)
