@@ -128,6 +128,10 @@ class FailuresPublic(BaseModel):
 
 class SpeechPublic(BaseModel):
     labelled_files: int = Field(description="Stored files whose speech turns are labelled.")
+    unlabelled_files: int = Field(
+        description="Stored files without labels yet: labels follow each answer by a moment; "
+        "a file whose labelling failed stays here until `metadata_tracker.py --label`."
+    )
     speech_hours: float = Field(description="Speech on every leg, added up.")
     speech_hours_by_speaker: dict[str, float]
     overlap_hours: float = Field(description="Time both legs of a call speak at once.")

@@ -172,6 +172,7 @@ class AudioDownloader:
     async def aclose(self) -> None:
         await self._fetcher.aclose()
         if self._labeller is not None:
+            await self._labeller.drain()
             await anyio.to_thread.run_sync(self._labeller.close)
 
     def prepare_storage(self) -> int:
@@ -405,7 +406,7 @@ class AudioDownloader:
                 agent_id,
             )  # fmt: skip
             if self._labeller is not None:
-                await self._labeller.label(conversation_id)
+                self._labeller.submit(conversation_id)  # labels follow the answer
         except NotAudio as exc:
             raise NotAudio(f"{url} is not decodable audio: {exc.message}") from exc
         except TimeoutError as exc:

@@ -35,7 +35,7 @@ import batch_download_from_csv
 import export_dataset
 import metadata_tracker
 import test_single_download
-from service_client import default_server
+from service_client import ServiceClient, default_server
 from settings import get_settings
 
 ROOT = Path(__file__).resolve().parent
@@ -128,6 +128,18 @@ def post_stereo(url: str) -> int:
     return 0 if response.status_code == 200 else 1
 
 
+def wait_for_labels() -> int:
+    """Speech labels follow each answer by a moment; the statistics below should count them."""
+    with ServiceClient.from_settings(get_settings(), timeout=10) as client:
+        deadline = time.monotonic() + 60
+        while (left := client.statistics(TARGET_HOURS)["speech"]["unlabelled_files"]) > 0:
+            if time.monotonic() > deadline:
+                print(f"error: {left} files still have no speech labels after 60 s")
+                return 1
+            time.sleep(0.05)
+    return 0
+
+
 def walk_through(demo_csv: Path, work: Path, stereo_url: str) -> list[int]:
     """The user's workflow, one command after the other; returns their exit codes."""
     target, batch = ["--target", str(TARGET_HOURS)], [str(demo_csv), "--failed-rows-dir", str(work)]
@@ -136,6 +148,7 @@ def walk_through(demo_csv: Path, work: Path, stereo_url: str) -> list[int]:
         step("Download all conversations", batch_download_from_csv.main, batch),
         step("Run it again: everything is already stored", batch_download_from_csv.main, batch),
         post_stereo(stereo_url),
+        wait_for_labels(),
         step("Statistics (the numbers of GET /statistics)", metadata_tracker.main, target),
         step("The store exported as JSON now (the service also does it by itself)",
              metadata_tracker.main, ["--export-json"]),

@@ -225,6 +225,9 @@ def speech_summary(conn: Connection) -> dict[str, Any]:
     }
     overlap = int(conn.execute(select(store_info.c.overlap_micros)).scalar() or 0)
     labelled = int(conn.execute(select(func.count()).select_from(speech)).scalar_one())
+    stored = int(
+        conn.execute(select(func.coalesce(func.sum(speaker_totals.c.files), 0))).scalar_one()
+    )
     flags: dict[str, int] = dict(
         conn.execute(
             select(conversation_flags.c.reason, func.count()).group_by(conversation_flags.c.reason)
@@ -239,6 +242,7 @@ def speech_summary(conn: Connection) -> dict[str, Any]:
         "speaker_micros": per_speaker,
         "overlap_micros": overlap,
         "labelled_files": labelled,
+        "unlabelled_files": max(stored - labelled, 0),
         "flags": {reason: int(count) for reason, count in sorted(flags.items())},
         "flagged_conversations": flagged,
     }
@@ -323,6 +327,7 @@ def speech_statistics(summary: Mapping[str, Any], audio_micros: int) -> dict[str
     total = sum(per_speaker.values())
     return {
         "labelled_files": summary["labelled_files"],
+        "unlabelled_files": summary["unlabelled_files"],
         "speech_hours": round(total / 3.6e9, 4),
         "speech_hours_by_speaker": {k: round(v / 3.6e9, 4) for k, v in sorted(per_speaker.items())},
         "overlap_hours": round(summary["overlap_micros"] / 3.6e9, 4),

@@ -2,11 +2,13 @@
 
 Runs after each file is recorded, in a process of its own (`LabelWorker`: its numeric work
 would otherwise hold the server's interpreter lock and delay every answer), and over
-unlabelled conversations on demand. Every leg of the conversation is read from its stored WAV,
-so the second leg of a call, whenever and wherever it arrives, labels both legs together with the
-crosstalk between them suppressed. Labels name the file versions they came from; when a file
-changes while it is being labelled, the store refuses the stale labels and the job that
-changed it labels again.
+unlabelled conversations on demand. The service answers as soon as a file is recorded; its
+labels follow a moment later, from a queue that a graceful stop finishes.
+
+Every leg of the conversation is read from its stored WAV, so the second leg of a call, whenever
+and wherever it arrives, labels both legs together with the crosstalk between them suppressed.
+Labels name the file versions they came from; when a file changes while it is being labelled,
+the store refuses the stale labels and the job that changed it labels again.
 """
 
 from __future__ import annotations
@@ -89,17 +91,23 @@ def label_unlabelled(tracker: MetadataTracker, params: VadParams = DEFAULT_PARAM
 
 
 class LabelWorker:
-    """One labelling process per service process, started with the service (`start`).
+    """One labelling process per service process, started with the service (`start`), fed
+    from a queue of conversations (`submit`) that `drain` empties.
 
     The process comes from a fork server that has already imported this module, so starting
-    it costs milliseconds, and it never inherits the server's threads. A failure is logged and
-    leaves the conversation unlabelled (`metadata_tracker.py --label` picks it up later); the
-    stored file is never affected.
+    it costs milliseconds, and it never inherits the server's threads. A failure (or a crash
+    before the queue reached a conversation) is logged and leaves the conversation unlabelled
+    (`metadata_tracker.py --label` and the dataset export pick it up later); the stored file
+    is never affected.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._pool: ProcessPoolExecutor | None = None
+        # Conversations waiting, oldest first; one that is waiting already keeps its place,
+        # since its labelling reads every leg stored by the time it starts.
+        self._waiting: dict[str, None] = {}
+        self._consumer: asyncio.Task[None] | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -120,7 +128,25 @@ class LabelWorker:
         """Start the process and wait until it is ready (blocking: call it from a thread)."""
         self._executor().submit(_ready).result()
 
+    def submit(self, conversation_id: str) -> None:
+        """Queue a conversation whose files changed; returns at once (call it from the loop)."""
+        self._waiting[conversation_id] = None
+        if self._consumer is None or self._consumer.done():
+            self._consumer = asyncio.get_running_loop().create_task(self._work_through())
+
+    async def _work_through(self) -> None:
+        while self._waiting:
+            conversation_id = next(iter(self._waiting))
+            del self._waiting[conversation_id]
+            await self.label(conversation_id)
+
+    async def drain(self) -> None:
+        """Wait until every queued conversation is labelled (or has failed)."""
+        while self._consumer is not None and not self._consumer.done():
+            await asyncio.shield(self._consumer)
+
     async def label(self, conversation_id: str) -> None:
+        """Label one conversation now; failures are logged, never raised."""
         loop = asyncio.get_running_loop()
         try:
             gained = await loop.run_in_executor(self._executor(), _label, conversation_id)

@@ -126,6 +126,19 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
+def labelled_statistics(http: Any, timeout: float = 30, **params: object) -> dict[str, Any]:
+    """GET /statistics (through a TestClient or an httpx.Client) once every stored file has its
+    speech labels, which follow each answer by a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats: dict[str, Any] = http.get("/statistics", params=params).json()
+        if stats["speech"]["unlabelled_files"] == 0:
+            return stats
+        if time.monotonic() > deadline:
+            raise AssertionError(f"files still unlabelled after {timeout:g} s: {stats['speech']}")
+        time.sleep(0.02)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

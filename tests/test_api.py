@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from audio_factory import FORMATS
-from conftest import exported_document
+from conftest import exported_document, labelled_statistics
 from fastapi.testclient import TestClient
 from source_server import SourceServer
 
@@ -420,7 +420,7 @@ def test_statistics_can_count_progress_in_speech_hours(
     """?speech=true measures progress in speech hours; the speech section is always there."""
     data = {"conversation_id": "sp1", "audio_url": source.file_url("mp3.mp3")}
     assert client.post("/download/single", data=data).status_code == 200
-    audio = client.get("/statistics", params={"target_hours": 1}).json()
+    audio = labelled_statistics(client, target_hours=1)
     speech = client.get("/statistics", params={"target_hours": 1, "speech": "true"}).json()
     assert audio["progress"]["measured_in"] == "audio"
     assert audio["progress"]["current_hours"] == audio["summary"]["total_hours"] > 0
