@@ -17,7 +17,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -133,6 +134,8 @@ class AudioDownloader:
         )
 
         self._labeller = LabelWorker(settings) if settings.label_speech else None
+        self._in_flight: Counter[str] = Counter()  # jobs per conversation
+        self._stored_unlabelled: set[str] = set()  # conversations a finished job stored to
         # Graceful stop: jobs that may still be cancelled (queued or transferring), and those
         # the stop cancelled (so their cancellation becomes a ShuttingDown answer).
         self._stopping = False
@@ -293,6 +296,35 @@ class AudioDownloader:
         overwrite: bool,
         agent_id: str | None,
     ) -> list[StoredAudio]:
+        with self._labelled_after(conversation_id):
+            return await self._download_once(conversation_id, labels, url, overwrite, agent_id)
+
+    @contextlib.contextmanager
+    def _labelled_after(self, conversation_id: str) -> Iterator[None]:
+        """Queue the conversation for labelling when the last of its jobs in this process ends,
+        if one of them stored a file; the answer does not wait for the labels. Both legs of a
+        call sent together are labelled once, together, rather than the first leg alone and
+        then both again."""
+        self._in_flight[conversation_id] += 1
+        try:
+            yield
+        finally:
+            self._in_flight[conversation_id] -= 1
+            if not self._in_flight[conversation_id]:
+                del self._in_flight[conversation_id]
+                if conversation_id in self._stored_unlabelled:
+                    self._stored_unlabelled.discard(conversation_id)
+                    if self._labeller is not None:
+                        self._labeller.submit(conversation_id)
+
+    async def _download_once(
+        self,
+        conversation_id: str,
+        labels: list[str],
+        url: str,
+        overwrite: bool,
+        agent_id: str | None,
+    ) -> list[StoredAudio]:
         self.policy.check_host(httpx.URL(url))
         existing = [
             await anyio.to_thread.run_sync(self._existing, conversation_id, label, url, overwrite)
@@ -405,8 +437,7 @@ class AudioDownloader:
                 self._describe_and_record, conversation_id, labels, source, converted, url,
                 agent_id,
             )  # fmt: skip
-            if self._labeller is not None:
-                self._labeller.submit(conversation_id)  # labels follow the answer
+            self._stored_unlabelled.add(conversation_id)
         except NotAudio as exc:
             raise NotAudio(f"{url} is not decodable audio: {exc.message}") from exc
         except TimeoutError as exc:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_settings
+from conftest import labelled_statistics, make_settings
+from fastapi.testclient import TestClient
+from source_server import SourceServer
 
 from metadata_schema import StoredFile
 from metadata_tracker import MetadataTracker
@@ -120,3 +122,29 @@ def test_a_queued_conversation_keeps_its_place_and_one_being_labelled_is_queued_
     asyncio.run(run())
     assert order == ["c0", "c1", "c2", "c3", "c3"]
     assert _speech(stored)["labelled_files"] == 8
+
+
+def test_both_legs_sent_together_are_labelled_once_together(
+    client: TestClient, source: SourceServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dual request's two jobs queue their conversation once, when the second ends (not the
+    first leg alone and then both); a repeat that stores nothing queues nothing."""
+    submitted: list[str] = []
+    submit = LabelWorker.submit
+
+    def recording(worker: LabelWorker, conversation_id: str) -> None:
+        submitted.append(conversation_id)
+        submit(worker, conversation_id)
+
+    monkeypatch.setattr(LabelWorker, "submit", recording)
+    data = {
+        "conversation_id": "pair",
+        "audio_url_agent": source.file_url("mp3.mp3"),
+        "audio_url_customer": source.file_url("flac.flac"),
+    }
+    assert client.post("/download/dual", data=data).status_code == 200
+    assert labelled_statistics(client)["speech"]["labelled_files"] == 2
+    assert submitted == ["pair"]
+    again = client.post("/download/dual", data=data).json()
+    assert [item["status"] for item in again["downloads"]] == ["exists", "exists"]
+    assert submitted == ["pair"]
