@@ -69,6 +69,6 @@ def run(ctx: Context) -> list[Row]:
         Row(CASE6, "bare ffmpeg on the same file, interleaved", ms(median(bare))),
         Row(CASE6, "fixed cost per file: service minus bare (median of the pairs)", ms(extra),
             f"<= {ms(TARGET_SECONDS)}", extra <= TARGET_SECONDS),
-        Row(CASE6, "the same with LABEL_SPEECH=false (labelling is part of the answer)",
+        Row(CASE6, "the same with LABEL_SPEECH=false (labels follow the answer either way)",
             ms(without)),
     ]  # fmt: skip
