@@ -57,9 +57,9 @@ def ffmpeg_version(binary: str) -> str:
 
 
 # Decoded audio is regrouped into frames of this many samples before anything else: an MP3
-# decodes to frames of 1,152 samples, and each frame passes between ffmpeg's threads and is
-# written on its own. Bigger frames cut ffmpeg's CPU time by about a tenth and give the same
-# bytes (bench/RESULTS.md, "ffmpeg's frames").
+# decodes to frames of 1,152 samples, and each frame passes between ffmpeg's threads and
+# through every filter on its own. Bigger frames take about a tenth off ffmpeg's time and give
+# the same bytes (bench/RESULTS.md, "ffmpeg's frames").
 FRAME_SAMPLES = 4096
 _REGROUP = f"asetnsamples=n={FRAME_SAMPLES}:p=0"
 # One output: every channel mixed down. Two outputs: a stereo call's left and right channels.
