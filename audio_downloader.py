@@ -237,7 +237,8 @@ class AudioDownloader:
         started = time.monotonic()
         speakers = "+".join(labels)
         try:
-            results = await self._download(conversation_id, labels, url, overwrite, agent_id)
+            with self._labelled_after(conversation_id):
+                results = await self._download(conversation_id, labels, url, overwrite, agent_id)
         except AudioError as exc:
             log.warning(
                 "conversation=%s speaker=%s url=%s outcome=%s error=%s took=%.2fs",
@@ -288,17 +289,6 @@ class AudioDownloader:
 
         return list(await asyncio.gather(*(one(lb, u) for lb, u in urls.items())))
 
-    async def _download(
-        self,
-        conversation_id: str,
-        labels: list[str],
-        url: str,
-        overwrite: bool,
-        agent_id: str | None,
-    ) -> list[StoredAudio]:
-        with self._labelled_after(conversation_id):
-            return await self._download_once(conversation_id, labels, url, overwrite, agent_id)
-
     @contextlib.contextmanager
     def _labelled_after(self, conversation_id: str) -> Iterator[None]:
         """Queue the conversation for labelling when the last of its jobs in this process ends,
@@ -317,7 +307,7 @@ class AudioDownloader:
                     if self._labeller is not None:
                         self._labeller.submit(conversation_id)
 
-    async def _download_once(
+    async def _download(
         self,
         conversation_id: str,
         labels: list[str],

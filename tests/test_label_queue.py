@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 from conftest import labelled_statistics, make_settings
 from fastapi.testclient import TestClient
 from source_server import SourceServer
+from speech_calls import to_int16, write_wav
 
 from metadata_schema import StoredFile
 from metadata_tracker import MetadataTracker
@@ -27,12 +27,7 @@ def _leg(path: Path, seconds: float, talking: tuple[float, float]) -> StoredFile
     t = np.arange(round(seconds * RATE)) / RATE
     gate = (t >= talking[0]) & (t < talking[1])
     signal = 0.5 * gate * np.sin(2 * np.pi * 180 * t) * (0.7 + 0.3 * np.sin(2 * np.pi * 4 * t))
-    samples = np.round(signal * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(RATE)
-        wav.writeframes(samples.tobytes())
+    write_wav(path, to_int16(signal), RATE)
     return StoredFile(
         filepath=str(path), url=f"http://127.0.0.1/{path.name}",
         file_size_bytes=path.stat().st_size, duration_seconds=seconds, sample_rate=RATE,
