@@ -27,7 +27,8 @@ def test_demo_runs_every_step_and_cleans_up(tmp_path: Path) -> None:
                      "stereo-call-1_customer.wav: success, 30.0 s",
                      "0.1975/0.25 h (79.01%), 14 conversations",
                      '"total_conversations": 14', "exported 14 conversations to",
-                     '"labelled_files": 26', "Progress toward 0.25 h of speech",
+                     '"labelled_files": 26', "Speech (26 files labelled, 0 waiting)",
+                     "Progress toward 0.25 h of speech",
                      "Flagged conversations: 0",
                      "exported 12 conversations to", "left out 0 flagged and 2 without two legs",
                      "Demo finished in"):  # fmt: skip

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import use_settings
 from conftest import labelled_statistics, make_settings
 from fastapi.testclient import TestClient
 from source_server import SourceServer
 from speech_calls import to_int16, write_wav
 
+import analyze_storage
 from metadata_schema import StoredFile
 from metadata_tracker import MetadataTracker
 from settings import Settings
@@ -143,3 +145,11 @@ def test_both_legs_sent_together_are_labelled_once_together(
     again = client.post("/download/dual", data=data).json()
     assert [item["status"] for item in again["downloads"]] == ["exists", "exists"]
     assert submitted == ["pair"]
+
+
+def test_the_progress_report_counts_the_files_waiting_for_labels(
+    stored: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    use_settings(monkeypatch, stored)
+    assert analyze_storage.main(["--speech"]) == 0
+    assert "Speech (0 files labelled, 12 waiting)" in capsys.readouterr().out
