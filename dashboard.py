@@ -112,6 +112,7 @@ class DashboardPublic(BaseModel):
     speech: TargetPublic = Field(description="Progress counted in speech hours.")
     speech_share: float = Field(description="Speech hours / audio hours.")
     labelled_files: int
+    unlabelled_files: int = Field(description="Stored files whose labels have not come yet.")
     per_day: DailyPublic
     speakers: list[SpeakerPublic]
     lengths: LengthsPublic
@@ -148,6 +149,7 @@ def figures(report: Report, target_hours: float, now: str) -> DashboardPublic:
         speech=_target(speech_stats["progress"], rate * share, moment),
         speech_share=round(share, 4),
         labelled_files=report.speech["labelled_files"],
+        unlabelled_files=report.speech["unlabelled_files"],
         per_day=DailyPublic(
             days=days[-DAYS_SHOWN:],
             rate_days=rate_days,

@@ -124,7 +124,8 @@ def page(data: DashboardPublic, target_hours: float) -> str:
                  _hbars("flags-by-reason", sorted(data.flags.by_reason.items(),
                         key=lambda kv: (-kv[1], kv[0])), FLAG, "no conversation flagged")
                  + f'<p class="note">{data.flags.flagged_conversations:,} conversations flagged; '
-                 f"{data.labelled_files:,} files labelled.</p>"),
+                 f"{data.labelled_files:,} files labelled, {data.unlabelled_files:,} waiting "
+                 "for labels.</p>"),
         _section("Most recent failures", _recent_failures(data), wide=True),
     ]  # fmt: skip
     return _document(

@@ -204,6 +204,9 @@ def test_data_needs_the_key_and_matches_statistics(
     assert data.summary.model_dump() == stats["summary"]
     assert data.audio.progress.model_dump() == stats["progress"]
     assert data.speech.progress.current_hours == stats["speech"]["speech_hours"]
+    speech = stats["speech"]
+    assert (data.labelled_files, data.unlabelled_files) == (0, 3)  # recorded, never labelled
+    assert (speech["labelled_files"], speech["unlabelled_files"]) == (0, 3)
     assert data.audio.progress.target_hours == 40  # DASHBOARD_TARGET_HOURS
     other = keyed_client.get("/dashboard/data?target_hours=2.5", headers=headers).json()
     assert other["audio"]["progress"]["target_hours"] == 2.5
