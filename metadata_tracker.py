@@ -139,6 +139,8 @@ def _totals_upsert(insert: Any) -> Any:
     )
 
 
+# The INSERT ... ON CONFLICT DO UPDATE statements of the writes, each made from its store's
+# dialect's `insert` (SQLite's and PostgreSQL's both have on_conflict_do_update).
 _UPSERTS: dict[str, Callable[[Any], Any]] = {
     "conversations": lambda insert: _conversations_upsert(insert, keep_agent=False),
     "conversations+agent": lambda insert: _conversations_upsert(insert, keep_agent=True),
@@ -158,7 +160,8 @@ class MetadataTracker:
         self._sqlite = self.url.get_backend_name() == "sqlite"
         self.engine = self._engine()
         self._opened = False
-        self._upserts: dict[str, Any] = {}
+        # Built once for this store's dialect: building one costs more than running it.
+        self._upserts = {name: build(self._insert()) for name, build in _UPSERTS.items()}
         self._open_lock = threading.Lock()
 
     @classmethod
@@ -391,19 +394,11 @@ class MetadataTracker:
     def _insert(self) -> Any:
         return sqlite.insert if self._sqlite else postgresql.insert
 
-    def _upsert(self, name: str) -> Any:
-        """One of the INSERT ... ON CONFLICT DO UPDATE statements below, built once for this
-        store's dialect: building one costs more than running it."""
-        statement = self._upserts.get(name)
-        if statement is None:
-            statement = self._upserts[name] = _UPSERTS[name](self._insert())
-        return statement
-
     def _upsert_conversations(
         self, conn: Connection, ids: list[str], now: str, agent_id: str | None = None
     ) -> None:
         # An id given once is kept by later posts that omit it.
-        statement = self._upsert("conversations" if agent_id is None else "conversations+agent")
+        statement = self._upserts["conversations" if agent_id is None else "conversations+agent"]
         conn.execute(
             statement,
             [{"conversation_id": cid, "created_at": now, "updated_at": now, "agent_id": agent_id}
@@ -411,13 +406,13 @@ class MetadataTracker:
         )  # fmt: skip
 
     def _upsert_files(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        conn.execute(self._upsert("files"), rows)
+        conn.execute(self._upserts["files"], rows)
 
     def _add_totals(
         self, conn: Connection, label: str, count: int, duration: int, size: int
     ) -> None:
         conn.execute(
-            self._upsert("totals"),
+            self._upserts["totals"],
             {"speaker_label": label, "files": count, "duration_micros": duration,
              "size_bytes": size},
         )  # fmt: skip
