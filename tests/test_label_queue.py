@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,7 +55,7 @@ def stored(tmp_path: Path) -> Settings:
     return settings
 
 
-def _speech(settings: Settings) -> dict[str, object]:
+def _speech(settings: Settings) -> dict[str, Any]:
     tracker = MetadataTracker.from_settings(settings)
     try:
         return dict(tracker.statistics()["speech"])
@@ -75,9 +76,9 @@ def test_submit_returns_at_once_and_drain_waits_for_every_queued_conversation(
             for n in range(6):
                 worker.submit(f"c{n}")
                 worker.submit(f"c{n}")
-            right_after = int(_speech(stored)["labelled_files"])  # type: ignore[call-overload]
+            right_after: int = _speech(stored)["labelled_files"]
             await worker.drain()
-            return right_after, int(_speech(stored)["labelled_files"])  # type: ignore[call-overload]
+            return right_after, _speech(stored)["labelled_files"]
         finally:
             await asyncio.to_thread(worker.close)
 
