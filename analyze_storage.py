@@ -253,8 +253,7 @@ def render(report: dict[str, Any]) -> str:
 
 def _speech(speech: dict[str, Any], flagged: list[dict[str, str]]) -> list[str]:
     lines = [
-        f"Speech ({speech['labelled_files']} files labelled, "
-        f"{speech['unlabelled_files']} waiting)",
+        f"Speech ({speech['labelled_files']} files labelled, {speech['unlabelled_files']} waiting)",
         f"  speech     {_hours(speech['speech_hours'])}, {speech['speech_share']:.1%} of the "
         f"audio; both talking {_hours(speech['overlap_hours'])}",
     ]
