@@ -61,15 +61,27 @@ class ConversionSlots:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one slot for the duration of the block, waiting for one to be free."""
-        lock = await self._acquire()
+        lock = await self.take()
         try:
             yield
         finally:
-            lock.release()
-            if self._freed is not None and not self._freed.done():
-                self._freed.set_result(None)
+            self.give_back(lock)
 
-    async def _acquire(self) -> FileLock:
+    def take_free(self) -> FileLock | None:
+        """A slot at once if one is free and no job of this process is waiting for one (a job
+        does not pass those ahead of it); else None."""
+        if self._waiting:
+            return None
+        return self._try_any()
+
+    def give_back(self, lock: FileLock) -> None:
+        """Let go of a slot from `take` or `take_free`."""
+        lock.release()
+        if self._freed is not None and not self._freed.done():
+            self._freed.set_result(None)
+
+    async def take(self) -> FileLock:
+        """A slot, waiting in this process's queue until one is free; `give_back` returns it."""
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(turn)
         try:

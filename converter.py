@@ -66,7 +66,6 @@ _REGROUP = f"asetnsamples=n={FRAME_SAMPLES}:p=0"
 _SPLIT_GRAPH = "asplit=2[a][b];[a]pan=mono|c0=c0[left];[b]pan=mono|c0=c1[right]"
 
 
-@metrics.timed_conversion
 async def run_ffmpeg(
     binary: str,
     source: Path,
@@ -77,71 +76,120 @@ async def run_ffmpeg(
     niceness: int = 0,
     samples: int | None = None,
 ) -> None:
-    """Convert `source` to 16 kHz mono s16le WAV; the only place ffmpeg runs.
+    """Convert `source` to 16 kHz mono s16le WAV: `Ffmpeg.start` and `Ffmpeg.finish` in one.
 
-    Given one target, every channel is mixed into it; given two, the first and second channel
-    of the first audio stream go to one each (one decode for both). With `feed`, ffmpeg reads
-    its input from a pipe as `feed` yields it (a download in progress) instead of from
-    `source`; time spent waiting for `feed` does not count against `timeout`. An error raised
-    by `feed` stops ffmpeg and propagates. `samples` cuts the decoded audio to that many
-    samples per channel (an MP3's exact length, which ffmpeg applies to a file but not to a
-    pipe).
+    With `feed`, ffmpeg reads its input from a pipe as `feed` yields it (a download in
+    progress) instead of from `source`.
     """
-    targets = [target] if isinstance(target, Path) else list(target)
-    encode = [
-        "-vn", "-sn", "-dn", "-map_metadata", "-1",
-        "-ar", str(TARGET_SAMPLE_RATE), "-c:a", "pcm_s16le",
-        # One second past the limit is enough to tell "too long" from "exactly at the limit".
-        "-t", f"{max_seconds + 1:.3f}",
-        "-fflags", "+bitexact", "-flags:a", "+bitexact", "-f", "wav",
-    ]  # fmt: skip
-    given = "pipe:0" if feed is not None else f"file:{source}"
-    args = [binary, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", given]
-    if feed is not None:
-        args.remove("-nostdin")  # stdin is the input
-    cut = [f"atrim=end_sample={samples}"] if samples is not None else []
-    lead = ",".join([*cut, _REGROUP])
-    if len(targets) == 1:
-        args += ["-map", "0:a:0", "-af", lead, "-ac", str(TARGET_CHANNELS)]
-        args += [*encode, f"file:{targets[0]}"]
-    elif len(targets) == 2:
-        args += ["-filter_complex", f"[0:a:0]{lead},{_SPLIT_GRAPH}"]
-        for pad, path in zip(("[left]", "[right]"), targets, strict=True):
-            args += ["-map", pad, *encode, f"file:{path}"]
-    else:
-        raise ValueError("one target, or two for the channels of a stereo file")
-    proc = await asyncio.create_subprocess_exec(
-        *_dying_with_parent(), *args,
-        stdin=asyncio.subprocess.PIPE if feed is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        # A session of its own: a timeout kills everything it spawned as one group, and where
-        # the kernel groups CPU time by session (autogroup) the session is a scheduling group
-        # whose weight _lower_priority lowers. In the server's own session ffmpeg's threads
-        # would count as the server's group, and other processes on the host (a client, the
-        # batch script) would wait seconds for a CPU behind them.
-        start_new_session=True,
+    ffmpeg = await Ffmpeg.start(
+        binary, source, target, max_seconds, piped=feed is not None, niceness=niceness,
+        samples=samples,
     )  # fmt: skip
-    _lower_priority(proc.pid, niceness)
-    assert proc.stderr is not None
-    complaints = asyncio.ensure_future(_tail(proc.stderr))
-    try:
-        async with asyncio.timeout(timeout) as limit:
-            if feed is not None:
-                await _feed(proc, feed, limit)
-            await proc.wait()
-        stderr = await complaints
-    except BaseException:
-        # Timeout, a failed download, cancellation (client gone, shutdown): never leave ffmpeg
-        # running.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    await ffmpeg.finish(timeout, feed)
+
+
+class Ffmpeg:
+    """One ffmpeg process converting into its targets: started, then finished or stopped.
+
+    Starting ffmpeg takes several milliseconds before it reads a byte, so a caller that already
+    knows the arguments may start it before its input arrives.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process, source: Path) -> None:
+        self._proc = proc
+        self._source = source
+        assert proc.stderr is not None
+        self._complaints = asyncio.ensure_future(_tail(proc.stderr))
+
+    @classmethod
+    async def start(
+        cls,
+        binary: str,
+        source: Path,
+        target: Path | Sequence[Path],
+        max_seconds: float,
+        piped: bool,
+        niceness: int = 0,
+        samples: int | None = None,
+    ) -> Ffmpeg:
+        """Start converting `source` into `target`, or what `finish` feeds it when `piped`.
+
+        Given one target, every channel is mixed into it; given two, the first and second
+        channel of the first audio stream go to one each (one decode for both). `samples` cuts
+        the decoded audio to that many samples per channel (an MP3's exact length, which ffmpeg
+        applies to a file but not to a pipe).
+        """
+        targets = [target] if isinstance(target, Path) else list(target)
+        encode = [
+            "-vn", "-sn", "-dn", "-map_metadata", "-1",
+            "-ar", str(TARGET_SAMPLE_RATE), "-c:a", "pcm_s16le",
+            # One second past the limit tells "too long" from "exactly at the limit".
+            "-t", f"{max_seconds + 1:.3f}",
+            "-fflags", "+bitexact", "-flags:a", "+bitexact", "-f", "wav",
+        ]  # fmt: skip
+        given = "pipe:0" if piped else f"file:{source}"
+        args = [binary, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", given]
+        if piped:
+            args.remove("-nostdin")  # stdin is the input
+        cut = [f"atrim=end_sample={samples}"] if samples is not None else []
+        lead = ",".join([*cut, _REGROUP])
+        if len(targets) == 1:
+            args += ["-map", "0:a:0", "-af", lead, "-ac", str(TARGET_CHANNELS)]
+            args += [*encode, f"file:{targets[0]}"]
+        elif len(targets) == 2:
+            args += ["-filter_complex", f"[0:a:0]{lead},{_SPLIT_GRAPH}"]
+            for pad, path in zip(("[left]", "[right]"), targets, strict=True):
+                args += ["-map", pad, *encode, f"file:{path}"]
+        else:
+            raise ValueError("one target, or two for the channels of a stereo file")
+        # Reading a pipe, ffmpeg meets the end of its input when the server dies and stops by
+        # itself; reading a file, it would convert all of it, so it is told to die with us.
+        prefix = () if piped else _dying_with_parent()
+        proc = await asyncio.create_subprocess_exec(
+            *prefix, *args,
+            stdin=asyncio.subprocess.PIPE if piped else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            # A session of its own: a timeout kills everything it spawned as one group, and
+            # where the kernel groups CPU time by session (autogroup) the session is a
+            # scheduling group whose weight _lower_priority lowers. In the server's own
+            # session ffmpeg's threads would count as the server's group, and other processes
+            # on the host (a client, the batch script) would wait seconds for a CPU behind them.
+            start_new_session=True,
+        )  # fmt: skip
+        _lower_priority(proc.pid, niceness)
+        return cls(proc, source)
+
+    @metrics.timed_conversion
+    async def finish(self, timeout: float, feed: AsyncIterator[bytes] | None = None) -> None:
+        """Let it convert (feeding a piped one `feed`) and end; NotAudio if it could not.
+
+        Time spent waiting for `feed` does not count against `timeout`. An error raised by
+        `feed` stops ffmpeg and propagates; so does a timeout or a cancellation.
+        """
+        proc = self._proc
+        try:
+            async with asyncio.timeout(timeout) as limit:
+                if feed is not None:
+                    await _feed(proc, feed, limit)
+                await proc.wait()
+            stderr = await self._complaints
+        except BaseException:
+            # Timeout, a failed download, cancellation (client gone, shutdown): never leave
+            # ffmpeg running.
+            await self.stop()
+            raise
+        if proc.returncode != 0:
+            raise NotAudio(f"ffmpeg could not decode it: {_ffmpeg_reason(stderr, self._source)}")
+
+    async def stop(self) -> None:
+        """Kill it (and anything it started) and wait for it to be gone."""
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
-            await asyncio.shield(proc.wait())
-        complaints.cancel()
-        raise
-    if proc.returncode != 0:
-        raise NotAudio(f"ffmpeg could not decode it: {_ffmpeg_reason(stderr, source)}")
+            await asyncio.shield(self._proc.wait())
+        self._complaints.cancel()
 
 
 async def _feed(
@@ -216,7 +264,7 @@ def _dying_with_parent() -> tuple[str, ...]:
     util-linux's setpriv sets the parent-death signal and then execs ffmpeg. Doing that in the
     child from Python (preexec_fn) would call into libc between fork and exec, which is unsafe
     in a threaded server, and forces a full fork of the server's memory for every file.
-    Without setpriv, ffmpeg still ends with its input or its timeout.
+    Only ffmpeg reading a file needs it; without setpriv it still ends with its timeout.
     """
     setpriv = shutil.which("setpriv")
     return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
