@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     create_engine,
     event,
     func,
@@ -106,9 +107,21 @@ def database_url(settings: Settings) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
+# Statements run on every record, made once: making one costs more than running it.
+_BUMP_REVISION = update(store_info).values(revision=store_info.c.revision + 1)
+_OLD_FILE = select(files.c.file_size_bytes, files.c.duration_seconds).where(
+    files.c.conversation_id == bindparam("old_conversation"),
+    files.c.speaker_label == bindparam("old_label"),
+)
+
+
 def _conversations_upsert(insert: Any, keep_agent: bool) -> Any:
+    """Adds the given duration_micros to a conversation's (kept as the sum of its files')."""
     statement = insert(conversations)
-    changes: dict[str, Any] = {"updated_at": statement.excluded.updated_at}
+    changes: dict[str, Any] = {
+        "updated_at": statement.excluded.updated_at,
+        "duration_micros": conversations.c.duration_micros + statement.excluded.duration_micros,
+    }
     if keep_agent:
         changes["agent_id"] = statement.excluded.agent_id
     return statement.on_conflict_do_update(
@@ -238,7 +251,7 @@ class MetadataTracker:
         self.open()
         with self._translated(), self._write_transaction() as conn:
             if bump:
-                conn.execute(update(store_info).values(revision=store_info.c.revision + 1))
+                conn.execute(_BUMP_REVISION)
             yield conn
 
     @contextmanager
@@ -313,7 +326,7 @@ class MetadataTracker:
                 for start in range(0, len(rows), BATCH_ROWS):
                     conn.execute(table.insert(), rows[start : start + BATCH_ROWS])
             recount(conn)
-            conn.execute(update(store_info).values(revision=store_info.c.revision + 1))
+            conn.execute(_BUMP_REVISION)
             _keep_copy(self.export_path)
             log.info("imported %d conversations from %s into %s", len(conversation_rows),
                      self.export_path, self.name)  # fmt: skip
@@ -337,29 +350,21 @@ class MetadataTracker:
         now = self.now()
         with self._writing() as conn:
             old = conn.execute(
-                select(files.c.file_size_bytes, files.c.duration_seconds).where(
-                    files.c.conversation_id == conversation_id,
-                    files.c.speaker_label == speaker_label,
-                )
+                _OLD_FILE, {"old_conversation": conversation_id, "old_label": speaker_label}
             ).first()
-            self._upsert_conversations(conn, [conversation_id], now, agent_id)
-            metadata_speech.drop_labels(conn, self._insert(), conversation_id, speaker_label)
-            self._upsert_files(conn, [self._file_row(conversation_id, speaker_label, stored)])
             delta_files, delta_micros, delta_bytes = (
                 1,
                 micros(stored.duration_seconds),
-                (stored.file_size_bytes),
+                stored.file_size_bytes,
             )
             if old is not None:
                 delta_files = 0
                 delta_micros -= micros(old.duration_seconds)
                 delta_bytes -= old.file_size_bytes
+                metadata_speech.drop_labels(conn, self._insert(), conversation_id, speaker_label)
+            self._upsert_conversations(conn, [conversation_id], now, agent_id, delta_micros)
+            self._upsert_files(conn, [self._file_row(conversation_id, speaker_label, stored)])
             self._add_totals(conn, speaker_label, delta_files, delta_micros, delta_bytes)
-            conn.execute(
-                update(conversations)
-                .where(conversations.c.conversation_id == conversation_id)
-                .values(duration_micros=conversations.c.duration_micros + delta_micros)
-            )
             if publish is not None:
                 publish()
 
@@ -395,13 +400,19 @@ class MetadataTracker:
         return sqlite.insert if self._sqlite else postgresql.insert
 
     def _upsert_conversations(
-        self, conn: Connection, ids: list[str], now: str, agent_id: str | None = None
+        self,
+        conn: Connection,
+        ids: list[str],
+        now: str,
+        agent_id: str | None = None,
+        added_micros: int = 0,
     ) -> None:
         # An id given once is kept by later posts that omit it.
         statement = self._upserts["conversations" if agent_id is None else "conversations+agent"]
         conn.execute(
             statement,
-            [{"conversation_id": cid, "created_at": now, "updated_at": now, "agent_id": agent_id}
+            [{"conversation_id": cid, "created_at": now, "updated_at": now, "agent_id": agent_id,
+              "duration_micros": added_micros}
              for cid in dict.fromkeys(ids)],
         )  # fmt: skip
 

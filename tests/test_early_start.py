@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 from audio_factory import make_audio
 from conftest import make_settings
@@ -33,7 +33,7 @@ def named_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SourceSer
         yield server
 
 
-def _post(http: TestClient, conversation_id: str, url: str) -> httpx.Response:
+def _post(http: TestClient, conversation_id: str, url: str) -> Any:
     return http.post(
         "/download/single", data={"conversation_id": conversation_id, "audio_url": url}
     )
