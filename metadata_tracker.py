@@ -107,12 +107,14 @@ def database_url(settings: Settings) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
-# Statements run on every record, made once: making one costs more than running it.
+# Statements run for every file, made once: making one costs more than running it.
 _BUMP_REVISION = update(store_info).values(revision=store_info.c.revision + 1)
-_OLD_FILE = select(files.c.file_size_bytes, files.c.duration_seconds).where(
-    files.c.conversation_id == bindparam("old_conversation"),
-    files.c.speaker_label == bindparam("old_label"),
+_ONE_FILE = (
+    files.c.conversation_id == bindparam("the_conversation"),
+    files.c.speaker_label == bindparam("the_label"),
 )
+_OLD_FILE = select(files.c.file_size_bytes, files.c.duration_seconds).where(*_ONE_FILE)
+_STORED_FILE = select(*(files.c[name] for name in _FILE_FIELDS)).where(*_ONE_FILE)
 
 
 def _conversations_upsert(insert: Any, keep_agent: bool) -> Any:
@@ -350,7 +352,7 @@ class MetadataTracker:
         now = self.now()
         with self._writing() as conn:
             old = conn.execute(
-                _OLD_FILE, {"old_conversation": conversation_id, "old_label": speaker_label}
+                _OLD_FILE, {"the_conversation": conversation_id, "the_label": speaker_label}
             ).first()
             delta_files, delta_micros, delta_bytes = (
                 1,
@@ -446,10 +448,7 @@ class MetadataTracker:
     def get_file(self, conversation_id: str, speaker_label: str) -> StoredFile | None:
         with self._reading() as conn:
             row = conn.execute(
-                select(*(files.c[name] for name in _FILE_FIELDS)).where(
-                    files.c.conversation_id == conversation_id,
-                    files.c.speaker_label == speaker_label,
-                )
+                _STORED_FILE, {"the_conversation": conversation_id, "the_label": speaker_label}
             ).first()
         return None if row is None else StoredFile.model_construct(**row._asdict())
 
