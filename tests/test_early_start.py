@@ -43,44 +43,42 @@ def _downloaded_bytes(storage: Path) -> int:
     return sum(p.stat().st_size for p in storage.glob(".*.download"))
 
 
+def _ffmpeg_while_the_source_pauses(
+    tmp_path: Path, source: SourceServer, name: str
+) -> tuple[list[str], int]:
+    """Post `name`, which the source answers only after PAUSE_SECONDS: the ffmpeg command lines
+    seen in the first half of the pause, and the bytes downloaded by its end."""
+    settings = make_settings(tmp_path)
+    storage = Path(settings.audio_storage_dir)
+    path = f"/slow/{PAUSE_SECONDS}/{name}"
+    with TestClient(create_app(settings)) as http, ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(_post, http, name, source.url(path))
+        assert source.wait_for_hits(path)
+        seen: list[str] = []
+        deadline = time.monotonic() + PAUSE_SECONDS / 2
+        while time.monotonic() < deadline:
+            seen += _ffmpeg_processes_for(storage)
+            time.sleep(0.01)
+        received = _downloaded_bytes(storage)
+        response = answer.result(60)
+    assert response.status_code == 200, response.text
+    return seen, received
+
+
 def test_ffmpeg_starts_before_the_source_answers(
     tmp_path: Path, named_source: SourceServer
 ) -> None:
-    settings = make_settings(tmp_path)
-    storage = Path(settings.audio_storage_dir)
-    url = named_source.url(f"/slow/{PAUSE_SECONDS}/tone.wav")
-    with TestClient(create_app(settings)) as http, ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(_post, http, "early", url)
-        assert named_source.wait_for_hits(f"/slow/{PAUSE_SECONDS}/tone.wav")
-        deadline = time.monotonic() + PAUSE_SECONDS / 2
-        while not _ffmpeg_processes_for(storage) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        running = _ffmpeg_processes_for(storage)
-        received = _downloaded_bytes(storage)
-        response = answer.result(60)
-    assert running, "no ffmpeg while the source was pausing"
-    assert "pipe:0" in running[0]
+    seen, received = _ffmpeg_while_the_source_pauses(tmp_path, named_source, "tone.wav")
+    assert seen, "no ffmpeg while the source was pausing"
+    assert "pipe:0" in seen[0]
     assert received == 0, "the source had already answered"
-    assert response.status_code == 200, response.text
 
 
 def test_a_url_named_mp3_waits_for_its_first_bytes(
     tmp_path: Path, named_source: SourceServer
 ) -> None:
-    settings = make_settings(tmp_path)
-    storage = Path(settings.audio_storage_dir)
-    url = named_source.url(f"/slow/{PAUSE_SECONDS}/tone.mp3")
-    with TestClient(create_app(settings)) as http, ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(_post, http, "late", url)
-        assert named_source.wait_for_hits(f"/slow/{PAUSE_SECONDS}/tone.mp3")
-        seen = []
-        deadline = time.monotonic() + PAUSE_SECONDS / 2
-        while time.monotonic() < deadline:
-            seen += _ffmpeg_processes_for(storage)
-            time.sleep(0.01)
-        response = answer.result(60)
+    seen, _ = _ffmpeg_while_the_source_pauses(tmp_path, named_source, "tone.mp3")
     assert seen == []
-    assert response.status_code == 200, response.text
 
 
 def test_an_mp3_under_a_wav_name_is_stored_as_the_mp3_is(
