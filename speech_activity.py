@@ -227,13 +227,33 @@ def _pcm_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
                 left -= len(data)
 
 
-def _analysed(meter: _Meter, chunks: Callable[[], Iterable[bytes]], params: VadParams) -> LegAudio:
-    for data in chunks():
+Source = Callable[[], Iterable[bytes]]  # a leg's samples (s16le), from the start at each call
+Leg = Path | npt.NDArray[np.int16]  # a stored WAV, or samples already in memory
+
+
+def _source(leg: Leg, params: VadParams) -> Source:
+    if isinstance(leg, np.ndarray):
+        data = np.ascontiguousarray(leg, dtype="<i2").tobytes()
+        return lambda: [data]
+    chunk_bytes = params.chunk_frames * 2 * round(params.frame_seconds * SAMPLE_RATE)
+    return lambda: _pcm_chunks(Path(leg), chunk_bytes)
+
+
+def _measured(source: Source, params: VadParams) -> LegAudio:
+    """The first pass: levels, hash, clipping (and webrtc's decisions)."""
+    meter = _Meter(params)
+    for data in source():
         meter.feed(data)
-    leg = meter.finish()
+    return meter.finish()
+
+
+def _listened(leg: LegAudio, source: Source, params: VadParams, skip: Mask | None) -> LegAudio:
+    """The second pass, for silero: the network's probabilities (not where `skip` says)."""
     if params.method != "silero":
         return leg
-    found = network_pass(chunks(), leg.frame_db, meter.frame, meter.samples, params)
+    frame = round(leg.frame_seconds * SAMPLE_RATE)
+    samples = round(leg.duration_seconds * SAMPLE_RATE)
+    found = network_pass(source(), leg.frame_db, frame, samples, params, skip)
     return dataclasses.replace(
         leg,
         frame_probability=found.probability,
@@ -244,15 +264,37 @@ def _analysed(meter: _Meter, chunks: Callable[[], Iterable[bytes]], params: VadP
 def analyse_wav(path: Path, params: VadParams = DEFAULT_PARAMS) -> LegAudio:
     """A 16 kHz mono s16le WAV read in chunks (twice for silero: the network's pass needs the
     leg's floor): memory does not grow with its length."""
-    meter = _Meter(params)
-    chunk_bytes = params.chunk_frames * 2 * meter.frame
-    return _analysed(meter, lambda: _pcm_chunks(path, chunk_bytes), params)
+    source = _source(path, params)
+    return _listened(_measured(source, params), source, params, None)
 
 
 def analyse_pcm(samples: npt.NDArray[np.int16], params: VadParams = DEFAULT_PARAMS) -> LegAudio:
     """The same analysis of int16 samples already in memory (tests, the benchmark)."""
-    data = np.ascontiguousarray(samples, dtype="<i2").tobytes()
-    return _analysed(_Meter(params), lambda: [data], params)
+    source = _source(samples, params)
+    return _listened(_measured(source, params), source, params, None)
+
+
+def analyse_call(
+    legs: Mapping[str, Leg], params: VadParams = DEFAULT_PARAMS
+) -> dict[str, LegAudio]:
+    """Every leg of one call, for `label_legs`. For silero, the network is not run where a
+    leg's level is the other leg's leak (by the levels alone): those frames would be taken
+    away as crosstalk anyway, and on a leaking line they are a third of the cost."""
+    sources = {name: _source(leg, params) for name, leg in legs.items()}
+    measured = {name: _measured(source, params) for name, source in sources.items()}
+    skip: dict[str, Mask] = {}
+    if params.method == "silero" and len(measured) > 1:
+        levels = dataclasses.replace(params, method="energy")
+        masks = {name: _energy_mask(leg.frame_db, levels) for name, leg in measured.items()}
+        for name, leg in measured.items():
+            skip[name] = np.zeros(leg.frame_db.size, np.bool_)
+            for other, other_leg in measured.items():
+                if other != name:
+                    skip[name] |= _leak_frames(leg, other_leg, masks[other], levels)
+    return {
+        name: _listened(leg, sources[name], params, skip.get(name))
+        for name, leg in measured.items()
+    }
 
 
 def _hysteresis(values: Frames, start: float, cont: float, reach: Mask | None = None) -> Mask:
@@ -447,6 +489,10 @@ def _same_audio(a: LegAudio, b: LegAudio, params: VadParams) -> str | None:
     )
 
 
+def _level_view(params: VadParams) -> VadParams:
+    return params if params.method == "webrtc" else dataclasses.replace(params, method="energy")
+
+
 def quality_flags(
     legs: Mapping[str, LegAudio],
     labels: Mapping[str, list[Segment]],
@@ -473,7 +519,8 @@ def quality_flags(
                 f"{name}: {kept:.1f} s of speech in {leg.duration_seconds:.1f} s"
             )
         if len(names) > 1 and not same:
-            alone = speech_seconds(detect_speech(leg, params))
+            # what the leg's levels alone show: the network may not have heard the leak
+            alone = speech_seconds(detect_speech(leg, _level_view(params)))
             if alone >= params.leak_min_seconds and kept < params.leak_kept_share * alone:
                 found.setdefault("leak", []).append(
                     f"{name}: {alone:.1f} s detected alone, {kept:.1f} s its own"

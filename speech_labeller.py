@@ -29,7 +29,7 @@ from settings import Settings
 from speech_activity import (
     DEFAULT_PARAMS,
     VadParams,
-    analyse_wav,
+    analyse_call,
     label_legs,
     overlap_seconds,
     provenance,
@@ -48,7 +48,7 @@ def label_conversation(
     legs = tracker.legs(conversation_id)
     if not legs:
         return None
-    analyses = {label: analyse_wav(Path(path), params) for label, (path, _) in legs.items()}
+    analyses = analyse_call({label: Path(path) for label, (path, _) in legs.items()}, params)
     labels = label_legs(analyses, params)
     flags = quality_flags(analyses, labels)
     paired = len(legs) == 2

@@ -100,10 +100,16 @@ def _long_runs(mask: npt.NDArray[np.bool_], bridge: int, least: int) -> npt.NDAr
 
 
 def network_pass(
-    chunks: Iterable[bytes], frame_db: Frames, frame: int, samples: int, params: VadParams
+    chunks: Iterable[bytes],
+    frame_db: Frames,
+    frame: int,
+    samples: int,
+    params: VadParams,
+    skip: npt.NDArray[np.bool_] | None = None,
 ) -> NetworkPass:
     """Runs the network over one leg's PCM (`chunks`, s16le, read again after the level pass
-    that gave `frame_db`); memory holds one chunk and a few numbers per window."""
+    that gave `frame_db`), not on windows whose centre frame `skip` marks; memory holds one
+    chunk and a few numbers per window."""
     windows = -(-samples // WINDOW)
     level = _window_levels(frame_db, frame, windows)
     floor = float(np.percentile(frame_db, params.floor_percentile)) if frame_db.size else 0.0
@@ -113,6 +119,9 @@ def network_pass(
     )
     loud = level >= floor + params.music_above_floor_db
     del level
+    if skip is not None and windows:
+        centres = (np.arange(windows, dtype=np.int32) * WINDOW + WINDOW // 2) // frame
+        shown &= ~skip[np.minimum(centres, skip.size - 1)]
     probability = np.zeros(windows, np.float32)
     flat = np.ones(windows, np.float32)
     model, index, pending = _model(), 0, b""
