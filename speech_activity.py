@@ -59,9 +59,12 @@ class VadParams:
     webrtc_mode: int = 2  # webrtcvad aggressiveness, 0-3
     speech_threshold: float = 0.5  # silero: a speech run starts at this probability ...
     release_threshold: float = 0.35  # ... and lasts while it stays at or above this one
-    speech_below_loud_db: float = 15.0  # silero: a run must come this close to the leg's loud
+    speech_level_percentile: float = 90.0  # silero: the leg's speech level, over heard frames
+    speech_below_level_db: float = 15.0  # silero: a run must come this close to that level ...
+    continue_below_level_db: float = 22.0  # ... and its frames stay this close
     gate_above_floor_db: float = 3.0  # silero: quieter windows are not shown to the network
     gate_context: float = 0.2  # seconds shown around every window that is
+    floor_reach: float = 4.0  # silero: the floor there is the quietest window this near
     music_above_floor_db: float = 10.0  # music/tones: sound this far above the floor ...
     music_probability: float = 0.1  # ... that the network hears as not speech ...
     music_flatness: float = 0.3  # ... with a peaky spectrum (flatness below this) ...
@@ -323,18 +326,33 @@ def _energy_mask(levels: Frames, params: VadParams) -> Mask:
 
 
 def _network_mask(leg: LegAudio, params: VadParams) -> Mask:
-    """Hysteresis on the network's probability; a run must also come within
-    `speech_below_loud_db` of the leg's loud speech, so a voice far behind the party's (someone
-    else in the room, the other party's leak) is not the party's speech."""
+    """Hysteresis on the network's probability, then the party's own level: of what the
+    network heard, frames more than `continue_below_level_db` under the leg's speech level are
+    dropped, and of the runs left, those whose mean level is more than `speech_below_level_db`
+    under it. A voice far behind the party's (someone else in the room, the other party's
+    leak) is not the party's speech. The speech level is a high percentile of the frames the
+    network heard, not their loudest: a few loud tones or clicks heard as speech would
+    otherwise set it."""
     if leg.frame_probability is None:
         raise ValueError("the silero method needs legs analysed with method='silero'")
     probability = leg.frame_probability
     if not np.any(probability >= params.speech_threshold):
         return np.zeros(probability.size, np.bool_)
     heard = _hysteresis(probability, params.speech_threshold, params.release_threshold)
-    loud = float(np.percentile(leg.frame_db[heard], params.loud_percentile))
-    near = leg.frame_db >= loud - params.speech_below_loud_db
-    return _hysteresis(probability, params.speech_threshold, params.release_threshold, near)
+    level = float(np.percentile(leg.frame_db[heard], params.speech_level_percentile))
+    near = heard & (leg.frame_db >= level - params.continue_below_level_db)
+    # judged as the turn rules will join them: pauses shorter than min_gap bridged
+    edges = np.diff(near.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    if starts.size:
+        joined = starts[1:] - ends[:-1] < round(params.min_gap / leg.frame_seconds)
+        starts = np.concatenate((starts[:1], starts[1:][~joined]))
+        ends = np.concatenate((ends[:-1][~joined], ends[-1:]))
+    sums = np.concatenate(([0.0], np.cumsum(np.where(near, leg.frame_db, 0.0))))
+    counts = np.concatenate(([0], np.cumsum(near)))
+    mean = (sums[ends] - sums[starts]) / np.maximum(counts[ends] - counts[starts], 1)
+    kept = mean >= level - params.speech_below_level_db
+    return near & _runs_mask(starts[kept], ends[kept], near.size)
 
 
 def _runs_mask(starts: npt.NDArray[np.intp], ends: npt.NDArray[np.intp], size: int) -> Mask:

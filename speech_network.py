@@ -67,6 +67,18 @@ def _window_levels(frame_db: Frames, frame: int, windows: int) -> Frames:
     return np.maximum(levels, frame_db[np.minimum((starts + WINDOW - 1) // frame, top)])
 
 
+def _running_min(values: Frames, reach: int) -> Frames:
+    """Each window's minimum over the `reach` windows either side (doubling shifts)."""
+    out = values.copy()
+    span = 1
+    while span <= reach:
+        step = min(span, reach + 1 - span)
+        out[step:] = np.minimum(out[step:], out[:-step].copy())
+        out[:-step] = np.minimum(out[:-step], out[step:].copy())
+        span += step
+    return out
+
+
 def _dilate(mask: npt.NDArray[np.bool_], reach: int) -> npt.NDArray[np.bool_]:
     """`mask` widened by `reach` windows on each side."""
     out = mask.copy()
@@ -113,15 +125,21 @@ def network_pass(
     windows = -(-samples // WINDOW)
     level = _window_levels(frame_db, frame, windows)
     floor = float(np.percentile(frame_db, params.floor_percentile)) if frame_db.size else 0.0
-    shown = _dilate(
-        level >= floor + params.gate_above_floor_db,
-        round(params.gate_context * _SAMPLE_RATE / WINDOW),
-    )
-    loud = level >= floor + params.music_above_floor_db
+    # where the line's noise rises above the leg's floor for a while (a step, a drift), the
+    # floor there is the quietest window nearby: the noise alone need not be shown
+    local = _running_min(level, round(params.floor_reach * _SAMPLE_RATE / WINDOW))
+    floor_here = np.maximum(local, np.float32(floor))
+    del local
+    context = round(params.gate_context * _SAMPLE_RATE / WINDOW)
+    shown = _dilate(level >= floor_here + params.gate_above_floor_db, context)
+    loud = level >= floor_here + params.music_above_floor_db
+    del floor_here
     del level
     if skip is not None and windows:
         centres = (np.arange(windows, dtype=np.int32) * WINDOW + WINDOW // 2) // frame
-        shown &= ~skip[np.minimum(centres, skip.size - 1)]
+        # kept: the context before and after what is shown, so the network is warmed up
+        # when the leg's own voice follows (or comes through) the other's
+        shown &= _dilate(~skip[np.minimum(centres, skip.size - 1)], context)
     probability = np.zeros(windows, np.float32)
     flat = np.ones(windows, np.float32)
     model, index, pending = _model(), 0, b""
