@@ -158,7 +158,7 @@ def _annotation(spans: Mapping[str, Sequence[tuple[float, float]]]) -> Annotatio
     found = Annotation()
     for leg, segments in spans.items():
         for start, end in segments:
-            found[Segment(start, end)] = leg
+            found[Segment(start, end), leg] = leg  # one track per leg: same times, two speakers
     return found
 
 
