@@ -1,5 +1,7 @@
-"""What a telephone line does to a call of recorded speech: the conditions, and each leg as the
-service would receive it (degraded, encoded, converted by the service's own ffmpeg).
+"""What a telephone line does to a call: the conditions, and each leg as the service gets it.
+
+Each leg is degraded, encoded with the condition's codec if any, and converted by the
+service's own ffmpeg invocation.
 
 Levels are RMS in dB relative to full scale (a full-scale sine is -3 dBFS). Each condition adds
 to each leg, from a random stream of its own per call, effect and leg, so a call under

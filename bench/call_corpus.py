@@ -1,17 +1,23 @@
-"""Two-party calls of recorded human speech, degraded per condition, and a scorer for speech
-labels per leg; `python -m bench.call_corpus` scores today's detectors on them.
+"""Two-party calls of recorded speech under line conditions, and a scorer of speech labels.
 
 The agent is Allison Smith's English prompts; the customer varies per call between June
-Wallack's French-Canadian prompts, a LibriVox reader and CMU's AN4/cards utterances (sources and
-licences: bench/call_sources.py). Turns alternate with pauses of 0.3-1.5 s between one's last
-word and the other's first; some turns overlap (the next speaker starts 0.3-1.0 s before the
-other's last word ends); the listener says a short word (0.2-0.8 s of speech, from its own
-voice, or June's for the two English customer sources, which have none) inside a long span of
-the other's turn. Each leg has its own gain (-12..-3 dB on clips brought to -20 dBFS of
-speech, each clip within 1.5 dB of that). Every call opens with 7-8 s in which no one speaks
-(a ringback's place), keeps a 2.8 s pause for keyed digits after its third turn and a hold of
-15-25 s once half its talk is over, all silent unless a condition fills them (see
-bench/call_conditions.py). `seconds` is the talk; the call is longer by those stretches.
+Wallack's French-Canadian prompts, a LibriVox reader and CMU's AN4/cards utterances; the hold
+plays opsound music (Asterisk prompts and music: CC-BY-SA-3.0; pocketsphinx test data: BSD-2;
+each package's copyright in detail: bench/call_sources.py). `python -m bench.call_corpus` scores
+today's detectors on the corpus.
+
+Turns alternate with pauses of 0.3-1.5 s between one's last word and the other's first; some
+turns overlap (the next speaker starts 0.3-1.0 s before the other's last word ends); the
+listener says a short word (0.2-0.8 s of speech, from its own voice, or June's for the two
+English customer sources, which have none) inside a long span of the other's turn. Each leg has
+its own gain (-12..-3 dB on clips brought to -20 dBFS of speech, each clip within 1.5 dB of
+that). Every call opens with 7-8 s in which no one speaks (a ringback's place), keeps a 2.8 s
+pause for keyed digits after its third turn and a hold of 15-25 s once half its talk is over,
+all silent unless a condition fills them (see bench/call_conditions.py). `seconds` is the talk;
+the call is longer by those stretches. A leg in the LibriVox or AN4 voice carries white noise at
+its clips' own noise floor (their median 10th-percentile level, about 25 dB under their speech)
+from start to end, as a line would: without it each clip's floor would step out of digital
+silence and any level detector would hear the step as speech.
 
 The reference of each leg is the speech of each clip placed on it (the rule in
 bench/call_sources.py), with pauses under 0.3 s between clips bridged as within them.
@@ -32,10 +38,11 @@ import numpy as np
 from pyannote.core import Annotation, Segment, Timeline  # type: ignore[import-untyped]
 from pyannote.metrics.diarization import DiarizationErrorRate
 
-from bench.call_conditions import CONDITIONS, LEGS, Call, Sample, prepare
+from bench.call_conditions import CONDITIONS, LEGS, Call, Sample, dbfs_gain, hiss, prepare
 from bench.call_sources import (
     CUSTOMER_VOICES,
     MIN_PAUSE,
+    NOISY_VOICES,
     RATE,
     Clip,
     Spans,
@@ -120,11 +127,16 @@ def build_call(index: int, seconds: float, seed: int) -> Call:
     total = round((max(free.values()) + rng.uniform(0.5, 1.5)) * RATE)
     legs = {leg: np.zeros(total) for leg in LEGS}
     spans: dict[str, Spans] = {leg: [] for leg in LEGS}
+    floors: dict[str, list[float]] = {leg: [] for leg in LEGS}
     for leg, start, spoken in placed:
         first = round(start * RATE)
-        gain = 10 ** ((gains[leg] + rng.uniform(-1.5, 1.5)) / 20)
-        legs[leg][first : first + spoken.samples.size] += spoken.samples * gain
+        gain_db = gains[leg] + rng.uniform(-1.5, 1.5)
+        legs[leg][first : first + spoken.samples.size] += spoken.samples * 10 ** (gain_db / 20)
         spans[leg] += [(first / RATE + s, first / RATE + e) for s, e in spoken.spans]
+        floors[leg].append(spoken.floor_dbfs + gain_db)
+    for leg, voice in voices.items():
+        if voice in NOISY_VOICES:  # the recordings' own floor, heard all along as on a line
+            legs[leg] += dbfs_gain(hiss(rng, total), float(np.median(floors[leg])))
     reference = {leg: _bridged(found) for leg, found in spans.items()}
     return Call(f"s{seed}c{index}-{customer}", seed * 1000 + index, voices, legs, reference,
                 lead_in, hold, keypad)  # fmt: skip

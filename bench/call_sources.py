@@ -79,6 +79,7 @@ def _voice_files(voice: str) -> list[Path]:
 
 VOICES = ("allison", "june", "librivox", "cmu")
 CUSTOMER_VOICES = ("june", "librivox", "cmu")
+NOISY_VOICES = ("librivox", "cmu")  # recordings with a noise floor less than 40 dB down
 
 
 def missing_packages() -> list[str]:
@@ -146,6 +147,7 @@ class Clip:
     name: str
     samples: Signal
     spans: Spans
+    floor_dbfs: float  # its 10th-percentile frame level: the recording's own noise floor
 
     @property
     def seconds(self) -> float:
@@ -174,7 +176,9 @@ def clip(path: Path) -> Clip:
     spans = speech_spans(samples, noisy=path.is_relative_to(SPHINX))
     speech = np.concatenate([samples[round(s * RATE) : round(e * RATE)] for s, e in spans])
     gain = 10 ** (ACTIVE_DBFS / 20) / np.sqrt(np.mean(speech**2))
-    return Clip(f"{path.parent.name}/{path.name}", fade(samples * gain), spans)
+    normalised = samples * gain
+    floor = float(np.percentile(frame_db(normalised), 10))
+    return Clip(f"{path.parent.name}/{path.name}", fade(normalised), spans, floor)
 
 
 def excerpt(source: Clip, start: float, end: float) -> Clip:
@@ -185,7 +189,7 @@ def excerpt(source: Clip, start: float, end: float) -> Clip:
         if s < end and e > start
     ]
     piece = source.samples[round(start * RATE) : round(end * RATE)]
-    return Clip(f"{source.name}@{start:.2f}", fade(piece), spans)
+    return Clip(f"{source.name}@{start:.2f}", fade(piece), spans, source.floor_dbfs)
 
 
 @lru_cache(maxsize=8)
@@ -213,7 +217,8 @@ def backchannels(voice: str) -> tuple[Clip, ...]:
 def moh_piece(rng: np.random.Generator, seconds: float) -> tuple[str, Signal]:
     """`seconds` of one music-on-hold file from a random point past its first 10 s, at 16 kHz,
     read from the 8 kHz file without decoding the rest."""
-    path = sorted(MOH.glob("*.wav"))[int(rng.integers(len(list(MOH.glob("*.wav")))))]
+    files = sorted(MOH.glob("*.wav"))
+    path = files[int(rng.integers(len(files)))]
     with wave.open(str(path), "rb") as reader:
         rate, frames = reader.getframerate(), reader.getnframes()
         wanted = int(seconds * rate) + 1
