@@ -1,7 +1,9 @@
 # Every target creates .venv and installs the pinned requirements itself; `make test` and
 # `make bench` also install what they need from apt when it is missing: PostgreSQL (the tests
 # start a server of their own), curl (the benchmark posts with it), espeak-ng (the speech
-# labels are checked on calls it speaks) and Chromium (the pages are checked in a real browser).
+# labels are checked on calls it speaks), Chromium (the pages are checked in a real browser) and
+# the recorded speech and music on hold of bench/call_corpus.py (Asterisk's prompts and MOH,
+# pocketsphinx's test recordings; found by a file each package installs).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -30,8 +32,16 @@ PG_INITDB ?= $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) \
 CURL ?= $(shell command -v curl 2>/dev/null)
 ESPEAK ?= $(shell command -v espeak-ng 2>/dev/null)
 CHROMIUM ?= $(shell command -v chromium 2>/dev/null)
+SOUNDS_EN ?= $(wildcard /usr/share/asterisk/sounds/en_US_f_Allison/hello.wav)
+SOUNDS_FR ?= $(wildcard /usr/share/asterisk/sounds/fr_CA_f_June/hello.wav)
+SPHINX_DATA ?= $(wildcard /usr/share/pocketsphinx/test/data/goforward.raw)
+MOH ?= $(wildcard /usr/share/asterisk/moh/*.wav)
 APT_MISSING := $(strip $(if $(PG_INITDB),,postgresql) $(if $(CURL),,curl) $(if $(ESPEAK),,espeak-ng) \
-                       $(if $(CHROMIUM),,chromium))
+                       $(if $(CHROMIUM),,chromium) \
+                       $(if $(SOUNDS_EN),,asterisk-core-sounds-en-wav) \
+                       $(if $(SOUNDS_FR),,asterisk-core-sounds-fr-wav) \
+                       $(if $(SPHINX_DATA),,pocketsphinx-testdata) \
+                       $(if $(MOH),,asterisk-moh-opsound-wav))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 system-packages:
@@ -40,7 +50,7 @@ ifneq ($(APT_MISSING),)
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_MISSING)
 else
 	@echo "PostgreSQL server binaries: $(dir $(PG_INITDB)); curl: $(CURL); espeak-ng: $(ESPEAK);" \
-	      "chromium: $(CHROMIUM)"
+	      "chromium: $(CHROMIUM); recorded speech and music on hold: installed"
 endif
 
 test: $(STAMP) system-packages
