@@ -61,7 +61,7 @@ class VadParams:
     release_threshold: float = 0.35  # ... and lasts while it stays at or above this one
     speech_level_percentile: float = 90.0  # silero: the leg's speech level, over heard frames
     speech_below_level_db: float = 15.0  # silero: a run must come this close to that level ...
-    continue_below_level_db: float = 22.0  # ... and its frames stay this close
+    continue_below_level_db: float = 30.0  # ... and its frames stay this close
     gate_above_floor_db: float = 3.0  # silero: quieter windows are not shown to the network
     gate_context: float = 0.2  # seconds shown around every window that is
     floor_reach: float = 4.0  # silero: the floor there is the quietest window this near
@@ -326,22 +326,25 @@ def _energy_mask(levels: Frames, params: VadParams) -> Mask:
 
 
 def _network_mask(leg: LegAudio, params: VadParams) -> Mask:
-    """Hysteresis on the network's probability, then the party's own level: of what the
-    network heard, frames more than `continue_below_level_db` under the leg's speech level are
-    dropped, and of the runs left, those whose mean level is more than `speech_below_level_db`
-    under it. A voice far behind the party's (someone else in the room, the other party's
-    leak) is not the party's speech. The speech level is a high percentile of the frames the
-    network heard, not their loudest: a few loud tones or clicks heard as speech would
-    otherwise set it."""
+    """Hysteresis on the network's probability."""
     if leg.frame_probability is None:
         raise ValueError("the silero method needs legs analysed with method='silero'")
     probability = leg.frame_probability
-    if not np.any(probability >= params.speech_threshold):
-        return np.zeros(probability.size, np.bool_)
-    heard = _hysteresis(probability, params.speech_threshold, params.release_threshold)
-    level = float(np.percentile(leg.frame_db[heard], params.speech_level_percentile))
-    near = heard & (leg.frame_db >= level - params.continue_below_level_db)
-    # judged as the turn rules will join them: pauses shorter than min_gap bridged
+    return _hysteresis(probability, params.speech_threshold, params.release_threshold)
+
+
+def _own_voice(mask: Mask, leg: LegAudio, params: VadParams) -> Mask:
+    """For silero, the party's own level: of the speech in `mask`, frames more than
+    `continue_below_level_db` under the leg's speech level are dropped, and of what is left,
+    the stretches (joined as the turn rules join them) whose mean level is more than
+    `speech_below_level_db` under it. The network hears any voice; a voice far behind the
+    party's (someone else in the room) is not the party's. The speech level is a high
+    percentile of the frames in `mask`, not their loudest: a few loud tones or clicks heard as
+    speech would otherwise set it. The level detectors need none of this."""
+    if params.method != "silero" or not mask.any():
+        return mask
+    level = float(np.percentile(leg.frame_db[mask], params.speech_level_percentile))
+    near = mask & (leg.frame_db >= level - params.continue_below_level_db)
     edges = np.diff(near.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     if starts.size:
@@ -389,7 +392,7 @@ def _segments(mask: Mask, leg: LegAudio, params: VadParams) -> list[Segment]:
 
 def detect_speech(leg: LegAudio, params: VadParams = DEFAULT_PARAMS) -> list[Segment]:
     """One leg's speech on its own, after the turn rules."""
-    return _segments(_frame_mask(leg, params), leg, params)
+    return _segments(_own_voice(_frame_mask(leg, params), leg, params), leg, params)
 
 
 def _recent_max(levels: Frames, frames: int) -> Frames:
@@ -450,7 +453,7 @@ def label_legs(
         for other, other_leg in legs.items():
             if other != name:
                 mask &= ~_leak_frames(leg, other_leg, masks[other], params)
-        labels[name] = _segments(mask, leg, params)
+        labels[name] = _segments(_own_voice(mask, leg, params), leg, params)
     return labels
 
 
