@@ -611,10 +611,11 @@ class MetadataTracker:
         with self._reading() as conn:
             return metadata_speech.flagged(conn)
 
-    def labelled_conversations(self, include_flagged: bool = False) -> Iterator[StoredConversation]:
-        """Every fully labelled conversation, in stored order, read from one view of the store."""
+    def stored_conversations(self) -> Iterator[StoredConversation]:
+        """Every conversation with its legs, labels and flags, in stored order, read from one
+        view of the store (`StoredConversation.labelled` tells the labelled ones)."""
         with self._reading() as conn:
-            yield from metadata_speech.labelled_conversations(conn, include_flagged)
+            yield from metadata_speech.stored_conversations(conn)
 
     # The JSON export -------------------------------------------------------------------------
 

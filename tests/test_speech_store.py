@@ -97,7 +97,9 @@ def test_a_replaced_file_loses_its_labels_and_stale_labels_are_refused(
         tracker.save_labels("c1", old_labels, 0.0, {}, PROVENANCE) is None
     )  # computed from the old file
     assert tracker.statistics()["speech"]["labelled_files"] == 1
-    assert list(tracker.labelled_conversations()) == []  # not every leg has current labels
+    [conversation] = tracker.stored_conversations()
+    assert not conversation.labelled  # not every leg has current labels
+    assert [leg.segments for leg in conversation.legs] == [(), ((10.0, 20.0),)]
     new_agent = {**old_labels, "agent": labels(stored(7), [(0.0, 4.0)])}
     assert tracker.save_labels("c1", new_agent, 0.0, {}, PROVENANCE) == 4.0
 
@@ -130,10 +132,9 @@ def test_the_same_audio_under_another_id_is_flagged_duplicate(tracker: MetadataT
     assert tracker.flags() == [
         ("second", "duplicate", "customer is the same audio as first/customer")
     ]
-    exported = [c.conversation_id for c in tracker.labelled_conversations()]
-    assert exported == ["first"]
-    everything = list(tracker.labelled_conversations(include_flagged=True))
+    everything = list(tracker.stored_conversations())
     assert [c.conversation_id for c in everything] == ["first", "second"]
+    assert everything[0].flags == {} and all(c.labelled for c in everything)
     assert everything[1].flags == {"duplicate": "customer is the same audio as first/customer"}
     assert everything[0].legs[0].segments == ((0.0, 5.0),)
     assert everything[0].legs[0].filepath == "/store/c1.wav"
@@ -150,7 +151,7 @@ def test_agent_ids_are_kept_and_not_erased_by_posts_without_one(tracker: Metadat
         {},
         PROVENANCE,
     )
-    [conversation] = tracker.labelled_conversations()
+    [conversation] = tracker.stored_conversations()
     assert conversation.agent_id == "agent-7"
     assert conversation.labeller == '{"detector":"test","version":1}'
 
