@@ -5,8 +5,8 @@
 
 Conversations whose files are not labelled yet are labelled first. The closing line counts every
 conversation left out, under each reason it has (a quality flag's name, "without two legs",
-"labels missing"). Run again at any time: only what is new or changed is written. Exit codes: 0 exported, 1 unreadable store or audio, 2 bad
-option or settings.
+"labels missing"). Run again at any time: only what is new or changed is written. Exit codes:
+0 exported, 1 unreadable store or audio, 2 bad option or settings.
 """
 
 from __future__ import annotations
