@@ -269,6 +269,33 @@ def unlabelled(conn: Connection) -> list[str]:
     return list(conn.execute(missing).scalars())
 
 
+def _detector(provenance: Mapping[str, object]) -> tuple[object, object]:
+    return provenance.get("detector"), provenance.get("version")
+
+
+def labelled_by_other(conn: Connection, provenance: Mapping[str, object]) -> list[str]:
+    """Conversations with labels made by another detector, or another version of it, than
+    `provenance` names (its other parameters are not compared), in the order first stored."""
+    wanted = _detector(provenance)
+    others = [
+        labeller_id
+        for labeller_id, text in conn.execute(select(labellers.c.id, labellers.c.provenance))
+        if _detector(json.loads(text)) != wanted
+    ]
+    if not others:
+        return []
+    found = (
+        select(conversations.c.conversation_id)
+        .where(
+            conversations.c.conversation_id.in_(
+                select(speech.c.conversation_id).where(speech.c.labeller_id.in_(others))
+            )
+        )
+        .order_by(conversations.c.seq)
+    )
+    return list(conn.execute(found).scalars())
+
+
 def flagged(conn: Connection) -> list[tuple[str, str, str]]:
     """Every flag: (conversation_id, reason, detail), by conversation."""
     f = conversation_flags.c

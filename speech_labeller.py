@@ -82,8 +82,26 @@ def label_conversation(
 
 def label_unlabelled(tracker: MetadataTracker, params: VadParams = DEFAULT_PARAMS) -> int:
     """Label every conversation that has a file without labels; returns how many."""
+    return _label_each(tracker, tracker.unlabelled(), params)
+
+
+def relabel_other_detectors(
+    tracker: MetadataTracker, params: VadParams = DEFAULT_PARAMS
+) -> tuple[int, str]:
+    """Label again, with `params`, every conversation whose labels another detector (or another
+    version of it) made; returns how many, and the detector and version now used.
+
+    Speech totals and flags follow in the same transaction as each conversation's new labels,
+    and the next dataset export rewrites it (its fingerprint names the labeller).
+    """
+    made = provenance(params)
+    done = _label_each(tracker, tracker.labelled_by_other(made), params)
+    return done, f"{made['detector']} version {made['version']}"
+
+
+def _label_each(tracker: MetadataTracker, conversation_ids: list[str], params: VadParams) -> int:
     done = 0
-    for conversation_id in tracker.unlabelled():
+    for conversation_id in conversation_ids:
         try:
             done += label_conversation(tracker, conversation_id, params) is not None
         except FileNotFoundError as exc:

@@ -140,6 +140,19 @@ def test_the_same_audio_under_another_id_is_flagged_duplicate(tracker: MetadataT
     assert everything[0].legs[0].filepath == "/store/c1.wav"
 
 
+def test_labels_of_another_detector_or_version_are_found(tracker: MetadataTracker) -> None:
+    """labelled_by_other compares the stored detector and version only, in stored order."""
+    for cid, n, made in (("c1", 1, PROVENANCE), ("c2", 3, {**PROVENANCE, "min_gap": 9}),
+                         ("c3", 5, {**PROVENANCE, "version": 2}), ("c4", 7, None)):  # fmt: skip
+        agent, customer = two_legs(tracker, cid, n)
+        if made is not None:
+            both = {"agent": labels(agent, [(0, 1)]), "customer": labels(customer, [(1, 2)])}
+            tracker.save_labels(cid, both, 0, {}, made)
+    assert tracker.labelled_by_other(PROVENANCE) == ["c3"]
+    assert tracker.labelled_by_other({"detector": "test", "version": 2}) == ["c1", "c2"]
+    assert tracker.labelled_by_other({"detector": "other", "version": 1}) == ["c1", "c2", "c3"]
+
+
 def test_agent_ids_are_kept_and_not_erased_by_posts_without_one(tracker: MetadataTracker) -> None:
     """An agent id given once stays with the conversation when a later record omits it."""
     tracker.record_file("c1", "agent", stored(1), agent_id="agent-7")
