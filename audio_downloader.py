@@ -145,7 +145,7 @@ class AudioDownloader:
     async def start(self) -> None:
         """Everything a job needs that takes time to start: the labelling process."""
         if self._labeller is not None:
-            await anyio.to_thread.run_sync(self._labeller.start)
+            await self._labeller.start()
 
     def begin_shutdown(self) -> None:
         """Take no new jobs; cancel those still transferring after SHUTDOWN_GRACE_SECONDS.

@@ -50,16 +50,42 @@ class ExportBusy(Exception):
     """Another export holds the output folder."""
 
 
+LABELS_MISSING = "labels missing"
+NOT_TWO_LEGS = "without two legs"
+
+
 @dataclass
 class ExportSummary:
     exported: int = 0
     written: int = 0  # conversations whose audio and labels were (re)written
     unchanged: int = 0
     removed: int = 0
-    flagged_skipped: int = 0
-    not_two_legs: int = 0
+    left_out: int = 0  # conversations not exported, each counted once
+    # Why, by reason: each quality flag's name, LABELS_MISSING, NOT_TWO_LEGS. A conversation
+    # left out for several reasons counts under each of them.
+    left_out_by_reason: dict[str, int] = field(default_factory=dict)
     hours: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0.0))
     speech_hours: float = 0.0
+
+    def leave_out(self, reasons: Iterable[str]) -> None:
+        self.left_out += 1
+        for reason in reasons:
+            self.left_out_by_reason[reason] = self.left_out_by_reason.get(reason, 0) + 1
+
+    def left_out_text(self) -> str:
+        """E.g. "left out 3 (duplicate 1, labels missing 1, without two legs 1)"."""
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.left_out_by_reason.items()))
+        return f"left out {self.left_out}" + (f" ({reasons})" if reasons else "")
+
+
+def reasons_to_leave_out(conversation: StoredConversation, include_flagged: bool) -> list[str]:
+    """Why a conversation cannot go into the training set (none: it goes in)."""
+    reasons = [] if conversation.labelled else [LABELS_MISSING]
+    if len(conversation.legs) != 2:
+        reasons.append(NOT_TWO_LEGS)
+    if not include_flagged:
+        reasons += sorted(conversation.flags)
+    return reasons
 
 
 def split_of(key: str, split: tuple[float, float, float]) -> str:
@@ -86,7 +112,8 @@ def export_dataset(
     include_flagged: bool = False,
     progress: bool = True,
 ) -> ExportSummary:
-    """Write (or bring up to date) the training set in `output_dir`."""
+    """Write (or bring up to date) the training set in `output_dir` from every stored
+    conversation given; the summary counts those left out, by reason."""
     unknown = set(formats) - set(ALL_FORMATS)
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {', '.join(ALL_FORMATS)}")
@@ -114,11 +141,9 @@ def _export(
         previous = {}
     summary, items, state = ExportSummary(), [], {}
     for conversation in tqdm(conversations, desc="exporting", unit="conv", disable=not progress):
-        if conversation.flags and not include_flagged:
-            summary.flagged_skipped += 1
-            continue
-        if len(conversation.legs) != 2:
-            summary.not_two_legs += 1
+        reasons = reasons_to_leave_out(conversation, include_flagged)
+        if reasons:
+            summary.leave_out(reasons)
             continue
         item, fingerprint = _export_one(conversation, out, split, previous, summary)
         items.append(item)

@@ -3,9 +3,10 @@
     python3 export_dataset.py OUTPUT_DIR [--formats rttm,nemo,pyannote,huggingface,lhotse]
                               [--split 80/10/10] [--include-flagged] [--no-progress]
 
-Conversations whose files are not labelled yet are labelled first. Run again at any time: only
-what is new or changed is written. Exit codes: 0 exported, 1 unreadable store or audio, 2 bad
-option or settings.
+Conversations whose files are not labelled yet are labelled first. The closing line counts every
+conversation left out, under each reason it has (a quality flag's name, "without two legs",
+"labels missing"). Run again at any time: only what is new or changed is written. Exit codes:
+0 exported, 1 unreadable store or audio, 2 bad option or settings.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         tracker = MetadataTracker.from_settings(settings)
         labelled = label_unlabelled(tracker)
         done = export_dataset(
-            tracker.labelled_conversations(include_flagged=args.include_flagged),
+            tracker.stored_conversations(),
             args.output_dir, formats=args.formats, split=args.split,
             include_flagged=args.include_flagged, progress=not args.no_progress,
         )  # fmt: skip
@@ -87,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"exported {done.exported} conversations to {args.output_dir} ({hours}; "
         f"{done.speech_hours:.3f} h of speech): {done.written} written, {done.unchanged} "
-        f"unchanged, {done.removed} removed; left out {done.flagged_skipped} flagged and "
-        f"{done.not_two_legs} without two legs"
+        f"unchanged, {done.removed} removed; {done.left_out_text()}"
         + (f"; labelled {labelled} first" if labelled else "")
     )
     return EXIT_OK

@@ -9,10 +9,13 @@ period (AudioDownloader.begin_shutdown).
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
+
+from processes import end_with_parent
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -45,3 +48,14 @@ def on_termination(callback: Callable[[], None]) -> Callable[[], None]:
             signal.signal(sig, prior)
 
     return undo
+
+
+def stop_with_supervisor() -> None:
+    """In a process started by a supervisor (`uvicorn --workers N`, `--reload`), start a graceful
+    stop (SIGTERM) when the supervisor ends, however it ends: uvicorn's workers would otherwise
+    serve on, unsupervised, after their supervisor was killed. Call it from the main thread
+    (the kernel keeps the request with the thread that made it); elsewhere it does nothing.
+    """
+    supervised = multiprocessing.parent_process() is not None
+    if supervised and threading.current_thread() is threading.main_thread():
+        end_with_parent(signal.SIGTERM)

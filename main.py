@@ -22,7 +22,7 @@ from audio_downloader import AudioDownloader
 from cli import EXIT_OK, EXIT_USAGE, fail, invalid_settings
 from converter import ffmpeg_version
 from dashboard_routes import router as dashboard_router
-from graceful import on_termination
+from graceful import on_termination, stop_with_supervisor
 from logger import setup_logging
 from metadata_tracker import JsonExporter, MetadataTracker
 from metrics_routes import router as metrics_router
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         active = settings or get_settings()
         setup_logging(active)
+        stop_with_supervisor()
         tracker = MetadataTracker.from_settings(active)
         try:
             count = await anyio.to_thread.run_sync(tracker.check)

@@ -53,13 +53,18 @@ class StoredLeg:
 
 @dataclass(frozen=True)
 class StoredConversation:
-    """A conversation's labelled legs, as an export reads them."""
+    """A conversation's stored legs with their labels and flags, as an export reads them.
+
+    `labelled` says whether every leg's current file has labels; a leg without them has no
+    segments, and `labeller` is the provenance (JSON) of the first leg's labels, if any.
+    """
 
     conversation_id: str
     agent_id: str | None
     legs: tuple[StoredLeg, ...]
     flags: dict[str, str]
-    labeller: str
+    labeller: str | None
+    labelled: bool
 
 
 def encode_segments(segments: Sequence[Segment]) -> str:
@@ -264,6 +269,33 @@ def unlabelled(conn: Connection) -> list[str]:
     return list(conn.execute(missing).scalars())
 
 
+def _detector(provenance: Mapping[str, object]) -> tuple[object, object]:
+    return provenance.get("detector"), provenance.get("version")
+
+
+def labelled_by_other(conn: Connection, provenance: Mapping[str, object]) -> list[str]:
+    """Conversations with labels made by another detector, or another version of it, than
+    `provenance` names (its other parameters are not compared), in the order first stored."""
+    wanted = _detector(provenance)
+    others = [
+        labeller_id
+        for labeller_id, text in conn.execute(select(labellers.c.id, labellers.c.provenance))
+        if _detector(json.loads(text)) != wanted
+    ]
+    if not others:
+        return []
+    found = (
+        select(conversations.c.conversation_id)
+        .where(
+            conversations.c.conversation_id.in_(
+                select(speech.c.conversation_id).where(speech.c.labeller_id.in_(others))
+            )
+        )
+        .order_by(conversations.c.seq)
+    )
+    return list(conn.execute(found).scalars())
+
+
 def flagged(conn: Connection) -> list[tuple[str, str, str]]:
     """Every flag: (conversation_id, reason, detail), by conversation."""
     f = conversation_flags.c
@@ -273,8 +305,9 @@ def flagged(conn: Connection) -> list[tuple[str, str, str]]:
     return [(r.conversation_id, r.reason, r.detail) for r in rows]
 
 
-def labelled_conversations(conn: Connection, include_flagged: bool) -> Iterator[StoredConversation]:
-    """Every conversation whose stored files are all labelled, in the order first stored."""
+def stored_conversations(conn: Connection) -> Iterator[StoredConversation]:
+    """Every conversation with a stored file, labelled or not, flagged or not, in the order
+    first stored: what to leave out (and why) is the reader's choice, never made here."""
     flags: dict[str, dict[str, str]] = {}
     for cid, reason, detail in flagged(conn):
         flags.setdefault(cid, {})[reason] = detail
@@ -296,29 +329,34 @@ def labelled_conversations(conn: Connection, include_flagged: bool) -> Iterator[
     current: list[Any] = []
     for row in itertools.chain(rows, [None]):
         if current and (row is None or row.conversation_id != current[0].conversation_id):
-            first = current[0]
-            complete = all(r.file_sha256 == r.sha256 for r in current)
-            conv_flags = flags.get(first.conversation_id, {})
-            if complete and (include_flagged or not conv_flags):
-                yield StoredConversation(
-                    conversation_id=first.conversation_id,
-                    agent_id=first.agent_id,
-                    legs=tuple(
-                        StoredLeg(
-                            r.speaker_label,
-                            r.filepath,
-                            r.duration_seconds,
-                            r.sha256,
-                            decode_segments(r.segments),
-                        )
-                        for r in current
-                    ),
-                    flags=conv_flags,
-                    labeller=first.provenance,
-                )
+            yield _stored_conversation(current, flags.get(current[0].conversation_id, {}))
             current = []
         if row is not None:
             current.append(row)
+
+
+def _stored_conversation(rows: Sequence[Any], flags: dict[str, str]) -> StoredConversation:
+    first = rows[0]
+    # Labels of an earlier version of a file are not this file's (drop_labels removes them
+    # when a file is replaced; the check keeps a reader safe all the same).
+    current = [r.segments is not None and r.file_sha256 == r.sha256 for r in rows]
+    return StoredConversation(
+        conversation_id=first.conversation_id,
+        agent_id=first.agent_id,
+        legs=tuple(
+            StoredLeg(
+                r.speaker_label,
+                r.filepath,
+                r.duration_seconds,
+                r.sha256,
+                decode_segments(r.segments) if ok else (),
+            )
+            for r, ok in zip(rows, current, strict=True)
+        ),
+        flags=flags,
+        labeller=first.provenance,
+        labelled=all(current),
+    )
 
 
 def speech_statistics(summary: Mapping[str, Any], audio_micros: int) -> dict[str, Any]:

@@ -607,14 +607,21 @@ class MetadataTracker:
         with self._reading() as conn:
             return metadata_speech.unlabelled(conn)
 
+    def labelled_by_other(self, provenance: dict[str, object]) -> list[str]:
+        """Conversations whose labels another detector, or another version of it, made than
+        `provenance` (speech_activity.provenance) names."""
+        with self._reading() as conn:
+            return metadata_speech.labelled_by_other(conn, provenance)
+
     def flags(self) -> list[tuple[str, str, str]]:
         with self._reading() as conn:
             return metadata_speech.flagged(conn)
 
-    def labelled_conversations(self, include_flagged: bool = False) -> Iterator[StoredConversation]:
-        """Every fully labelled conversation, in stored order, read from one view of the store."""
+    def stored_conversations(self) -> Iterator[StoredConversation]:
+        """Every conversation with its legs, labels and flags, in stored order, read from one
+        view of the store (`StoredConversation.labelled` tells the labelled ones)."""
         with self._reading() as conn:
-            yield from metadata_speech.labelled_conversations(conn, include_flagged)
+            yield from metadata_speech.stored_conversations(conn)
 
     # The JSON export -------------------------------------------------------------------------
 
@@ -684,7 +691,14 @@ def main(argv: list[str] | None = None) -> int:
         "--label", action="store_true",
         help="label the speech of every stored file that has no labels yet (e.g. imported ones)",
     )  # fmt: skip
+    parser.add_argument(
+        "--relabel", action="store_true",
+        help="with --label: also label again every conversation whose labels another detector, "
+        "or another version of it, made than the current default",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.relabel and not args.label:
+        parser.error("--relabel goes with --label")
     try:
         settings = script_settings(args.metadata_file)
         tracker = MetadataTracker.from_settings(settings)
@@ -695,9 +709,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"({done.size_bytes / 1e6:.1f} MB, {done.seconds:.2f} s)")  # fmt: skip
             return EXIT_OK
         if args.label:
-            from speech_labeller import label_unlabelled
+            from speech_labeller import label_unlabelled, relabel_other_detectors
 
             print(f"labelled {label_unlabelled(tracker)} conversations")
+            if args.relabel:
+                count, detector = relabel_other_detectors(tracker)
+                print(f"relabelled {count} conversations labelled by another detector than "
+                      f"{detector}")  # fmt: skip
             return EXIT_OK
         stats = tracker.statistics(args.target, args.speech)
     except ValidationError as exc:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -25,6 +27,7 @@ import metrics
 from logger import setup_logging
 from metadata_speech import LegLabels
 from metadata_tracker import MetadataTracker
+from processes import end_with_parent
 from settings import Settings
 from speech_activity import (
     DEFAULT_PARAMS,
@@ -79,8 +82,26 @@ def label_conversation(
 
 def label_unlabelled(tracker: MetadataTracker, params: VadParams = DEFAULT_PARAMS) -> int:
     """Label every conversation that has a file without labels; returns how many."""
+    return _label_each(tracker, tracker.unlabelled(), params)
+
+
+def relabel_other_detectors(
+    tracker: MetadataTracker, params: VadParams = DEFAULT_PARAMS
+) -> tuple[int, str]:
+    """Label again, with `params`, every conversation whose labels another detector (or another
+    version of it) made; returns how many, and the detector and version now used.
+
+    Speech totals and flags follow in the same transaction as each conversation's new labels,
+    and the next dataset export rewrites it (its fingerprint names the labeller).
+    """
+    made = provenance(params)
+    done = _label_each(tracker, tracker.labelled_by_other(made), params)
+    return done, f"{made['detector']} version {made['version']}"
+
+
+def _label_each(tracker: MetadataTracker, conversation_ids: list[str], params: VadParams) -> int:
     done = 0
-    for conversation_id in tracker.unlabelled():
+    for conversation_id in conversation_ids:
         try:
             done += label_conversation(tracker, conversation_id, params) is not None
         except FileNotFoundError as exc:
@@ -95,8 +116,10 @@ class LabelWorker:
     from a queue of conversations (`submit`) that `drain` empties.
 
     The process comes from a fork server that has already imported this module, so starting
-    it costs milliseconds, and it never inherits the server's threads. A failure (or a crash
-    before the queue reached a conversation) is logged and leaves the conversation unlabelled
+    it costs milliseconds, and it never inherits the server's threads. Both end with the
+    service however it ends: the fork server when the thread that started it ends (the event
+    loop's, see `start`), the process when the fork server or the service ends. A failure (or a
+    crash before the queue reached a conversation) is logged and leaves the conversation unlabelled
     (`metadata_tracker.py --label` and the dataset export pick it up later); the stored file
     is never affected.
     """
@@ -124,9 +147,18 @@ class LabelWorker:
             )
         return self._pool
 
-    def start(self) -> None:
-        """Start the process and wait until it is ready (blocking: call it from a thread)."""
-        self._executor().submit(_ready).result()
+    async def start(self) -> None:
+        """Start the process and wait until it is ready; call it from the service's event loop.
+
+        The fork server is started here, in the loop's thread, which lives as long as the
+        service: the kernel ends the fork server when the thread that started it ends
+        (labeller_process.py), and a worker thread may end after a few idle seconds. (A fork
+        server that died is started again by the pool, from the loop's thread, in `label`.)
+        """
+        pool = self._executor()
+        multiprocessing.forkserver.ensure_running()
+        # Waits for the fork server's imports: in a thread, so the loop is not held meanwhile.
+        await asyncio.to_thread(lambda: pool.submit(_ready).result())
 
     def submit(self, conversation_id: str) -> None:
         """Queue a conversation whose files changed; returns at once (call it from the loop)."""
@@ -171,6 +203,9 @@ _worker_tracker: MetadataTracker | None = None
 
 def _start(settings: Settings) -> None:
     global _worker_tracker
+    # Killed when the fork server ends (the kernel) or the service does (a thread watching it):
+    # an orphan would wait for jobs forever, ignoring SIGTERM (labeller_process.py).
+    end_with_parent(signal.SIGKILL, watch=True)
     setup_logging(settings)
     _worker_tracker = MetadataTracker.from_settings(settings)
 

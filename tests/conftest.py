@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import process_tree
 import pytest
 from audio_factory import make_corpus
 from fastapi.testclient import TestClient
@@ -30,6 +31,35 @@ from metadata_tracker import database_url as store_url
 from settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+LEFTOVER_GRACE_SECONDS = 10  # for processes still on their way out when the last test ends
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_tests() -> Iterator[None]:
+    """Fails the run (at the teardown of its last test) if a process any test started, however
+    deep below this one, is still running once every other fixture has stopped what it owns.
+
+    This process is made a subreaper, so a process orphaned by a server that died (its parent
+    gone) is handed to it instead of init and is still found below it. This process's own
+    multiprocessing helpers (fork server, resource tracker) live as long as it does; whatever
+    runs below them is counted. Leftovers are listed, then killed.
+    """
+    process_tree.become_subreaper()
+    yield
+    deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+    while True:
+        helpers = process_tree.own_helpers()
+        left = [p for p in process_tree.descendants(os.getpid()) if p.pid not in helpers]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if left:
+        process_tree.kill_all(left)
+        pytest.fail(
+            f"{len(left)} process(es) the tests started outlived them (now killed):"
+            + process_tree.listed(left),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -319,3 +319,39 @@ def test_a_second_export_into_a_busy_folder_stops_with_one_line(
         == f"error: another export is writing to {out}; try again when it ends\n"
     )
     assert sorted(p.name for p in out.iterdir()) == [".export.lock"]
+
+
+def test_every_conversation_left_out_is_counted_by_reason_and_waiting_ones_are_labelled_first(
+    collection: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A duplicate, a silent leg, a lone leg and a leg whose file is gone are each left out and
+    counted under every reason it has in the printed summary; a call stored but not labelled
+    yet is labelled by the export and exported."""
+    store = Path(collection.audio_storage_dir)
+    tracker = MetadataTracker.from_settings(collection)
+    add_call(tracker, store, ("copy-a", *CALLS[0][1:]))  # call-a's audio again: a duplicate
+    for cid in ("waiting", "gone"):
+        for label, turn, pitch in (("agent", (0.5, 2.5), 150), ("customer", (3.0, 5.5), 230)):
+            leg = write_leg(store / f"{cid}_{label}.wav", voice(6, [turn], pitch, 0.5))
+            tracker.record_file(cid, label, leg)
+    (store / "gone_customer.wav").unlink()
+    assert sorted(tracker.unlabelled()) == ["gone", "lonely", "waiting"]
+    tracker.close()
+
+    out = tmp_path / "set"
+    assert main([str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"exported 5 conversations to {out} (")
+    assert printed.endswith(
+        "5 written, 0 unchanged, 0 removed; left out 4 (duplicate 2, labels missing 1, "
+        "no_speech 1, without two legs 1); labelled 2 first\n"
+    )  # "flat" counts under both its flags: duplicate (its agent is call-d's) and no_speech
+    exported = sorted(p.stem for p in (out / "audio").glob("*.wav"))
+    assert exported == ["call-a", "call-b", "call-c", "call-d", "waiting"]
+    assert {r[7] for r in read_rttm(out / "rttm" / "waiting.rttm")} == {"agent", "customer"}
+    tracker = MetadataTracker.from_settings(collection)
+    assert tracker.unlabelled() == ["gone"]  # the export labelled every other one
+    assert [(cid, reason) for cid, reason, _ in tracker.flags()] == [
+        ("copy-a", "duplicate"), ("flat", "duplicate"), ("flat", "no_speech")
+    ]  # fmt: skip
+    tracker.close()

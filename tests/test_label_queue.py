@@ -71,7 +71,7 @@ def test_submit_returns_at_once_and_drain_waits_for_every_queued_conversation(
     worker = LabelWorker(stored)
 
     async def run() -> tuple[int, int]:
-        await asyncio.to_thread(worker.start)
+        await worker.start()
         try:
             for n in range(6):
                 worker.submit(f"c{n}")
@@ -104,7 +104,7 @@ def test_a_queued_conversation_keeps_its_place_and_one_being_labelled_is_queued_
     worker.label = recording  # type: ignore[method-assign]
 
     async def run() -> None:
-        await asyncio.to_thread(worker.start)
+        await worker.start()
         try:
             for conversation_id in ("c0", "c1", "c2", "c1"):
                 worker.submit(conversation_id)

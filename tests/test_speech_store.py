@@ -97,7 +97,9 @@ def test_a_replaced_file_loses_its_labels_and_stale_labels_are_refused(
         tracker.save_labels("c1", old_labels, 0.0, {}, PROVENANCE) is None
     )  # computed from the old file
     assert tracker.statistics()["speech"]["labelled_files"] == 1
-    assert list(tracker.labelled_conversations()) == []  # not every leg has current labels
+    [conversation] = tracker.stored_conversations()
+    assert not conversation.labelled  # not every leg has current labels
+    assert [leg.segments for leg in conversation.legs] == [(), ((10.0, 20.0),)]
     new_agent = {**old_labels, "agent": labels(stored(7), [(0.0, 4.0)])}
     assert tracker.save_labels("c1", new_agent, 0.0, {}, PROVENANCE) == 4.0
 
@@ -130,13 +132,25 @@ def test_the_same_audio_under_another_id_is_flagged_duplicate(tracker: MetadataT
     assert tracker.flags() == [
         ("second", "duplicate", "customer is the same audio as first/customer")
     ]
-    exported = [c.conversation_id for c in tracker.labelled_conversations()]
-    assert exported == ["first"]
-    everything = list(tracker.labelled_conversations(include_flagged=True))
+    everything = list(tracker.stored_conversations())
     assert [c.conversation_id for c in everything] == ["first", "second"]
+    assert everything[0].flags == {} and all(c.labelled for c in everything)
     assert everything[1].flags == {"duplicate": "customer is the same audio as first/customer"}
     assert everything[0].legs[0].segments == ((0.0, 5.0),)
     assert everything[0].legs[0].filepath == "/store/c1.wav"
+
+
+def test_labels_of_another_detector_or_version_are_found(tracker: MetadataTracker) -> None:
+    """labelled_by_other compares the stored detector and version only, in stored order."""
+    for cid, n, made in (("c1", 1, PROVENANCE), ("c2", 3, {**PROVENANCE, "min_gap": 9}),
+                         ("c3", 5, {**PROVENANCE, "version": 2}), ("c4", 7, None)):  # fmt: skip
+        agent, customer = two_legs(tracker, cid, n)
+        if made is not None:
+            both = {"agent": labels(agent, [(0, 1)]), "customer": labels(customer, [(1, 2)])}
+            tracker.save_labels(cid, both, 0, {}, made)
+    assert tracker.labelled_by_other(PROVENANCE) == ["c3"]
+    assert tracker.labelled_by_other({"detector": "test", "version": 2}) == ["c1", "c2"]
+    assert tracker.labelled_by_other({"detector": "other", "version": 1}) == ["c1", "c2", "c3"]
 
 
 def test_agent_ids_are_kept_and_not_erased_by_posts_without_one(tracker: MetadataTracker) -> None:
@@ -150,7 +164,7 @@ def test_agent_ids_are_kept_and_not_erased_by_posts_without_one(tracker: Metadat
         {},
         PROVENANCE,
     )
-    [conversation] = tracker.labelled_conversations()
+    [conversation] = tracker.stored_conversations()
     assert conversation.agent_id == "agent-7"
     assert conversation.labeller == '{"detector":"test","version":1}'
 
