@@ -695,9 +695,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"({done.size_bytes / 1e6:.1f} MB, {done.seconds:.2f} s)")  # fmt: skip
             return EXIT_OK
         if args.label:
-            from speech_labeller import label_unlabelled
+            from speech_labeller import label_unlabelled, thresholds_of
 
-            print(f"labelled {label_unlabelled(tracker)} conversations")
+            labelled = label_unlabelled(tracker, thresholds_of(settings))
+            print(f"labelled {labelled} conversations")
             return EXIT_OK
         stats = tracker.statistics(args.target, args.speech)
     except ValidationError as exc:

@@ -82,6 +82,7 @@ class LegAudio:
     clipped_share: float  # fraction of samples at or within 1 LSB of full scale
     peak_dbfs: float
     frame_voiced: Mask | None = None  # per-frame decisions of an external detector (webrtc)
+    music_frames: int = 0  # frames judged music or tones by the detector
 
 
 class _Meter:
