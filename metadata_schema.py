@@ -230,11 +230,14 @@ def _add_report_indexes(conn: Connection) -> None:
 
 def _add_leg_quality(conn: Connection) -> None:
     """Version 4 -> 5: each labelled leg's SNR and music share, unknown (NULL) until the leg
-    is labelled again."""
+    is labelled again. A store migrating from version 1 already has them: step 1 creates the
+    speech table as this version defines it."""
+    present = {column["name"] for column in inspect(conn).get_columns(speech.name)}
     for column in ("snr_db", "music_share"):
-        kind = speech.c[column].type.compile(dialect=conn.dialect)
-        conn.exec_driver_sql(f"ALTER TABLE speech ADD COLUMN {column} {kind}")
-    next(i for i in speech.indexes if i.name == "speech_by_snr").create(conn)
+        if column not in present:
+            kind = speech.c[column].type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE speech ADD COLUMN {column} {kind}")
+    next(i for i in speech.indexes if i.name == "speech_by_snr").create(conn, checkfirst=True)
 
 
 # MIGRATIONS[n] brings a store of version n to version n + 1 inside one write transaction.
