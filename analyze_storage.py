@@ -259,6 +259,18 @@ def _speech(speech: dict[str, Any], flagged: list[dict[str, str]]) -> list[str]:
     ]
     lines += [f"  {name:<9}  {_hours(hours)}"
               for name, hours in speech["speech_hours_by_speaker"].items()]  # fmt: skip
+    quality = speech["quality"]
+    median = quality["snr_median_db"]
+    unknown = speech["labelled_files"] - quality["snr_measured_legs"]
+    lines.append(
+        f"  SNR        median {'unknown' if median is None else f'{median:.1f} dB'} over "
+        f"{quality['snr_measured_legs']} legs ({unknown} without speech or measured before); "
+        f"{speech['flags'].get('low_snr', 0)} conversations low_snr"
+    )
+    lines.append(
+        f"  music      {quality['legs_with_music']} legs with music or tones; "
+        f"{speech['flags'].get('music', 0)} conversations music"
+    )
     lines += ["", f"Flagged conversations: {speech['flagged_conversations']} (left out of "
               "dataset exports unless asked for)"]  # fmt: skip
     lines += [f"  {reason:<22} {count}" for reason, count in speech["flags"].items()]

@@ -126,6 +126,23 @@ class FailuresPublic(BaseModel):
     by_error_last_24_hours: dict[str, int] = Field(description="Error code -> attempts.")
 
 
+class LegQualityPublic(BaseModel):
+    snr_measured_legs: int = Field(
+        description="Labelled legs with an SNR (legs without speech, and legs labelled before "
+        "the measure existed, have none)."
+    )
+    snr_median_db: float | None = Field(
+        description="Median speech-band SNR of those legs, dB; null when there is none. Legs "
+        "under LOW_SNR_DB flag their conversation `low_snr`."
+    )
+    music_measured_legs: int = Field(
+        description="Labelled legs with a music share (all but those labelled before it existed)."
+    )
+    legs_with_music: int = Field(
+        description="Legs with any music or tones; over MUSIC_FLAG_SHARE of a leg flags `music`."
+    )
+
+
 class SpeechPublic(BaseModel):
     labelled_files: int = Field(description="Stored files whose speech turns are labelled.")
     unlabelled_files: int = Field(
@@ -138,6 +155,7 @@ class SpeechPublic(BaseModel):
     speech_share: float = Field(description="Speech hours / audio hours.")
     flagged_conversations: int
     flags: dict[str, int] = Field(description="Quality flag reason -> conversations.")
+    quality: LegQualityPublic
 
 
 class StatisticsPublic(BaseModel):

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from api_models import ProgressPublic, SummaryPublic
+from api_models import LegQualityPublic, ProgressPublic, SummaryPublic
 from metadata_document import statistics_of
 from metadata_reports import Report
 from metadata_tracker import MetadataTracker
@@ -103,6 +103,7 @@ class DashboardFailuresPublic(BaseModel):
 class FlagsPublic(BaseModel):
     flagged_conversations: int
     by_reason: dict[str, int] = Field(description="Quality flag reason -> conversations.")
+    quality: LegQualityPublic = Field(description="The legs' SNR and music, as /statistics.")
 
 
 class DashboardPublic(BaseModel):
@@ -183,6 +184,7 @@ def figures(report: Report, target_hours: float, now: str) -> DashboardPublic:
         flags=FlagsPublic(
             flagged_conversations=report.speech["flagged_conversations"],
             by_reason=report.speech["flags"],
+            quality=LegQualityPublic(**report.speech["quality"]),
         ),
     )
 

@@ -125,7 +125,7 @@ def page(data: DashboardPublic, target_hours: float) -> str:
                         key=lambda kv: (-kv[1], kv[0])), FLAG, "no conversation flagged")
                  + f'<p class="note">{data.flags.flagged_conversations:,} conversations flagged; '
                  f"{data.labelled_files:,} files labelled, {data.unlabelled_files:,} waiting "
-                 "for labels.</p>"),
+                 "for labels.</p>" + _leg_quality(data)),
         _section("Most recent failures", _recent_failures(data), wide=True),
     ]  # fmt: skip
     return _document(
@@ -162,6 +162,23 @@ def _document(title: str, head: str, body: str) -> str:
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"{head}<title>{_e(title)}</title><style>{PAGE_STYLE}</style></head>"
         f"<body>{body}</body></html>"
+    )
+
+
+def _leg_quality(data: DashboardPublic) -> str:
+    """What a training team filters on: low_snr and music counts (shown even at zero) and the
+    legs' median SNR."""
+    flags, quality = data.flags.by_reason, data.flags.quality
+    median = quality.snr_median_db
+    snr = "unknown" if median is None else f"{median:.1f} dB"
+    return (
+        f'<p class="note" id="leg-quality"><span id="flag-low-snr" '
+        f'data-value="{flags.get("low_snr", 0)}">{flags.get("low_snr", 0):,} low_snr</span>, '
+        f'<span id="flag-music" data-value="{flags.get("music", 0)}">{flags.get("music", 0):,}'
+        f" music</span> conversations; median SNR "
+        f'<span id="snr-median" data-value="{"" if median is None else median}">{snr}</span> over '
+        f"{quality.snr_measured_legs:,} legs, {quality.legs_with_music:,} legs with music or "
+        "tones.</p>"
     )
 
 

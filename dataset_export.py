@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 import dataset_formats as fmt
-from dataset_formats import Item, Turn
+from dataset_formats import Item, LegMeasures, Turn
 from metadata_speech import StoredConversation
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,12 @@ def _export_one(
     fmt.write_if_changed(uem, fmt.uem_text(uri, duration).encode())
     summary.hours[which] += duration / 3600
     summary.speech_hours += sum(t.end - t.start for t in turns) / 3600
-    return Item(uri, which, duration, samples, turns, audio, rttm, uem), fingerprint
+    legs = tuple(
+        LegMeasures(leg.speaker_label, leg.snr_db, leg.music_share) for leg in conversation.legs
+    )
+    flags = tuple(sorted(conversation.flags))
+    item = Item(uri, which, duration, samples, turns, audio, rttm, uem, legs, flags)
+    return item, fingerprint
 
 
 def _write_indexes(out: Path, items: list[Item], formats: Collection[str]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import tempfile
 import wave
@@ -30,8 +31,17 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class LegMeasures:
+    """What a recipe filters a leg on; None where the store does not know it."""
+
+    speaker: str
+    snr_db: float | None
+    music_share: float | None
+
+
+@dataclass(frozen=True)
 class Item:
-    """One exported conversation: its mixed audio, labels and where each file lives."""
+    """One exported conversation: its mixed audio, labels, measures and where each file lives."""
 
     uri: str
     split: str
@@ -41,6 +51,8 @@ class Item:
     audio: Path
     rttm: Path
     uem: Path
+    legs: tuple[LegMeasures, ...]
+    flags: tuple[str, ...]  # the conversation's quality flag reasons, sorted
 
 
 def _umask() -> int:
@@ -156,11 +168,16 @@ def write_pyannote(yml: Path, database: str, audio: Path, splits: Sequence[str])
 
 
 def write_nemo(path: Path, items: Sequence[Item]) -> None:
-    """A NeMo speaker-diarization manifest: one JSON object per line, absolute paths."""
+    """A NeMo speaker-diarization manifest: one JSON object per line, absolute paths; NeMo
+    ignores the extra keys (`snr_db_<speaker>`, `music_share_<speaker>`, `flags`) that a
+    recipe filters on."""
     rows = [
         {"audio_filepath": str(i.audio.resolve()), "offset": 0, "duration": round(i.duration, 3),
          "label": "infer", "text": "-", "num_speakers": len({t.speaker for t in i.turns}),
-         "rttm_filepath": str(i.rttm.resolve()), "uem_filepath": str(i.uem.resolve())}
+         "rttm_filepath": str(i.rttm.resolve()), "uem_filepath": str(i.uem.resolve()),
+         **{f"snr_db_{leg.speaker}": leg.snr_db for leg in i.legs},
+         **{f"music_share_{leg.speaker}": leg.music_share for leg in i.legs},
+         "flags": list(i.flags)}
         for i in items
     ]  # fmt: skip
     write_if_changed(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
@@ -168,7 +185,13 @@ def write_nemo(path: Path, items: Sequence[Item]) -> None:
 
 def write_audiofolder(directory: Path, items: Sequence[Item]) -> None:
     """A Hugging Face `audiofolder` split: the audio (hard links) and metadata.jsonl with the
-    diarization columns (timestamps_start, timestamps_end, speakers)."""
+    diarization columns (timestamps_start, timestamps_end, speakers), each leg's measures as
+    lists in one order (leg_speakers, leg_snr_db, leg_music_share: every row has the same
+    columns whatever its speaker labels) and the conversation's flags, comma-separated.
+
+    datasets refuses splits whose columns' types differ, and a column that is empty or null in
+    every row of a split gets the null type: so flags are a string ("" for none) and an unknown
+    measure is NaN (Arrow's missing float), never null or an empty list."""
     directory.mkdir(parents=True, exist_ok=True)
     rows = []
     for item in items:
@@ -177,7 +200,11 @@ def write_audiofolder(directory: Path, items: Sequence[Item]) -> None:
         turns = sorted(item.turns, key=lambda t: (t.start, t.speaker))
         rows.append({"file_name": link.name, "timestamps_start": [t.start for t in turns],
                      "timestamps_end": [t.end for t in turns],
-                     "speakers": [t.speaker for t in turns]})  # fmt: skip
+                     "speakers": [t.speaker for t in turns],
+                     "leg_speakers": [leg.speaker for leg in item.legs],
+                     "leg_snr_db": [_nan(leg.snr_db) for leg in item.legs],
+                     "leg_music_share": [_nan(leg.music_share) for leg in item.legs],
+                     "flags": ",".join(item.flags)})  # fmt: skip
     wanted = {i.audio.name for i in items}
     for old in directory.glob("*.wav"):
         if old.name not in wanted:
@@ -204,7 +231,8 @@ def _link(source: Path, link: Path) -> None:
 
 def write_lhotse(directory: Path, items: Sequence[Item]) -> None:
     """lhotse manifests written directly: a Recording per conversation (one file source,
-    channel 0) and a SupervisionSegment per turn (speaker, channel 0)."""
+    channel 0) and a SupervisionSegment per turn (speaker, channel 0) whose `custom` holds its
+    leg's snr_db and music_share and the conversation's flags (a Recording has no `custom`)."""
     recordings = [
         {"id": i.uri,
          "sources": [{"type": "file", "channels": [0], "source": str(i.audio.resolve())}],
@@ -214,10 +242,21 @@ def write_lhotse(directory: Path, items: Sequence[Item]) -> None:
     ]  # fmt: skip
     supervisions = [
         {"id": f"{i.uri}-{n:05d}", "recording_id": i.uri, "start": t.start,
-         "duration": round(t.end - t.start, 3), "channel": 0, "speaker": t.speaker}
+         "duration": round(t.end - t.start, 3), "channel": 0, "speaker": t.speaker,
+         "custom": _leg_custom(i, t.speaker)}
         for i in items
         for n, t in enumerate(sorted(i.turns, key=lambda t: (t.start, t.speaker)))
     ]  # fmt: skip
     for name, rows in (("recordings", recordings), ("supervisions", supervisions)):
         text = "".join(json.dumps(r) + "\n" for r in rows).encode()
         write_if_changed(directory / f"{name}.jsonl.gz", gzip.compress(text, mtime=0))
+
+
+def _leg_custom(item: Item, speaker: str) -> dict[str, object]:
+    leg = next((leg for leg in item.legs if leg.speaker == speaker), None)
+    return {"snr_db": leg.snr_db if leg else None,
+            "music_share": leg.music_share if leg else None, "flags": list(item.flags)}  # fmt: skip
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value

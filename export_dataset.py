@@ -21,7 +21,7 @@ from cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, invalid_settings, script
 from dataset_export import ALL_FORMATS, ExportBusy, export_dataset
 from errors import AudioError
 from metadata_tracker import MetadataTracker
-from speech_labeller import label_unlabelled
+from speech_labeller import label_unlabelled, thresholds_of
 
 
 def formats(text: str) -> list[str]:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = script_settings(args.metadata_file)
         tracker = MetadataTracker.from_settings(settings)
-        labelled = label_unlabelled(tracker)
+        labelled = label_unlabelled(tracker, thresholds_of(settings))
         done = export_dataset(
             tracker.stored_conversations(),
             args.output_dir, formats=args.formats, split=args.split,

@@ -35,6 +35,11 @@ Since version 4, for reports that stay fast at 100,000 conversations (metadata_r
 - `files_by_day`: files indexed by the day of `downloaded_at` (its first ten characters, the
   date in the writer's LOG_TIMEZONE) with their duration, so hours per day are summed from
   the index alone.
+
+Since version 5, the measures a training team filters on (speech_quality.py):
+- `speech.snr_db` (the leg's speech-band SNR; NULL when it has no speech) and
+  `speech.music_share` (its share of music or tones), indexed by SNR for the median. Legs
+  labelled before version 5 hold NULL in both until they are labelled again: unknown.
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ from url_secrets import source_sha256
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MB = 1024 * 1024
 NAME_LENGTH = 128  # conversation ids and speaker labels (api_models.NAME_PATTERN)
 STAMP_LENGTH = 40  # ISO 8601 with microseconds and offset fits in 32
@@ -171,7 +176,10 @@ speech = Table(
     Column("paired", Integer, nullable=False),
     Column("labeller_id", Integer, nullable=False),
     Column("labelled_at", String(STAMP_LENGTH), nullable=False),
+    Column("snr_db", Float, nullable=True),
+    Column("music_share", Float, nullable=True),
     Index("speech_by_pcm", "pcm_sha256"),
+    Index("speech_by_snr", "snr_db"),
 )
 
 conversation_flags = Table(
@@ -220,11 +228,24 @@ def _add_report_indexes(conn: Connection) -> None:
         index.create(conn)
 
 
+def _add_leg_quality(conn: Connection) -> None:
+    """Version 4 -> 5: each labelled leg's SNR and music share, unknown (NULL) until the leg
+    is labelled again. A store migrating from version 1 already has them: step 1 creates the
+    speech table as this version defines it."""
+    present = {column["name"] for column in inspect(conn).get_columns(speech.name)}
+    for column in ("snr_db", "music_share"):
+        if column not in present:
+            kind = speech.c[column].type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE speech ADD COLUMN {column} {kind}")
+    next(i for i in speech.indexes if i.name == "speech_by_snr").create(conn, checkfirst=True)
+
+
 # MIGRATIONS[n] brings a store of version n to version n + 1 inside one write transaction.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_speech,
     2: _add_source_hash,
     3: _add_report_indexes,
+    4: _add_leg_quality,
 }
 
 

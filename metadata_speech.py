@@ -40,6 +40,8 @@ class LegLabels:
     segments: Sequence[Segment]
     clipped_share: float
     paired: bool  # labelled beside another leg (crosstalk suppressed), not alone
+    snr_db: float | None = None  # speech_quality.LegQuality; None: no speech on the leg
+    music_share: float | None = None  # None: not measured
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class StoredLeg:
     duration_seconds: float
     sha256: str
     segments: tuple[Segment, ...]
+    snr_db: float | None = None  # None: no speech, or labelled before the measure existed
+    music_share: float | None = None  # None: labelled before the measure existed
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,7 @@ def save_labels(
                 file_sha256=leg.file_sha256, pcm_sha256=leg.pcm_sha256, speech_micros=amount,
                 segment_count=len(leg.segments), segments=encode_segments(leg.segments),
                 clipped_share=leg.clipped_share, paired=int(leg.paired), labeller_id=labeller,
-                labelled_at=now,
+                labelled_at=now, snr_db=leg.snr_db, music_share=leg.music_share,
             )
         )  # fmt: skip
         _add_speech_total(conn, insert, label, amount)
@@ -250,6 +254,36 @@ def speech_summary(conn: Connection) -> dict[str, Any]:
         "unlabelled_files": max(stored - labelled, 0),
         "flags": {reason: int(count) for reason, count in sorted(flags.items())},
         "flagged_conversations": flagged,
+        "quality": _quality_summary(conn),
+    }
+
+
+def _quality_summary(conn: Connection) -> dict[str, Any]:
+    """Legs with each measure, the median SNR (read from its index) and legs with music."""
+    s = speech.c
+    measured_snr, measured_music, with_music = conn.execute(
+        select(
+            func.count(s.snr_db),
+            func.count(s.music_share),
+            func.count().filter(s.music_share > 0),
+        )
+    ).one()
+    median = None
+    if measured_snr:
+        middle = conn.execute(
+            select(s.snr_db)
+            .where(s.snr_db.is_not(None))
+            .order_by(s.snr_db)
+            .offset((measured_snr - 1) // 2)
+            .limit(2 - measured_snr % 2)
+        ).scalars()
+        values = list(middle)
+        median = round(sum(values) / len(values), 1)
+    return {
+        "snr_measured_legs": int(measured_snr),
+        "snr_median_db": median,
+        "music_measured_legs": int(measured_music),
+        "legs_with_music": int(with_music),
     }
 
 
@@ -315,7 +349,7 @@ def stored_conversations(conn: Connection) -> Iterator[StoredConversation]:
         select(
             conversations.c.conversation_id, conversations.c.agent_id, files.c.speaker_label,
             files.c.filepath, files.c.duration_seconds, files.c.sha256, speech.c.file_sha256,
-            speech.c.segments, labellers.c.provenance,
+            speech.c.segments, speech.c.snr_db, speech.c.music_share, labellers.c.provenance,
         )
         .join(files, files.c.conversation_id == conversations.c.conversation_id)
         .outerjoin(
@@ -350,6 +384,8 @@ def _stored_conversation(rows: Sequence[Any], flags: dict[str, str]) -> StoredCo
                 r.duration_seconds,
                 r.sha256,
                 decode_segments(r.segments) if ok else (),
+                r.snr_db if ok else None,
+                r.music_share if ok else None,
             )
             for r, ok in zip(rows, current, strict=True)
         ),
@@ -372,4 +408,5 @@ def speech_statistics(summary: Mapping[str, Any], audio_micros: int) -> dict[str
         "speech_share": round(total / audio_micros, 4) if audio_micros else 0.0,
         "flagged_conversations": summary["flagged_conversations"],
         "flags": summary["flags"],
+        "quality": summary["quality"],
     }

@@ -709,11 +709,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"({done.size_bytes / 1e6:.1f} MB, {done.seconds:.2f} s)")  # fmt: skip
             return EXIT_OK
         if args.label:
-            from speech_labeller import label_unlabelled, relabel_other_detectors
+            from speech_labeller import label_unlabelled, relabel_other_detectors, thresholds_of
 
-            print(f"labelled {label_unlabelled(tracker)} conversations")
+            thresholds = thresholds_of(settings)
+            print(f"labelled {label_unlabelled(tracker, thresholds)} conversations")
             if args.relabel:
-                count, detector = relabel_other_detectors(tracker)
+                count, detector = relabel_other_detectors(tracker, thresholds)
                 print(f"relabelled {count} conversations labelled by another detector than "
                       f"{detector}")  # fmt: skip
             return EXIT_OK

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=20, ge=0)
     # Who spoke when: each stored leg's speech turns, found as soon as it is recorded.
     label_speech: bool = True
+    # Flags a team filters on: a leg's speech-band SNR under this (dB) is `low_snr`; a leg
+    # with more than this share of music or tones is `music`.
+    low_snr_db: float = 10.0
+    music_flag_share: float = Field(default=0.2, ge=0, le=1)
     min_free_disk_mb: float = Field(default=1024, ge=0)
 
     # Who may call, and what may be fetched.

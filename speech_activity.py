@@ -94,6 +94,7 @@ class LegAudio:
     """What one analysis pass of one leg's WAV yields."""
 
     frame_db: Frames  # float32 level per frame (dBFS, after pre-emphasis), the detector's input
+    raw_db: Frames  # float32 level per frame without pre-emphasis (dBFS): for the SNR
     frame_seconds: float
     duration_seconds: float
     pcm_sha256: str  # sha256 of the PCM samples only (the WAV data chunk), not of the file
@@ -115,6 +116,7 @@ class _Meter:
         self.digest = hashlib.sha256()
         self.pending = b""
         self.levels: list[Frames] = []
+        self.raw_levels: list[Frames] = []
         self.voiced: list[Mask] = []
         self.samples = self.clipped = self.peak = 0
         self.previous = 0.0  # the last sample fed, for the pre-emphasis filter
@@ -141,10 +143,8 @@ class _Meter:
         )
         self.peak = max(self.peak, int(samples.max()), -int(samples.min()))
         count = -(-samples.size // self.frame)
-        block = self._block(samples, count)
-        power = np.einsum("ij,ij->i", block, block) / (self.frame * _FULL_SCALE**2)
-        floor = 10 ** (self.params.silence_dbfs / 10)
-        self.levels.append((10 * np.log10(np.maximum(power, floor))).astype(np.float32))
+        self.raw_levels.append(self._level(self._block(samples, count, emphasis=False)))
+        self.levels.append(self._level(self._block(samples, count)))
         if self.vad is not None:
             size = 2 * self.frame
             whole = len(data) // size
@@ -152,16 +152,23 @@ class _Meter:
                      for i in range(whole)]  # fmt: skip
             self.voiced.append(np.array(flags + [False] * (count - whole), dtype=np.bool_))
 
-    def _block(self, samples: npt.NDArray[np.int16], count: int) -> Frames:
-        """The samples as float32 frames (zero-padded), pre-emphasised, in reused buffers:
-        fresh arrays per chunk would cost more in page faults than the arithmetic."""
+    def _level(self, block: Frames) -> Frames:
+        power = np.einsum("ij,ij->i", block, block) / (self.frame * _FULL_SCALE**2)
+        floor = 10 ** (self.params.silence_dbfs / 10)
+        levels: Frames = (10 * np.log10(np.maximum(power, floor))).astype(np.float32)
+        return levels
+
+    def _block(self, samples: npt.NDArray[np.int16], count: int, emphasis: bool = True) -> Frames:
+        """The samples as float32 frames (zero-padded), pre-emphasised unless told not, in
+        reused buffers: fresh arrays per chunk would cost more in page faults than the
+        arithmetic."""
         size, used = count * self.frame, samples.size
         if self.work.size < size:
             self.work, self.shifted = np.empty(size, np.float32), np.empty(size, np.float32)
         flat, shifted = self.work[:size], self.shifted[:size]
         flat[:used] = samples
         flat[used:] = 0
-        if self.params.preemphasis:
+        if self.params.preemphasis and emphasis:
             # y[n] = x[n] - a x[n-1]: rumble and hum below speech no longer set the level
             shifted[0] = self.previous
             shifted[1:used] = flat[: used - 1]
@@ -175,11 +182,13 @@ class _Meter:
         if tail:
             self._frames(tail)
         levels = np.concatenate(self.levels) if self.levels else np.zeros(0, np.float32)
+        raw = np.concatenate(self.raw_levels) if self.raw_levels else np.zeros(0, np.float32)
         voiced = None
         if self.vad is not None:
             voiced = np.concatenate(self.voiced) if self.voiced else np.zeros(0, np.bool_)
         return LegAudio(
             frame_db=levels,
+            raw_db=raw,
             frame_seconds=self.frame / SAMPLE_RATE,
             duration_seconds=self.samples / SAMPLE_RATE,
             pcm_sha256=self.digest.hexdigest(),

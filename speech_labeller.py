@@ -38,22 +38,35 @@ from speech_activity import (
     provenance,
     quality_flags,
 )
+from speech_quality import QualityThresholds, leg_quality, quality_flags_of
 
 log = logging.getLogger(__name__)
 
 
+def thresholds_of(settings: Settings) -> QualityThresholds:
+    return QualityThresholds(settings.low_snr_db, settings.music_flag_share)
+
+
 def label_conversation(
-    tracker: MetadataTracker, conversation_id: str, params: VadParams = DEFAULT_PARAMS
+    tracker: MetadataTracker,
+    conversation_id: str,
+    thresholds: QualityThresholds,
+    params: VadParams = DEFAULT_PARAMS,
 ) -> float | None:
-    """Label every stored leg of one conversation. Returns the seconds of speech the store
-    gained (negative when labels computed again found less), or None when there was nothing
-    to label or a file changed meanwhile."""
+    """Label every stored leg of one conversation, measure each leg's SNR and music share,
+    and flag it by `thresholds`. Returns the seconds of speech the store gained (negative when
+    labels computed again found less), or None when there was nothing to label or a file
+    changed meanwhile."""
     legs = tracker.legs(conversation_id)
     if not legs:
         return None
     analyses = analyse_call({label: Path(path) for label, (path, _) in legs.items()}, params)
     labels = label_legs(analyses, params)
-    flags = quality_flags(analyses, labels)
+    qualities = {label: leg_quality(leg, labels[label], params) for label, leg in analyses.items()}
+    flags = {
+        **quality_flags(analyses, labels),
+        **quality_flags_of(qualities, thresholds.low_snr_db, thresholds.music_share),
+    }
     paired = len(legs) == 2
     overlap = overlap_seconds(*labels.values()) if paired else 0.0
     gained = tracker.save_labels(
@@ -65,6 +78,8 @@ def label_conversation(
                 segments=labels[label],
                 clipped_share=analyses[label].clipped_share,
                 paired=paired,
+                snr_db=qualities[label].snr_db,
+                music_share=qualities[label].music_share,
             )
             for label in legs
         },
@@ -80,13 +95,15 @@ def label_conversation(
     return gained
 
 
-def label_unlabelled(tracker: MetadataTracker, params: VadParams = DEFAULT_PARAMS) -> int:
+def label_unlabelled(
+    tracker: MetadataTracker, thresholds: QualityThresholds, params: VadParams = DEFAULT_PARAMS
+) -> int:
     """Label every conversation that has a file without labels; returns how many."""
-    return _label_each(tracker, tracker.unlabelled(), params)
+    return _label_each(tracker, tracker.unlabelled(), thresholds, params)
 
 
 def relabel_other_detectors(
-    tracker: MetadataTracker, params: VadParams = DEFAULT_PARAMS
+    tracker: MetadataTracker, thresholds: QualityThresholds, params: VadParams = DEFAULT_PARAMS
 ) -> tuple[int, str]:
     """Label again, with `params`, every conversation whose labels another detector (or another
     version of it) made; returns how many, and the detector and version now used.
@@ -95,15 +112,20 @@ def relabel_other_detectors(
     and the next dataset export rewrites it (its fingerprint names the labeller).
     """
     made = provenance(params)
-    done = _label_each(tracker, tracker.labelled_by_other(made), params)
+    done = _label_each(tracker, tracker.labelled_by_other(made), thresholds, params)
     return done, f"{made['detector']} version {made['version']}"
 
 
-def _label_each(tracker: MetadataTracker, conversation_ids: list[str], params: VadParams) -> int:
+def _label_each(
+    tracker: MetadataTracker,
+    conversation_ids: list[str],
+    thresholds: QualityThresholds,
+    params: VadParams,
+) -> int:
     done = 0
     for conversation_id in conversation_ids:
         try:
-            done += label_conversation(tracker, conversation_id, params) is not None
+            done += label_conversation(tracker, conversation_id, thresholds, params) is not None
         except FileNotFoundError as exc:
             log.warning(
                 "conversation=%s cannot be labelled: %s is missing", conversation_id, exc.filename
@@ -199,15 +221,17 @@ class LabelWorker:
 
 
 _worker_tracker: MetadataTracker | None = None
+_worker_thresholds: QualityThresholds | None = None
 
 
 def _start(settings: Settings) -> None:
-    global _worker_tracker
+    global _worker_tracker, _worker_thresholds
     # Killed when the fork server ends (the kernel) or the service does (a thread watching it):
     # an orphan would wait for jobs forever, ignoring SIGTERM (labeller_process.py).
     end_with_parent(signal.SIGKILL, watch=True)
     setup_logging(settings)
     _worker_tracker = MetadataTracker.from_settings(settings)
+    _worker_thresholds = thresholds_of(settings)
 
 
 def _ready() -> bool:
@@ -216,4 +240,5 @@ def _ready() -> bool:
 
 def _label(conversation_id: str) -> float | None:
     assert _worker_tracker is not None, "LabelWorker starts every process with _start"
-    return label_conversation(_worker_tracker, conversation_id)
+    assert _worker_thresholds is not None
+    return label_conversation(_worker_tracker, conversation_id, _worker_thresholds)

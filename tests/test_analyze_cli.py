@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import shutil
@@ -14,6 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from cli_helpers import (
     conversation_rows,
@@ -31,10 +33,13 @@ from conftest import (
     settings_env,
 )
 from source_server import SourceServer
+from speech_calls import RATE, speak, to_int16, write_wav
 
 import metadata_tracker
 from analyze_storage import main
+from metadata_schema import StoredFile
 from settings import Settings
+from speech_labeller import label_conversation, thresholds_of
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +131,41 @@ def test_human_report_and_summary_line(store: Settings, capsys: pytest.CaptureFi
     assert main(["--target", "100", "--summary-line"]) == 0
     line = capsys.readouterr().out
     assert line.count("\n") == 1 and line.startswith("0.0067/100 h (0.01%), 6 conversations,")
+
+
+def test_speech_report_shows_the_legs_snr_and_music(
+    store: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--speech prints /statistics' SNR and music summary: median SNR over the measured legs
+    (the stored tones are speech from end to end, so only a leg with pauses over noise has
+    one), the low_snr and music counts; --json carries the same section."""
+    rng = np.random.default_rng(1)
+    samples = rng.normal(0, 0.003, 6 * RATE)  # noise at -50 dBFS, speech at -20 in the middle
+    words = np.resize(speak("the parcel left the warehouse on monday", "en-us"), 2 * RATE)
+    samples[2 * RATE : 4 * RATE] += words * 0.1 / np.sqrt(np.mean(words**2))
+    path = write_wav(Path(store.audio_storage_dir) / "noisy_agent.wav", to_int16(samples))
+    tracker = metadata_tracker.MetadataTracker.from_settings(store)
+    tracker.record_file("noisy", "agent", StoredFile(
+        filepath=str(path), url="http://127.0.0.1/noisy.wav", file_size_bytes=path.stat().st_size,
+        duration_seconds=6.0, sample_rate=RATE, channels=1,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        downloaded_at=tracker.now(),
+    ))  # fmt: skip
+    assert label_conversation(tracker, "noisy", thresholds_of(store)) is not None
+    expected = tracker.statistics(speech=True)["speech"]
+    tracker.close()
+    quality = expected["quality"]
+    assert quality["snr_measured_legs"] == 1 and 25 < quality["snr_median_db"] < 35
+    assert report(capsys, "--speech")["speech"] == expected
+    assert main(["--speech"]) == 0
+    out = capsys.readouterr().out
+    unknown = expected["labelled_files"] - quality["snr_measured_legs"]
+    assert (
+        f"  SNR        median {quality['snr_median_db']:.1f} dB over "
+        f"{quality['snr_measured_legs']} legs ({unknown} without speech or measured before); "
+        f"{expected['flags'].get('low_snr', 0)} conversations low_snr\n"
+    ) in out
+    assert "  music      0 legs with music or tones; 0 conversations music\n" in out
 
 
 def test_consistency_check_finds_missing_changed_and_unknown_files(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import shutil
 import wave
 from collections.abc import Iterator
@@ -16,37 +17,50 @@ import numpy as np
 import pytest
 from cli_helpers import use_settings
 from conftest import make_settings
+from speech_calls import speak
 
 from dataset_export import split_of
 from export_dataset import main
 from metadata_schema import StoredFile
 from metadata_tracker import MetadataTracker
 from settings import Settings
-from speech_labeller import label_conversation
+from speech_labeller import label_conversation, thresholds_of
 
 RATE = 16000
-# (conversation id, agent id, seconds, agent turns, customer turns); "flat" has a silent customer.
+# (conversation id, agent id, seconds, agent turns, customer turns); "flat" has a silent customer,
+# "noisy" a customer who speaks barely above the noise of the line.
 CALLS = [
     ("call-a", "agent-1", 12.0, [(0.5, 4.0), (7.0, 9.0)], [(3.5, 6.5), (9.5, 11.5)]),
     ("call-b", "agent-1", 9.0, [(0.2, 3.0)], [(3.4, 8.5)]),
     ("call-c", None, 10.0, [(1.0, 5.0)], [(5.5, 9.5)]),
-    ("call-d", "agent-2", 8.0, [(0.5, 7.5)], [(2.0, 3.0)]),
+    ("call-d", "agent-2", 8.0, [(0.5, 7.5)], [(2.0, 3.6)]),
     ("flat", None, 8.0, [(0.5, 7.5)], []),
+    ("noisy", None, 8.0, [(0.5, 3.5)], [(4.0, 7.5)]),
 ]
+NOISY_CUSTOMER = 0.05  # white noise RMS on the noisy call's customer leg: SNR about 6 dB
+
+
+SENTENCES = ("thank you for calling how can I help you today",
+             "I would like to change the address on my account please")  # fmt: skip
+VOICES = {150: "en-us", 230: "en+f3"}  # a lower and a higher voice, by pitch
 
 
 def voice(
-    seconds: float, spans: list[tuple[float, float]], pitch: float, level: float
+    seconds: float,
+    spans: list[tuple[float, float]],
+    pitch: float,
+    level: float,
+    noise: float = 0.001,
 ) -> np.ndarray:
-    t = np.arange(round(seconds * RATE)) / RATE
-    gate = np.zeros_like(t)
+    """Speech (espeak-ng) filling each span, peaking at `level`, over white noise."""
+    talk = np.concatenate([speak(text, VOICES[int(pitch)]) for text in SENTENCES])
+    talk *= level / np.abs(talk).max()
+    signal = np.zeros(round(seconds * RATE))
     for start, end in spans:
-        gate[(t >= start) & (t < end)] = 1.0
-    tone = sum(np.sin(2 * np.pi * pitch * k * t) / k for k in range(1, 5))
+        first, last = round(start * RATE), min(round(end * RATE), signal.size)
+        signal[first:last] = np.resize(talk, last - first)
     rng = np.random.default_rng(int(pitch))
-    return level * gate * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)) * tone + rng.normal(
-        0, 0.001, len(t)
-    )
+    return signal + rng.normal(0, noise, signal.size)
 
 
 def write_leg(path: Path, signal: np.ndarray) -> StoredFile:
@@ -67,12 +81,14 @@ def write_leg(path: Path, signal: np.ndarray) -> StoredFile:
 def add_call(tracker: MetadataTracker, store: Path, call: tuple) -> None:  # type: ignore[type-arg]
     cid, agent_id, seconds, agent_turns, customer_turns = call
     agent = voice(seconds, agent_turns, 150, 0.6)
-    customer = voice(seconds + 0.5, customer_turns, 230, 0.5)
+    customer = voice(
+        seconds + 0.5, customer_turns, 230, 0.5, NOISY_CUSTOMER if cid == "noisy" else 0.001
+    )
     tracker.record_file(
         cid, "agent", write_leg(store / f"{cid}_agent.wav", agent), agent_id=agent_id
     )
     tracker.record_file(cid, "customer", write_leg(store / f"{cid}_customer.wav", customer))
-    assert label_conversation(tracker, cid) is not None
+    assert label_conversation(tracker, cid, thresholds_of(make_settings(store))) is not None
 
 
 @pytest.fixture
@@ -205,7 +221,9 @@ def test_nemo_and_lhotse_manifests_match_their_documented_fields(
     assert len(entries) == 4
     for entry in entries:
         assert set(entry) == {"audio_filepath", "offset", "duration", "label", "text",
-                              "num_speakers", "rttm_filepath", "uem_filepath"}  # fmt: skip
+                              "num_speakers", "rttm_filepath", "uem_filepath", "flags",
+                              "snr_db_agent", "snr_db_customer", "music_share_agent",
+                              "music_share_customer"}  # fmt: skip
         assert (entry["offset"], entry["label"], entry["text"], entry["num_speakers"]) == (
             0,
             "infer",
@@ -343,8 +361,8 @@ def test_every_conversation_left_out_is_counted_by_reason_and_waiting_ones_are_l
     printed = capsys.readouterr().out
     assert printed.startswith(f"exported 5 conversations to {out} (")
     assert printed.endswith(
-        "5 written, 0 unchanged, 0 removed; left out 4 (duplicate 2, labels missing 1, "
-        "no_speech 1, without two legs 1); labelled 2 first\n"
+        "5 written, 0 unchanged, 0 removed; left out 5 (duplicate 2, labels missing 1, "
+        "low_snr 1, no_speech 1, without two legs 1); labelled 2 first\n"
     )  # "flat" counts under both its flags: duplicate (its agent is call-d's) and no_speech
     exported = sorted(p.stem for p in (out / "audio").glob("*.wav"))
     assert exported == ["call-a", "call-b", "call-c", "call-d", "waiting"]
@@ -352,6 +370,63 @@ def test_every_conversation_left_out_is_counted_by_reason_and_waiting_ones_are_l
     tracker = MetadataTracker.from_settings(collection)
     assert tracker.unlabelled() == ["gone"]  # the export labelled every other one
     assert [(cid, reason) for cid, reason, _ in tracker.flags()] == [
-        ("copy-a", "duplicate"), ("flat", "duplicate"), ("flat", "no_speech")
+        ("copy-a", "duplicate"), ("flat", "duplicate"), ("flat", "no_speech"),
+        ("noisy", "low_snr"),
     ]  # fmt: skip
     tracker.close()
+
+
+def test_each_format_carries_the_legs_measures_and_the_flags(
+    collection: Settings, tmp_path: Path
+) -> None:
+    """With --include-flagged, NeMo entries, the audiofolder (read by datasets) and lhotse
+    supervisions carry each leg's SNR and music share and the call's flags: the noisy call is
+    `low_snr` with its customer under LOW_SNR_DB, the clean ones unflagged and well above it,
+    and the silent customer of "flat" has no SNR."""
+    import datasets
+
+    out = tmp_path / "set"
+    export(out, "--include-flagged", "--split", "10/45/45")  # flagged and clean in each split
+    threshold = collection.low_snr_db
+    nemo = {
+        Path(entry["audio_filepath"]).stem: entry
+        for name in ("train", "dev", "test")
+        for entry in map(json.loads, (out / "nemo" / f"{name}.json").read_text().splitlines())
+    }
+    assert set(nemo) == {"call-a", "call-b", "call-c", "call-d", "flat", "noisy"}
+    assert nemo["noisy"]["flags"] == ["low_snr"]
+    assert nemo["noisy"]["snr_db_customer"] < threshold < nemo["noisy"]["snr_db_agent"]
+    assert "no_speech" in nemo["flat"]["flags"] and nemo["flat"]["snr_db_customer"] is None
+    for uri in ("call-a", "call-b", "call-c", "call-d"):
+        entry = nemo[uri]
+        assert entry["flags"] == []
+        assert min(entry["snr_db_agent"], entry["snr_db_customer"]) > threshold + 10
+        assert entry["music_share_agent"] == entry["music_share_customer"] == 0.0
+
+    loaded = datasets.load_dataset("audiofolder", data_dir=str(out / "huggingface"))
+    loaded = loaded.cast_column("audio", datasets.Audio(decode=False))
+    rows = {Path(r["audio"]["path"]).stem: r for split in loaded.values() for r in split}
+    assert set(rows) == set(nemo)
+    assert len(loaded) == 2
+    for uri, row in rows.items():
+        assert row["flags"] == ",".join(nemo[uri]["flags"])
+        assert row["leg_speakers"] == ["agent", "customer"]
+        snr = [nemo[uri]["snr_db_agent"], nemo[uri]["snr_db_customer"]]
+        assert [None if math.isnan(x) else x for x in row["leg_snr_db"]] == snr
+        assert row["leg_music_share"] == [0.0, 0.0]
+
+    supervisions = [
+        json.loads(line)
+        for split in ("train", "development", "test")
+        for line in gzip.decompress(
+            (out / "lhotse" / split / "supervisions.jsonl.gz").read_bytes()
+        ).splitlines()
+    ]
+    assert {s["recording_id"] for s in supervisions} == set(nemo)
+    for s in supervisions:
+        entry = nemo[s["recording_id"]]
+        assert s["custom"] == {
+            "snr_db": entry[f"snr_db_{s['speaker']}"],
+            "music_share": entry[f"music_share_{s['speaker']}"],
+            "flags": entry["flags"],
+        }

@@ -30,13 +30,14 @@ def chromium() -> Iterator[OfflineBrowser]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A service with API_KEY set that has stored two conversations (three files of tones
-    taking turns, so they hold speech, labelled) and failed one download."""
+    taking turns, so they hold speech, labelled) and failed one download. LOW_SNR_DB is set
+    above any leg's SNR, so both conversations are flagged low_snr."""
     audio = tmp_path_factory.mktemp("turns")
     for name, fmt, first in (("agent.mp3", "mp3", 0), ("customer.wav", "wav", 1),
                              ("solo.flac", "flac", 0)):  # fmt: skip
         make_audio(audio / name, fmt, seconds=8, channels=1, frequency=220 * (1 + first),
                    turns=2.0, first_turn=first)  # fmt: skip
-    settings = make_settings(tmp_path_factory.mktemp("browser"), api_key=KEY)
+    settings = make_settings(tmp_path_factory.mktemp("browser"), api_key=KEY, low_snr_db=200)
     with (
         SourceServer(audio) as source,
         ServerProcess(settings) as process,
@@ -126,7 +127,8 @@ def test_dashboard_asks_for_the_key_once_and_shows_the_statistics(
     server: ServerProcess, chromium: OfflineBrowser
 ) -> None:
     """The dashboard asks for the key, keeps it for the session, and draws the numbers
-    /statistics gives: conversations, audio and speech hours, today's bar, lengths, failures."""
+    /statistics gives: conversations, audio and speech hours, today's bar, lengths, failures,
+    and the low_snr and music flags with the legs' median SNR."""
     chromium.requests.clear()
     context = chromium.context()
     page = context.new_page()
@@ -161,6 +163,19 @@ def test_dashboard_asks_for_the_key_once_and_shows_the_statistics(
     assert sum(counts) == 2
     assert page.get_attribute("#failures-by-code g.row", "data-label") == "not_audio"
     assert "call-3" in page.inner_text("#recent-failures")
+    flags, quality = stats["speech"]["flags"], stats["speech"]["quality"]
+    assert value("#flag-low-snr") == str(flags["low_snr"]) == "2"
+    assert value("#flag-music") == "0" and "music" not in flags
+    assert quality["snr_measured_legs"] == 3
+    assert float(value("#snr-median") or "nan") == quality["snr_median_db"]
+    assert page.inner_text("#flag-low-snr") == "2 low_snr"
+    assert f"median SNR {quality['snr_median_db']:.1f} dB over 3 legs" in page.inner_text(
+        "#leg-quality"
+    )
+    reasons = page.locator("#flags-by-reason g.row").evaluate_all(
+        "g => g.map(n => n.dataset.label)"
+    )
+    assert "low_snr" in reasons
     labels = page.locator("#speakers g.row").evaluate_all("g => g.map(n => n.dataset.label)")
     assert sorted(labels) == ["agent", "customer"]
     assert page.get_attribute("#progress-audio", "data-state") == "projected"

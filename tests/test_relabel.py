@@ -20,8 +20,8 @@ from metadata_schema import StoredFile
 from metadata_speech import encode_segments, speech_micros_of
 from metadata_tracker import MetadataTracker
 from settings import Settings
-from speech_activity import DEFAULT_PARAMS, VadParams, analyse_wav, label_legs, provenance
-from speech_labeller import label_conversation
+from speech_activity import DEFAULT_PARAMS, VadParams, analyse_call, label_legs, provenance
+from speech_labeller import label_conversation, thresholds_of
 
 # Whatever the default becomes, the labels made "before" come from another detector.
 OLD_PARAMS = VadParams(method="energy" if DEFAULT_PARAMS.method != "energy" else "webrtc")
@@ -66,7 +66,7 @@ def labelled_by_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings
             kept = made.rename(store / f"{cid}_{label}.wav")
             tracker.record_file(cid, label, stored_file(kept))
         params = DEFAULT_PARAMS if cid == "current" else OLD_PARAMS
-        assert label_conversation(tracker, cid, params) is not None
+        assert label_conversation(tracker, cid, thresholds_of(settings), params) is not None
     tracker.close()
     use_settings(monkeypatch, settings)
     return settings
@@ -104,7 +104,9 @@ def test_relabel_labels_again_what_another_detector_labelled_and_the_rest_follow
         tracker.close()
     for conversation in conversations:
         assert conversation.labeller == json.dumps(new, sort_keys=True, separators=(",", ":"))
-        analyses = {leg.speaker_label: analyse_wav(Path(leg.filepath)) for leg in conversation.legs}
+        analyses = analyse_call(
+            {leg.speaker_label: Path(leg.filepath) for leg in conversation.legs}
+        )
         fresh = label_legs(analyses, DEFAULT_PARAMS)
         for leg in conversation.legs:  # what the default detector makes of the files today
             assert encode_segments(leg.segments) == encode_segments(fresh[leg.speaker_label])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import sqlite3
@@ -203,3 +204,77 @@ def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     again: Callable[[], int] = MetadataTracker.from_settings(make_settings(tmp_path)).check
     with pytest.raises(MetadataCorrupt, match=f"schema version {SCHEMA_VERSION + 1}"):
         again()
+
+
+def measured(file: StoredFile, snr: float | None, music: float) -> LegLabels:
+    return dataclasses.replace(labels(file, [(0.0, 5.0)]), snr_db=snr, music_share=music)
+
+
+def test_the_legs_snr_and_music_are_summed_up_in_statistics(tracker: MetadataTracker) -> None:
+    """`speech.quality` counts the legs with each measure, takes the median SNR (odd and even
+    counts; a leg without speech has none) and counts legs with music; flags count as usual."""
+    empty = tracker.statistics()["speech"]["quality"]
+    assert empty == {"snr_measured_legs": 0, "snr_median_db": None, "music_measured_legs": 0,
+                     "legs_with_music": 0}  # fmt: skip
+    a1, c1 = two_legs(tracker, "c1", 1)
+    a2, c2 = two_legs(tracker, "c2", 3)
+    tracker.save_labels(
+        "c1", {"agent": measured(a1, 30.0, 0.0), "customer": measured(c1, 6.0, 0.3)}, 0.0,
+        {"low_snr": "customer: 6.0 dB", "music": "customer: 30% music or tones"}, PROVENANCE,
+    )  # fmt: skip
+    tracker.save_labels(
+        "c2", {"agent": measured(a2, 21.5, 0.05), "customer": measured(c2, None, 0.0)}, 0.0,
+        {}, PROVENANCE,
+    )  # fmt: skip
+    speech = tracker.statistics()["speech"]
+    assert speech["quality"] == {"snr_measured_legs": 3, "snr_median_db": 21.5,
+                                 "music_measured_legs": 4, "legs_with_music": 2}  # fmt: skip
+    assert speech["flags"] == {"low_snr": 1, "music": 1}
+    tracker.save_labels(
+        "c2", {"agent": measured(a2, 21.5, 0.0), "customer": measured(c2, 12.0, 0.0)}, 0.0,
+        {}, PROVENANCE,
+    )  # fmt: skip
+    quality = tracker.statistics()["speech"]["quality"]
+    assert quality["snr_measured_legs"] == 4 and quality["snr_median_db"] == 16.8
+    assert quality["legs_with_music"] == 1
+
+
+def test_a_version_4_store_gets_unknown_measures_until_labelled_again(tmp_path: Path) -> None:
+    """Migrating from schema 4 adds the SNR and music columns (NULL: unknown) and their index;
+    statistics and exports read the old labels as unknown, and labelling again measures them."""
+    settings = make_settings(tmp_path)
+    tracker = MetadataTracker.from_settings(settings)
+    agent, customer = two_legs(tracker, "c1", 1)
+    old = {"agent": labels(agent, [(0.0, 5.0)]), "customer": labels(customer, [(5.0, 9.0)])}
+    tracker.save_labels("c1", old, 0.0, {}, PROVENANCE)
+    tracker.close()
+    path = tmp_path / "conversations_metadata.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("drop index speech_by_snr")
+        db.execute("alter table speech drop column snr_db")
+        db.execute("alter table speech drop column music_share")
+        db.execute("update store_info set schema_version = 4")
+        before = db.execute("select * from speech order by speaker_label").fetchall()
+    tracker = MetadataTracker.from_settings(settings)
+    speech = tracker.statistics()["speech"]
+    assert speech["labelled_files"] == 2 and speech["speech_hours"] == round(9 / 3600, 4)
+    assert speech["quality"]["snr_measured_legs"] == speech["quality"]["music_measured_legs"] == 0
+    [conversation] = tracker.stored_conversations()
+    assert [(leg.snr_db, leg.music_share) for leg in conversation.legs] == [(None, None)] * 2
+    tracker.save_labels(
+        "c1", {"agent": measured(agent, 25.0, 0.0), "customer": measured(customer, 18.0, 0.1)},
+        0.0, {}, PROVENANCE,
+    )  # fmt: skip
+    [conversation] = tracker.stored_conversations()
+    assert [(leg.snr_db, leg.music_share) for leg in conversation.legs] == [(25.0, 0.0),
+                                                                           (18.0, 0.1)]  # fmt: skip
+    tracker.close()
+    with sqlite3.connect(path) as db:
+        after = db.execute("select * from speech order by speaker_label").fetchall()
+        indexes = {
+            row[0] for row in db.execute("select name from sqlite_master where type='index'")
+        }
+        version = db.execute("select schema_version from store_info").fetchone()[0]
+    assert version == SCHEMA_VERSION == 5 and "speech_by_snr" in indexes
+    assert [row[-2:] for row in after] == [(25.0, 0.0), (18.0, 0.1)]
+    assert len(before[0]) + 2 == len(after[0])
