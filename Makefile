@@ -9,10 +9,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-packages test lint format run demo bench bench-smoke clean
+.PHONY: help install system-packages demo-packages test lint format run demo bench bench-smoke clean
 
 help:
-	@echo "make demo   - the whole workflow offline, on temporary storage"
+	@echo "make demo   - the whole workflow offline, on temporary storage (installs Asterisk's recorded prompts from apt first if missing)"
 	@echo "make test   - every test (installs PostgreSQL and Chromium from apt first if missing)"
 	@echo "make run    - start the service (HOST/PORT from .env or the environment)"
 	@echo "make lint   - ruff and mypy"
@@ -43,6 +43,10 @@ APT_MISSING := $(strip $(if $(PG_INITDB),,postgresql) $(if $(CURL),,curl) $(if $
                        $(if $(SPHINX_DATA),,pocketsphinx-testdata) \
                        $(if $(MOH),,asterisk-moh-opsound-wav))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# The demo's callers speak Asterisk's recorded prompts, and its stereo call holds with its music.
+DEMO_MISSING := $(strip $(if $(SOUNDS_EN),,asterisk-core-sounds-en-wav) \
+                        $(if $(SOUNDS_FR),,asterisk-core-sounds-fr-wav) \
+                        $(if $(MOH),,asterisk-moh-opsound-wav))
 
 system-packages:
 ifneq ($(APT_MISSING),)
@@ -51,6 +55,12 @@ ifneq ($(APT_MISSING),)
 else
 	@echo "PostgreSQL server binaries: $(dir $(PG_INITDB)); curl: $(CURL); espeak-ng: $(ESPEAK);" \
 	      "chromium: $(CHROMIUM); recorded speech and music on hold: installed"
+endif
+
+demo-packages:
+ifneq ($(DEMO_MISSING),)
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEMO_MISSING)
 endif
 
 test: $(STAMP) system-packages
@@ -68,7 +78,7 @@ format: $(STAMP)
 run: $(STAMP)
 	$(PY) main.py
 
-demo: $(STAMP)
+demo: $(STAMP) demo-packages
 	$(PY) demo.py
 
 # The benchmark's own tools (yt-dlp) go into the same venv, never into requirements.txt.

@@ -23,12 +23,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import wave
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
+import numpy.typing as npt
 
 import analyze_storage
 import batch_download_from_csv
@@ -41,7 +44,7 @@ from settings import get_settings
 ROOT = Path(__file__).resolve().parent
 # The sample audio maker and the local audio server are the ones the tests use.
 sys.path.insert(0, str(ROOT / "tests"))
-from audio_factory import make_audio  # noqa: E402
+from audio_factory import encode_pcm  # noqa: E402
 from source_server import SourceServer  # noqa: E402
 
 EXAMPLE_CSV = ROOT / "examples" / "conversations.csv"
@@ -52,27 +55,79 @@ STEREO_CALL = "stereo_call.mp3"  # agent on the left channel, customer on the ri
 
 
 def make_samples(rows: list[dict[str, str]], directory: Path) -> None:
-    """One tone per URL of the example CSV, named like the URL's file; speakers differ in pitch
-    and length, so durations and per-speaker hours come out different, and take turns of
-    2.5 s, so each leg's speech labels show who spoke when. Plus one stereo call."""
+    """One recording per URL of the example CSV, named like the URL's file: the agent speaks
+    Allison Smith's recorded prompts and the customer June Wallack's (Asterisk's sound
+    packages), taking turns of 2.5 s over a faint line hiss, so each leg's speech labels show
+    who spoke when; lengths differ, so durations and per-speaker hours do too. Plus one stereo
+    call, agent left and customer right, with 12 s of music on hold: flagged `music`."""
     jobs = []
     for number, row in enumerate(rows):
-        speakers = [("agent_audio_url", 220.0, 20 + number * 7 % 23, 0),
-                    ("customer_audio_url", 330.0, 15 + number * 5 % 17, 1)]  # fmt: skip
-        for column, pitch, seconds, turn in speakers:
+        speakers = [("agent_audio_url", 20 + number * 7 % 23, 0),
+                    ("customer_audio_url", 15 + number * 5 % 17, 1)]  # fmt: skip
+        for column, seconds, turn in speakers:
             if row[column]:
                 name = Path(urlsplit(row[column]).path).name
-                jobs.append((directory / name, FORMATS[Path(name).suffix], seconds, pitch, turn))
+                leg = _speaking(seconds, 2.5, turn, number)
+                jobs.append((directory / name, FORMATS[Path(name).suffix], leg))
+    stereo = np.stack(_on_hold(_speaking(30, 3.0, 0, 99), _speaking(30, 3.0, 1, 99)), axis=1)
+    jobs.append((directory / STEREO_CALL, "mp3", stereo))
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for done in [pool.submit(_tone, *job) for job in jobs]:
+        for done in [pool.submit(_encode, *job) for job in jobs]:
             done.result()
-    make_audio(directory / STEREO_CALL, "mp3", seconds=30, sample_rate=22050, channels=2,
-               frequency=250.0, turns=3.0)  # fmt: skip
 
 
-def _tone(path: Path, fmt: str, seconds: float, pitch: float, turn: int) -> None:
-    make_audio(path, fmt, seconds=seconds, sample_rate=22050, channels=1, frequency=pitch,
-               turns=2.5, first_turn=turn)  # fmt: skip
+VOICES = ("/usr/share/asterisk/sounds/en_US_f_Allison", "/usr/share/asterisk/sounds/fr_CA_f_June")
+PROMPT_RATE = 8000  # the prompts' own rate: telephone audio
+
+
+def _prompts(voice: str) -> list[npt.NDArray[np.int16]]:
+    """The voice's prompts of 1-2.4 s, in name order: each fits in a turn."""
+    found = []
+    for path in sorted(Path(voice).glob("*.wav")):
+        with wave.open(str(path), "rb") as reader:
+            seconds = reader.getnframes() / reader.getframerate()
+            if reader.getframerate() == PROMPT_RATE and 1.0 <= seconds <= 2.4:
+                found.append(np.frombuffer(reader.readframes(reader.getnframes()), "<i2"))
+    if not found:
+        raise SystemExit(f"error: no recorded prompts in {voice} (`make demo` installs them)")
+    return found
+
+
+def _speaking(seconds: float, turn: float, first: int, offset: int) -> npt.NDArray[np.int16]:
+    """One leg at 8 kHz: a prompt at the start of every other `turn` seconds (from turn
+    `first`) in that speaker's voice, over hiss at -65 dBFS."""
+    prompts = _prompts(VOICES[first])
+    rng = np.random.default_rng(offset * 2 + first)
+    samples = rng.normal(0.0, 32768 * 10 ** (-65 / 20), round(seconds * PROMPT_RATE))
+    for index, start in enumerate(range(first, int(seconds / turn), 2)):
+        prompt = prompts[(offset * 7 + index) % len(prompts)]
+        at = round(start * turn * PROMPT_RATE)
+        piece = prompt[: samples.size - at]
+        samples[at : at + piece.size] += piece
+    return np.clip(np.round(samples), -32768, 32767).astype(np.int16)
+
+
+MUSIC_ON_HOLD = "/usr/share/asterisk/moh/macroform-cold_day.wav"
+HOLD = (9.0, 21.0)  # seconds of the stereo call
+
+
+def _on_hold(
+    agent: npt.NDArray[np.int16], customer: npt.NDArray[np.int16]
+) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]:
+    """The call with a hold: music on the agent's side, the customer quietly waiting."""
+    with wave.open(MUSIC_ON_HOLD, "rb") as reader:
+        music = np.frombuffer(reader.readframes(reader.getnframes()), "<i2")
+    first, last = (round(t * PROMPT_RATE) for t in HOLD)
+    agent, customer = agent.copy(), customer.copy()
+    agent[first:last] = music[: last - first] // 4  # about -20 dBFS
+    hiss = np.random.default_rng(5).normal(0.0, 32768 * 10 ** (-65 / 20), last - first)
+    customer[first:last] = hiss.astype(np.int16)  # no one speaks while the music plays
+    return agent, customer
+
+
+def _encode(path: Path, fmt: str, samples: npt.NDArray[np.int16]) -> None:
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
+    encode_pcm(path, fmt, samples.astype("<i2").tobytes(), PROMPT_RATE, channels)
 
 
 def local_csv(rows: list[dict[str, str]], source: SourceServer, path: Path) -> None:

@@ -78,8 +78,8 @@ class VadParams:
     min_speech: float = 0.2  # speech shorter than this is dropped
     no_speech_seconds: float = 1.0  # flag "no_speech": a leg with less speech than this ...
     no_speech_share: float = 0.01  # ... or less than this share of its duration
-    leak_kept_share: float = 0.3  # flag "leak": crosstalk suppression kept less than this
-    leak_min_seconds: float = 2.0  # ... of at least this much speech found on the leg alone
+    leak_kept_share: float = 0.3  # flag "leak": less than this share of the leg's sound ...
+    leak_min_seconds: float = 2.0  # ... (at least this much) is not the other's voice
     same_audio_db: float = 1.0  # flag "same_audio": frame levels this close ...
     same_audio_share: float = 0.95  # ... on this share of the frames where either is audible
     clipping_share: float = 0.001  # flag "clipping": this share of samples at full scale
@@ -519,8 +519,22 @@ def _same_audio(a: LegAudio, b: LegAudio, params: VadParams) -> str | None:
     )
 
 
-def _level_view(params: VadParams) -> VadParams:
-    return params if params.method == "webrtc" else dataclasses.replace(params, method="energy")
+def _leaked(legs: Mapping[str, LegAudio], name: str, params: VadParams) -> tuple[float, float]:
+    """Seconds of sound on leg `name` by its levels alone, and how many of them the other
+    legs' voices explain (leak or echo). Levels, not the network: it may not have been run
+    on the leak, and music or tones are sound of the leg's own."""
+    view = params if params.method == "webrtc" else dataclasses.replace(params, method="energy")
+    masks = {other: _frame_mask(leg, view) for other, leg in legs.items()}
+    explained = np.zeros(masks[name].size, np.bool_)
+    for other, other_leg in legs.items():
+        if other != name:
+            explained |= _leak_frames(legs[name], other_leg, masks[other], view)
+    seconds = legs[name].frame_seconds
+    alone = masks[name]
+    return (
+        round(float(np.count_nonzero(alone)) * seconds, 3),
+        round(float(np.count_nonzero(alone & explained)) * seconds, 3),
+    )
 
 
 def quality_flags(
@@ -531,8 +545,8 @@ def quality_flags(
     """Reasons to distrust a call's labels, each with a human detail.
 
     "no_speech": a leg with (almost) no speech; "same_audio": the two legs are the same audio;
-    "leak": a leg that is mostly the other's voice (crosstalk suppression took most of what
-    it detected alone); "clipping": heavy clipping on a leg.
+    "leak": a leg that is mostly the other's voice (the other leg explains most of the sound
+    its levels show); "clipping": heavy clipping on a leg.
     """
     found: dict[str, list[str]] = {}
     names = list(legs)
@@ -549,11 +563,10 @@ def quality_flags(
                 f"{name}: {kept:.1f} s of speech in {leg.duration_seconds:.1f} s"
             )
         if len(names) > 1 and not same:
-            # what the leg's levels alone show: the network may not have heard the leak
-            alone = speech_seconds(detect_speech(leg, _level_view(params)))
-            if alone >= params.leak_min_seconds and kept < params.leak_kept_share * alone:
+            alone, leaked = _leaked(legs, name, params)
+            if alone >= params.leak_min_seconds and alone - leaked < params.leak_kept_share * alone:
                 found.setdefault("leak", []).append(
-                    f"{name}: {alone:.1f} s detected alone, {kept:.1f} s its own"
+                    f"{name}: {leaked:.1f} s of its {alone:.1f} s of sound is the other's voice"
                 )
         if leg.clipped_share >= params.clipping_share:
             found.setdefault("clipping", []).append(

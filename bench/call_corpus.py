@@ -52,7 +52,7 @@ from bench.call_sources import (
     seconds_of,
     turns,
 )
-from speech_activity import VadParams, analyse_wav, label_legs
+from speech_activity import VadParams, analyse_call, label_legs
 
 Detector = Callable[[dict[str, Path]], dict[str, list[tuple[float, float]]]]
 KEYPAD_SECONDS = 2.8  # room for ten digits of 100 ms on, 100 ms off, and a margin either side
@@ -269,11 +269,11 @@ def format_table(rows: Sequence[ResultRow]) -> str:
 
 
 def project_detector(method: str) -> Detector:
-    """The service's labelling as it is: `label_legs` over `analyse_wav` with `method`."""
+    """The service's labelling as it is: `label_legs` over `analyse_call` with `method`."""
     params = VadParams(method=method)
 
     def detect(files: dict[str, Path]) -> dict[str, list[tuple[float, float]]]:
-        return label_legs({leg: analyse_wav(path, params) for leg, path in files.items()}, params)
+        return label_legs(analyse_call(files, params), params)
 
     return detect
 
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     calls = build_calls(args.calls or size.calls, args.seconds or size.seconds, args.seed)
     built = time.perf_counter() - started
-    detectors = {method: project_detector(method) for method in ("energy", "webrtc")}
+    detectors = {method: project_detector(method) for method in ("silero", "energy", "webrtc")}
     rows = evaluate(detectors, calls, args.conditions or size.conditions, args.work)
     total = sum(call.duration for call in calls)
     speech = sum(seconds_of(call.reference[leg]) for call in calls for leg in LEGS)

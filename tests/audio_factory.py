@@ -168,6 +168,23 @@ def make_audio(
     )
 
 
+def encode_pcm(path: Path, fmt: str, pcm: bytes, rate: int, channels: int) -> Path:
+    """Interleaved s16le `pcm` (`rate` Hz, `channels`) written to `path` in format `fmt`, at
+    22.05 kHz where the format allows, as make_audio writes it."""
+    enc = _ENCODINGS[fmt]
+    layout = ["-ar", str(enc.sample_rate or 22050), "-ac", str(enc.channels or channels)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(suffix=".raw") as raw:
+        raw.write(pcm)
+        raw.flush()
+        _run_ffmpeg(
+            ["-f", "s16le", "-ar", str(rate), "-ac", str(channels), "-i", raw.name, *layout,
+             *enc.codec_args, "-f", enc.muxer, str(path)],
+            _SHORT_TIMEOUT_SECONDS + len(pcm) / (2 * rate * channels),
+        )  # fmt: skip
+    return path
+
+
 def make_corpus(directory: Path, seconds: float = 2.0) -> dict[str, Path]:
     """Write one file per format into `directory` (named ``<fmt><ext>``); return fmt -> path."""
     directory = Path(directory)
