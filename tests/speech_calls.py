@@ -89,6 +89,19 @@ def speak(text: str, voice: str) -> Signal:
     return np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768.0
 
 
+def spoken_turns(seconds: float, turn: float, first_turn: int, voice: str) -> Signal:
+    """`seconds` of one speaker taking every other turn of `turn` seconds (from turn
+    `first_turn`), each filled with speech, silent between; 16 kHz, peaks at -6 dBFS."""
+    talk = np.concatenate([speak(text, voice) for text in SENTENCES[:3]])
+    talk *= 0.5 / np.abs(talk).max()
+    samples = np.zeros(round(seconds * RATE))
+    for index, start in enumerate(range(first_turn, int(seconds / turn), 2)):
+        first = round(start * turn * RATE)
+        last = min(first + round(turn * RATE), samples.size)
+        samples[first:last] = np.roll(talk, -index * RATE)[: last - first]
+    return samples
+
+
 def audible_span(samples: Signal, below_peak_db: float = 40.0) -> tuple[int, int]:
     """First and last sample of the 10 ms frames within `below_peak_db` of the loudest one."""
     frame = RATE // 100

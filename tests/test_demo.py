@@ -29,8 +29,10 @@ def test_demo_runs_every_step_and_cleans_up(tmp_path: Path) -> None:
                      '"total_conversations": 14', "exported 14 conversations to",
                      '"labelled_files": 26', "Speech (26 files labelled, 0 waiting)",
                      "Progress toward 0.25 h of speech",
-                     "Flagged conversations: 0",
-                     "exported 12 conversations to", "left out 2 (without two legs 2)",
+                     "SNR        median", "Flagged conversations: 1",
+                     "stereo-call-1: music: agent: ",
+                     "exported 11 conversations to",
+                     "left out 3 (music 1, without two legs 2)",
                      "Demo finished in"):  # fmt: skip
         assert expected in run.stdout
     assert list(tmp_path.iterdir()) == []

@@ -10,10 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from audio_factory import make_audio
+from audio_factory import encode_pcm
 from browser import OfflineBrowser, offline_chromium
 from conftest import ServerProcess, make_settings
 from source_server import SourceServer
+from speech_calls import RATE, spoken_turns, to_int16
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +30,15 @@ def chromium() -> Iterator[OfflineBrowser]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A service with API_KEY set that has stored two conversations (three files of tones
-    taking turns, so they hold speech, labelled) and failed one download. LOW_SNR_DB is set
-    above any leg's SNR, so both conversations are flagged low_snr."""
+    """A service with API_KEY set that has stored two conversations (three files of speech
+    taking turns, labelled) and failed one download. LOW_SNR_DB is set above any leg's SNR,
+    so both conversations are flagged low_snr."""
     audio = tmp_path_factory.mktemp("turns")
-    for name, fmt, first in (("agent.mp3", "mp3", 0), ("customer.wav", "wav", 1),
-                             ("solo.flac", "flac", 0)):  # fmt: skip
-        make_audio(audio / name, fmt, seconds=8, channels=1, frequency=220 * (1 + first),
-                   turns=2.0, first_turn=first)  # fmt: skip
+    for name, fmt, first, voice in (("agent.mp3", "mp3", 0, "en-us"),
+                                    ("customer.wav", "wav", 1, "en+f3"),
+                                    ("solo.flac", "flac", 0, "en-us")):  # fmt: skip
+        pcm = to_int16(spoken_turns(8.0, 2.0, first, voice)).astype("<i2").tobytes()
+        encode_pcm(audio / name, fmt, pcm, RATE, 1)
     settings = make_settings(tmp_path_factory.mktemp("browser"), api_key=KEY, low_snr_db=200)
     with (
         SourceServer(audio) as source,
