@@ -130,8 +130,13 @@ def _seconds(start: float, end: float) -> slice:
     return slice(round(start * RATE), round(end * RATE))
 
 
-def _tone(frequencies: tuple[float, ...], seconds: float, dbfs: float) -> Signal:
-    t = np.arange(round(seconds * RATE)) / RATE
+def _samples(start: float, end: float) -> int:
+    """How many samples `_seconds(start, end)` holds (rounding each end, as it does)."""
+    return round(end * RATE) - round(start * RATE)
+
+
+def _tone(frequencies: tuple[float, ...], samples: int, dbfs: float) -> Signal:
+    t = np.arange(samples) / RATE
     return dbfs_gain(np.sin(2 * np.pi * np.outer(frequencies, t)).sum(axis=0), dbfs)
 
 
@@ -176,7 +181,7 @@ def _music_on_hold(call: Call, leg: str, rng: np.random.Generator) -> Added:
     added = np.zeros(call.legs[leg].size)
     start, end = call.hold[0] + 0.3, call.hold[1] - 0.3
     if leg == "customer":
-        added[_seconds(start, end)] = dbfs_gain(hiss(rng, round((end - start) * RATE)), -65.0)
+        added[_seconds(start, end)] = dbfs_gain(hiss(rng, _samples(start, end)), -65.0)
         return added, []
     _, music = moh_piece(rng, end - start)
     at = round(start * RATE)
@@ -191,13 +196,13 @@ def _tones(call: Call, leg: str, rng: np.random.Generator) -> Added:
         # Rings start every 6 s; the call is answered during the last one.
         spans = [(s, min(s + 2.0, call.lead_in - 0.3)) for s in (0.0, 6.0) if s < call.lead_in - 1]
         for start, end in spans:
-            added[_seconds(start, end)] = _tone((440.0, 480.0), end - start, dbfs)
+            added[_seconds(start, end)] = _tone((440.0, 480.0), _samples(start, end), dbfs)
         return added, spans
     digits = rng.choice(list(DTMF), size=int(rng.integers(4, 11)))
     first = call.keypad[0] + 0.3
     for i, digit in enumerate(digits):
         at = round((first + 0.2 * i) * RATE)
-        tone = _tone(DTMF[str(digit)], 0.1, dbfs)
+        tone = _tone(DTMF[str(digit)], round(0.1 * RATE), dbfs)
         added[at : at + tone.size] = tone
     return added, [(first, first + 0.2 * len(digits) - 0.1)]
 
