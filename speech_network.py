@@ -133,8 +133,7 @@ def network_pass(
     context = round(params.gate_context * _SAMPLE_RATE / WINDOW)
     shown = _dilate(level >= floor_here + params.gate_above_floor_db, context)
     loud = level >= floor_here + params.music_above_floor_db
-    del floor_here
-    del level
+    del floor_here, level  # one leg's window arrays at a time: memory stays small
     if skip is not None and windows:
         centres = (np.arange(windows, dtype=np.int32) * WINDOW + WINDOW // 2) // frame
         # kept: the context before and after what is shown, so the network is warmed up

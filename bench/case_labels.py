@@ -109,14 +109,18 @@ def _long_call(corpus: Path, target: Path, seconds: float) -> dict[str, Path]:
     return legs
 
 
+# VmHWM, not ru_maxrss: a process started by fork and exec inherits its parent's ru_maxrss.
 _PEAK = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from speech_activity import analyse_call, label_legs
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak():
+    lines = open("/proc/self/status").read().splitlines()
+    return int(next(line for line in lines if line.startswith("VmHWM:")).split()[1])
+before = peak()
 legs = {leg: Path(p) for leg, p in json.loads(sys.argv[1]).items()}
 label_legs(analyse_call(legs))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+print(peak() - before)
 """
 
 
