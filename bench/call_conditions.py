@@ -261,7 +261,9 @@ def write_wav(path: Path, samples: Signal) -> Path:
     return path
 
 
-def _convert(legs: dict[str, Signal], codec: str | None, directory: Path) -> dict[str, Path]:
+def convert_legs(legs: dict[str, Signal], codec: str | None, directory: Path) -> dict[str, Path]:
+    """Each leg written, encoded with `codec` (a key of CODECS) if any, then converted to
+    16 kHz mono WAV by the service's own ffmpeg invocation; returns leg -> converted WAV."""
     directory.mkdir(parents=True, exist_ok=True)
     binary = resolve_ffmpeg(None)
     converted = {}
@@ -286,7 +288,7 @@ def prepare(call: Call, condition: str, directory: Path) -> Sample:
     """`call` under `condition`, each leg written to `directory` as the service would convert
     it, with its reference and its non-speech spans."""
     legs, non_speech = degrade(call, condition)
-    files = _convert(legs, CONDITIONS[condition][1], directory)
+    files = convert_legs(legs, CONDITIONS[condition][1], directory)
     return Sample(call.call_id, condition, files, call.reference, non_speech, call.duration)
 
 

@@ -10,7 +10,6 @@ ffmpeg conversion to 16 kHz mono before it is labelled.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import wave
@@ -25,7 +24,8 @@ import numpy.typing as npt
 from pyannote.core import Annotation, Segment, Timeline  # type: ignore[import-untyped]
 from pyannote.metrics.diarization import DiarizationErrorRate
 
-from converter import TARGET_SAMPLE_RATE, resolve_ffmpeg, run_ffmpeg
+from bench.call_conditions import CODECS, convert_legs
+from converter import TARGET_SAMPLE_RATE, resolve_ffmpeg
 
 RATE = TARGET_SAMPLE_RATE
 LEGS = ("agent", "customer")
@@ -62,10 +62,6 @@ CONDITIONS = ("clean", "leak", "noise", "mulaw", "amrnb", "leak+noise+amrnb")
 # from the caller (the benchmark reports it so the weakness stays in view).
 EXTRA_CONDITIONS = ("babble",)
 BABBLE_VOICES = ("en-gb-scotland", "en-029", "en-gb-x-rp+f2")
-CODECS = {  # 8 kHz telephone codecs the bundled ffmpeg can encode (it has no GSM encoder)
-    "mulaw": (".wav", ("-ar", "8000", "-c:a", "pcm_mulaw", "-f", "wav")),
-    "amrnb": (".amr", ("-ar", "8000", "-c:a", "libopencore_amrnb", "-b:a", "12.2k", "-f", "amr")),
-}
 
 
 def espeak_binary() -> str:
@@ -233,39 +229,8 @@ def write_wav(path: Path, samples: npt.NDArray[np.int16], rate: int = RATE) -> P
 def leg_files(call: Call, condition: str, directory: Path) -> dict[str, Path]:
     """Each leg of `call` under `condition`, encoded as the condition says, then converted to
     16 kHz mono WAV by the service's own ffmpeg invocation; returns leg -> converted WAV."""
-    directory.mkdir(parents=True, exist_ok=True)
-    binary = resolve_ffmpeg(None)
-    codec = next((CODECS[name] for name in CODECS if name in condition), None)
-    converted = {}
-    for leg, samples in degrade(call, condition).items():
-        source = write_wav(directory / f"{leg}_source.wav", to_int16(samples))
-        if codec is not None:
-            suffix, args = codec
-            encoded = directory / f"{leg}_encoded{suffix}"
-            subprocess.run(
-                [binary, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-                 "-i", str(source), "-ac", "1", *args, str(encoded)],
-                check=True,
-            )  # fmt: skip
-            source = encoded
-        target = directory / f"{leg}.wav"
-        asyncio.run(run_ffmpeg(binary, source, target, max_seconds=24 * 3600, timeout=600))
-        converted[leg] = target
-    return converted
-
-
-def intersection(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> Spans:
-    """Where both sorted, non-overlapping span lists speak."""
-    found, i, j = [], 0, 0
-    while i < len(a) and j < len(b):
-        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if start < end:
-            found.append((start, end))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return found
+    codec = next((name for name in CODECS if name in condition), None)
+    return convert_legs(degrade(call, condition), codec, directory)
 
 
 def annotation(spans: Mapping[str, Sequence[tuple[float, float]]]) -> Annotation:
