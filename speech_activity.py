@@ -44,7 +44,7 @@ Mask = npt.NDArray[np.bool_]
 class VadParams:
     """Every knob of the analysis and the labelling; recorded beside the labels as provenance."""
 
-    # "silero": Silero's network (silero_vad.py) on the frames above the leg's floor;
+    # "silero": Silero's network (speech_network.py) on the frames above the leg's floor;
     # "energy": hysteresis on frame levels; "webrtc": webrtcvad's frames
     method: str = "silero"
     frame_seconds: float = 0.02  # analysis frame (webrtc accepts 0.01, 0.02 and 0.03)
@@ -298,27 +298,19 @@ def analyse_call(
     if params.method == "silero" and len(measured) > 1:
         levels = dataclasses.replace(params, method="energy")
         masks = {name: _energy_mask(leg.frame_db, levels) for name, leg in measured.items()}
-        for name, leg in measured.items():
-            skip[name] = np.zeros(leg.frame_db.size, np.bool_)
-            for other, other_leg in measured.items():
-                if other != name:
-                    skip[name] |= _leak_frames(leg, other_leg, masks[other], levels)
+        skip = {name: _others_leak(measured, masks, name, levels) for name in measured}
     return {
         name: _listened(leg, sources[name], params, skip.get(name))
         for name, leg in measured.items()
     }
 
 
-def _hysteresis(values: Frames, start: float, cont: float, reach: Mask | None = None) -> Mask:
-    """Runs of frames at or above `cont` that have a frame at or above `start`, and, with
-    `reach`, a frame where `reach` is true too."""
+def _hysteresis(values: Frames, start: float, cont: float) -> Mask:
+    """Runs of frames at or above `cont` that have a frame at or above `start`."""
     above = values >= cont
     edges = np.diff(above.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    strong = values >= start
-    if reach is not None:
-        strong &= reach
-    counts = np.concatenate(([0], np.cumsum(strong)))
+    counts = np.concatenate(([0], np.cumsum(values >= start)))
     kept = counts[ends] > counts[starts]
     return _runs_mask(starts[kept], ends[kept], values.size)
 
@@ -447,6 +439,17 @@ def _leak_frames(own: LegAudio, other: LegAudio, other_mask: Mask, params: VadPa
     return explained & _recent_max(speaking.astype(np.float32), window).astype(np.bool_)
 
 
+def _others_leak(
+    legs: Mapping[str, LegAudio], masks: Mapping[str, Mask], name: str, params: VadParams
+) -> Mask:
+    """Frames of leg `name` whose level the other legs' speech (their `masks`) explains."""
+    explained = np.zeros(legs[name].frame_db.size, np.bool_)
+    for other, other_leg in legs.items():
+        if other != name:
+            explained |= _leak_frames(legs[name], other_leg, masks[other], params)
+    return explained
+
+
 def label_legs(
     legs: Mapping[str, LegAudio], params: VadParams = DEFAULT_PARAMS
 ) -> dict[str, list[Segment]]:
@@ -458,10 +461,7 @@ def label_legs(
     masks = {name: _frame_mask(leg, params) for name, leg in legs.items()}
     labels = {}
     for name, leg in legs.items():
-        mask = masks[name].copy()
-        for other, other_leg in legs.items():
-            if other != name:
-                mask &= ~_leak_frames(leg, other_leg, masks[other], params)
+        mask = masks[name] & ~_others_leak(legs, masks, name, params)
         labels[name] = _segments(_own_voice(mask, leg, params), leg, params)
     return labels
 
@@ -525,10 +525,7 @@ def _leaked(legs: Mapping[str, LegAudio], name: str, params: VadParams) -> tuple
     on the leak, and music or tones are sound of the leg's own."""
     view = params if params.method == "webrtc" else dataclasses.replace(params, method="energy")
     masks = {other: _frame_mask(leg, view) for other, leg in legs.items()}
-    explained = np.zeros(masks[name].size, np.bool_)
-    for other, other_leg in legs.items():
-        if other != name:
-            explained |= _leak_frames(legs[name], other_leg, masks[other], view)
+    explained = _others_leak(legs, masks, name, view)
     seconds = legs[name].frame_seconds
     alone = masks[name]
     return (

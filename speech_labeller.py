@@ -64,7 +64,7 @@ def label_conversation(
     labels = label_legs(analyses, params)
     qualities = {label: leg_quality(leg, labels[label], params) for label, leg in analyses.items()}
     flags = {
-        **quality_flags(analyses, labels),
+        **quality_flags(analyses, labels, params),
         **quality_flags_of(qualities, thresholds.low_snr_db, thresholds.music_share),
     }
     paired = len(legs) == 2
