@@ -30,7 +30,8 @@ from speech_network import network_pass
 
 Segment = tuple[float, float]
 SAMPLE_RATE = 16000
-DETECTOR_VERSION = 2  # 1: energy hysteresis by default; 2: Silero by default, gated by level
+DETECTOR_VERSION = 3  # 1: energy hysteresis by default; 2: Silero by default, gated by level;
+# 3: a second voice on the same leg is measured and kept out of the party's turns
 _FULL_SCALE = 32768.0
 _CLIP_HIGH, _CLIP_LOW = 32766, -32767  # at or within 1 LSB of full scale
 _METHODS = ("silero", "energy", "webrtc")
@@ -62,6 +63,12 @@ class VadParams:
     speech_level_percentile: float = 90.0  # silero: the leg's speech level, over heard frames
     speech_below_level_db: float = 15.0  # silero: a run must come this close to that level ...
     continue_below_level_db: float = 30.0  # ... and its frames stay this close
+    second_voice_share: float = 0.3  # silero: a second voice is heard away from the party ...
+    second_voice_away: float = 1.0  # ... (this many seconds from any of its speech) this long,
+    # as a share of the party's speech; the party's frames must then stand this far above the
+    # second voice's median level, averaged over `second_voice_smoothing` seconds
+    second_voice_margin_db: float = 10.0
+    second_voice_smoothing: float = 0.2
     gate_above_floor_db: float = 3.0  # silero: quieter windows are not shown to the network
     gate_context: float = 0.2  # seconds shown around every window that is
     floor_reach: float = 4.0  # silero: the floor there is the quietest window this near
@@ -356,7 +363,46 @@ def _own_voice(mask: Mask, leg: LegAudio, params: VadParams) -> Mask:
     counts = np.concatenate(([0], np.cumsum(near)))
     mean = (sums[ends] - sums[starts]) / np.maximum(counts[ends] - counts[starts], 1)
     kept = mean >= level - params.speech_below_level_db
-    return near & _runs_mask(starts[kept], ends[kept], near.size)
+    own = near & _runs_mask(starts[kept], ends[kept], near.size)
+    return _above_second_voice(mask, own, leg, params)
+
+
+def _above_second_voice(heard: Mask, own: Mask, leg: LegAudio, params: VadParams) -> Mask:
+    """The party's frames that stand clear of a second voice on the same leg, if there is one.
+
+    Where the network hears speech that the level stage rejected, at least
+    `second_voice_away` seconds from the party's own, someone else is talking (behind the
+    party, in the room). When that adds up to `second_voice_share` of the party's speech,
+    its median level is that voice's, measured on the call as the leak is, and the party's
+    frames must stand `second_voice_margin_db` above it, levels averaged over
+    `second_voice_smoothing` seconds: otherwise the second voice, talking into the party's
+    pauses, lengthens every turn of the party's that it touches."""
+    reach = round(params.second_voice_away / leg.frame_seconds)
+    alone = heard & ~own & ~_widened(own, reach)
+    if not own.any() or np.count_nonzero(alone) < params.second_voice_share * np.count_nonzero(own):
+        return own
+    second = float(np.median(leg.frame_db[alone]))
+    width = max(1, round(params.second_voice_smoothing / leg.frame_seconds))
+    return own & (_mean_db(leg.frame_db, width) >= second + params.second_voice_margin_db)
+
+
+def _widened(mask: Mask, frames: int) -> Mask:
+    """`mask` grown by `frames` frames on each side."""
+    counts = np.concatenate(([0], np.cumsum(mask)))
+    index = np.arange(mask.size)
+    low = np.maximum(index - frames, 0)
+    high = np.minimum(index + frames + 1, mask.size)
+    return np.asarray(counts[high] - counts[low] > 0)
+
+
+def _mean_db(levels: Frames, frames: int) -> Frames:
+    """Each frame's level as the mean power of the `frames` frames centred on it, in dB."""
+    power = np.concatenate(([0.0], np.cumsum(10.0 ** (levels.astype(np.float64) / 10.0))))
+    index = np.arange(levels.size)
+    low = np.maximum(index - frames // 2, 0)
+    high = np.minimum(low + frames, levels.size)
+    mean = (power[high] - power[low]) / np.maximum(high - low, 1)
+    return np.asarray(10.0 * np.log10(np.maximum(mean, 1e-30)), np.float32)
 
 
 def _runs_mask(starts: npt.NDArray[np.intp], ends: npt.NDArray[np.intp], size: int) -> Mask:

@@ -56,7 +56,15 @@ from speech_activity import VadParams, analyse_call, label_legs
 
 Detector = Callable[[dict[str, Path]], dict[str, list[tuple[float, float]]]]
 KEYPAD_SECONDS = 2.8  # room for ten digits of 100 ms on, 100 ms off, and a margin either side
-SHORT_CONDITIONS = ("clean", "leak+echo", "noise-step", "music-on-hold", "tones", "combined")
+SHORT_CONDITIONS = (
+    "clean",
+    "leak+echo",
+    "noise-step",
+    "music-on-hold",
+    "tones",
+    "background-voice",
+    "combined",
+)
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,9 @@ from bench.media import long_file
 from speech_activity import DEFAULT_PARAMS, analyse_wav, label_legs
 
 CASE7 = "7 speech labels"
-# Calls for the benchmark's own seed: the detector was developed on seed 0's arrangements.
-SEED = 2026
+# Calls for the benchmark's own seed. The detector was developed on seed 0's arrangements;
+# the second-voice stage also on seed 2026's (the seed this case scored before that stage).
+SEED = 7
 CALLS = {"full": (6, 90.0), "smoke": (1, 20.0)}  # calls, seconds of talk each
 SMOKE_CONDITIONS = ("clean", "combined")
 DER_TARGET = 0.05
