@@ -33,13 +33,13 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-import analyze_storage
-import batch_download_from_csv
-import export_dataset
-import metadata_tracker
-import test_single_download
-from service_client import ServiceClient, default_server
-from settings import get_settings
+from diarization_audio.cli import batch as batch_download_from_csv
+from diarization_audio.cli import check as test_single_download
+from diarization_audio.cli import export as export_dataset
+from diarization_audio.cli import report as analyze_storage
+from diarization_audio.cli import store as metadata_tracker
+from diarization_audio.cli.client import ServiceClient, default_server
+from diarization_audio.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent
 # The sample audio maker and the local audio server are the ones the tests use.

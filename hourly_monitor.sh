@@ -3,7 +3,7 @@
 #
 #   crontab -e, then:  0 * * * * TARGET_HOURS=100 /absolute/path/to/hourly_monitor.sh
 #
-# progress_monitor.py does the work: the progress line (analyze_storage.py's numbers), stamped
+# cli/monitor.py does the work: the progress line (analyze_storage.py's numbers), stamped
 # in LOG_TIMEZONE; once the target is met, a "TARGET REACHED" line every run, and on the first
 # such run TARGET_REACHED_COMMAND (for example a mail, or `systemctl stop audio-downloader`).
 # It reads the same settings (.env beside this file, or the environment) as the service.
@@ -34,10 +34,10 @@ PYTHON="$HERE/.venv/bin/python"
 # that finds it taken only logs that it was skipped.
 exec 9>>"$LOCK_FILE"
 if ! flock --nonblock 9; then
-    exec "$PYTHON" progress_monitor.py "--log-file=$LOG_FILE" "--skipped=$LOCK_FILE"
+    exec "$PYTHON" -m diarization_audio.cli.monitor "--log-file=$LOG_FILE" "--skipped=$LOCK_FILE"
 fi
 SPEECH=()
 [ "${TARGET_IN_SPEECH:-0}" = 1 ] && SPEECH=(--speech)
-exec "$PYTHON" progress_monitor.py "--log-file=$LOG_FILE" "--target=$TARGET_HOURS" \
+exec "$PYTHON" -m diarization_audio.cli.monitor "--log-file=$LOG_FILE" "--target=$TARGET_HOURS" \
     "--command=${TARGET_REACHED_COMMAND:-}" "--command-timeout=${TARGET_REACHED_TIMEOUT:-600}" \
     "${SPEECH[@]}"

@@ -56,7 +56,7 @@ from bench.call_sources import (
     subtract,
     turns,
 )
-from converter import resolve_ffmpeg, run_ffmpeg
+from diarization_audio.ingest.ffmpeg import resolve_ffmpeg, run_ffmpeg
 
 LEGS = ("agent", "customer")
 COLLAR = 0.25  # seconds, the scorer's: boundary slop is not a false alarm on non-speech

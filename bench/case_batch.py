@@ -16,7 +16,7 @@ from audio_factory import ffmpeg_exe
 
 from bench.harness import ROOT, Context, Row, bare_ffmpeg, median, paired_ratio, service
 from bench.media import batch_files
-from converter import FRAME_SAMPLES
+from diarization_audio.ingest.ffmpeg import FRAME_SAMPLES
 
 CASE2 = "2 CSV batch"
 REGROUP = f"asetnsamples=n={FRAME_SAMPLES}:p=0"

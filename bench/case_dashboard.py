@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 from conftest import make_settings
 
 from bench.harness import Context, Row, client, median, ms, service, timed
-from metadata_schema import StoredFile
-from metadata_tracker import MetadataTracker
+from diarization_audio.store.schema import StoredFile
+from diarization_audio.store.tracker import MetadataTracker
 
 CASE8 = "8 dashboard"
 FILL_CHUNK = 20_000

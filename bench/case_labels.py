@@ -24,7 +24,7 @@ from bench.call_corpus import Detector, ResultRow, build_calls, evaluate, projec
 from bench.call_sources import seconds_of
 from bench.harness import ROOT, Context, Row, bare_ffmpeg
 from bench.media import long_file
-from speech_activity import DEFAULT_PARAMS, analyse_wav, label_legs
+from diarization_audio.labels.activity import DEFAULT_PARAMS, analyse_wav, label_legs
 
 CASE7 = "7 speech labels"
 # Calls for the benchmark's own seed. The detector was developed on seed 0's arrangements;
@@ -114,7 +114,7 @@ def _long_call(corpus: Path, target: Path, seconds: float) -> dict[str, Path]:
 _PEAK = """
 import json, sys
 from pathlib import Path
-from speech_activity import analyse_call, label_legs
+from diarization_audio.labels.activity import analyse_call, label_legs
 def peak():
     lines = open("/proc/self/status").read().splitlines()
     return int(next(line for line in lines if line.startswith("VmHWM:")).split()[1])

@@ -21,8 +21,8 @@ from bench.harness import (
     service,
     timed,
 )
-from metadata_schema import StoredFile
-from metadata_tracker import MetadataTracker
+from diarization_audio.store.schema import StoredFile
+from diarization_audio.store.tracker import MetadataTracker
 
 CASE3 = "3 metadata at scale"
 FILL_CHUNK = 20_000  # files per transaction while filling; the fill itself is not measured

@@ -21,9 +21,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from browser import offline_chromium  # noqa: E402
 from conftest import ServerProcess, make_settings  # noqa: E402
 
-from metadata_schema import StoredFile  # noqa: E402
-from metadata_speech import LegLabels  # noqa: E402
-from metadata_tracker import MetadataTracker  # noqa: E402
+from diarization_audio.store.schema import StoredFile  # noqa: E402
+from diarization_audio.store.speech_labels import LegLabels  # noqa: E402
+from diarization_audio.store.tracker import MetadataTracker  # noqa: E402
 
 DAYS = 21
 TZ = "Asia/Kolkata"

@@ -14,8 +14,8 @@ import pytest
 from conftest import ServerProcess, make_settings, settings_env
 from source_server import SourceServer
 
-from batch_download_from_csv import main as batch_main
-from settings import Settings, get_settings
+from diarization_audio.cli.batch import main as batch_main
+from diarization_audio.settings import Settings, get_settings
 
 HEADER = ["conversation_id", "agent_audio_url", "customer_audio_url"]
 # Two-second corpus files (conftest's corpus_dir), in a different format for each speaker.

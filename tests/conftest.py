@@ -25,10 +25,10 @@ from pg_server import PostgresServer, PostgresUnavailable
 from source_server import SourceServer
 from sqlalchemy.engine import make_url
 
-from main import create_app
-from metadata_tracker import MetadataTracker
-from metadata_tracker import database_url as store_url
-from settings import Settings
+from diarization_audio.service.app import create_app
+from diarization_audio.settings import Settings
+from diarization_audio.store.tracker import MetadataTracker
+from diarization_audio.store.tracker import database_url as store_url
 
 ROOT = Path(__file__).resolve().parent.parent
 LEFTOVER_GRACE_SECONDS = 10  # for processes still on their way out when the last test ends

@@ -25,7 +25,7 @@ from pyannote.core import Annotation, Segment, Timeline  # type: ignore[import-u
 from pyannote.metrics.diarization import DiarizationErrorRate
 
 from bench.call_conditions import CODECS, convert_legs
-from converter import TARGET_SAMPLE_RATE, resolve_ffmpeg
+from diarization_audio.ingest.ffmpeg import TARGET_SAMPLE_RATE, resolve_ffmpeg
 
 RATE = TARGET_SAMPLE_RATE
 LEGS = ("agent", "customer")

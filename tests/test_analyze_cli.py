@@ -35,11 +35,12 @@ from conftest import (
 from source_server import SourceServer
 from speech_calls import RATE, speak, to_int16, write_wav
 
-import metadata_tracker
-from analyze_storage import main
-from metadata_schema import StoredFile
-from settings import Settings
-from speech_labeller import label_conversation, thresholds_of
+from diarization_audio.cli import store as metadata_tracker
+from diarization_audio.cli.report import main
+from diarization_audio.labels.labeller import label_conversation, thresholds_of
+from diarization_audio.settings import Settings
+from diarization_audio.store.schema import StoredFile
+from diarization_audio.store.tracker import MetadataTracker
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_speech_report_shows_the_legs_snr_and_music(
     words = np.resize(speak("the parcel left the warehouse on monday", "en-us"), 2 * RATE)
     samples[2 * RATE : 4 * RATE] += words * 0.1 / np.sqrt(np.mean(words**2))
     path = write_wav(Path(store.audio_storage_dir) / "noisy_agent.wav", to_int16(samples))
-    tracker = metadata_tracker.MetadataTracker.from_settings(store)
+    tracker = MetadataTracker.from_settings(store)
     tracker.record_file("noisy", "agent", StoredFile(
         filepath=str(path), url="http://127.0.0.1/noisy.wav", file_size_bytes=path.stat().st_size,
         duration_seconds=6.0, sample_rate=RATE, channels=1,

@@ -13,7 +13,7 @@ from conftest import exported_document, labelled_statistics
 from fastapi.testclient import TestClient
 from source_server import SourceServer
 
-from settings import Settings
+from diarization_audio.settings import Settings
 
 
 def wav_properties(path: Path) -> tuple[int, int, int, float, float]:

@@ -18,9 +18,9 @@ from cli_helpers import (
 from conftest import ServerProcess, free_port, make_settings, recorded_conversations
 from source_server import SourceServer
 
-from batch_download_from_csv import main
-from conversations_csv import Row, write_failed_rows
-from settings import Settings
+from diarization_audio.cli.batch import main
+from diarization_audio.cli.conversations_csv import Row, write_failed_rows
+from diarization_audio.settings import Settings
 
 
 @pytest.fixture(autouse=True)

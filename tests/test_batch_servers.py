@@ -14,9 +14,9 @@ from cli_helpers import CORPUS, audio_hits, conversation_rows, use_settings, wri
 from conftest import ServerProcess, free_port, recorded_conversations
 from source_server import SourceServer
 
-import analyze_storage
-from batch_download_from_csv import main
-from settings import Settings
+from diarization_audio.cli import report as analyze_storage
+from diarization_audio.cli.batch import main
+from diarization_audio.settings import Settings
 
 STORED = re.compile(r"conversation=(\S+) speaker=\S+ url=\S+ outcome=success ")
 

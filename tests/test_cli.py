@@ -1,4 +1,4 @@
-"""What the scripts share (cli.py): invalid settings and bad numbers end in the same way."""
+"""What the scripts share (cli/common.py): invalid settings and bad numbers end in the same way."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from collections.abc import Callable
 import pytest
 from cli_helpers import use_settings
 
-import analyze_storage
-import batch_download_from_csv
-import main
-import metadata_tracker
-import test_single_download
-from settings import Settings, get_settings
+from diarization_audio.cli import batch as batch_download_from_csv
+from diarization_audio.cli import check as test_single_download
+from diarization_audio.cli import report as analyze_storage
+from diarization_audio.cli import store as metadata_tracker
+from diarization_audio.service import app as main
+from diarization_audio.settings import Settings, get_settings
 
 SCRIPTS: dict[str, Callable[[list[str] | None], int]] = {
     "batch_download_from_csv.py": batch_download_from_csv.main,

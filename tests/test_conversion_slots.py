@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import conversion_slots
-from conversion_slots import ConversionSlots
+from diarization_audio.ingest import slots as conversion_slots
+from diarization_audio.ingest.slots import ConversionSlots
 
 DEADLINE = 10.0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from audio_factory import FORMATS, ffmpeg_exe
 
-from converter import FRAME_SAMPLES, run_ffmpeg
+from diarization_audio.ingest.ffmpeg import FRAME_SAMPLES, run_ffmpeg
 
 OUTPUT = [
     "-vn", "-sn", "-dn", "-map_metadata", "-1", "-ar", "16000", "-c:a", "pcm_s16le",

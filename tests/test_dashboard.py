@@ -15,13 +15,18 @@ import pytest
 from conftest import make_settings
 from fastapi.testclient import TestClient
 
-from dashboard import DAYS_SHOWN, DashboardPublic, dashboard
-from dashboard_routes import SESSION_COOKIE, SESSION_SECONDS, session_token, session_valid
-from main import create_app
-from metadata_schema import SCHEMA_VERSION, StoredFile
-from metadata_speech import LegLabels
-from metadata_tracker import MetadataTracker
-from settings import Settings
+from diarization_audio.service.app import create_app
+from diarization_audio.service.dashboard_figures import DAYS_SHOWN, DashboardPublic, dashboard
+from diarization_audio.service.dashboard_routes import (
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    session_token,
+    session_valid,
+)
+from diarization_audio.settings import Settings
+from diarization_audio.store.schema import SCHEMA_VERSION, StoredFile
+from diarization_audio.store.speech_labels import LegLabels
+from diarization_audio.store.tracker import MetadataTracker
 
 TZ = ZoneInfo("Asia/Kolkata")
 KEY = "dashboard-test-key"

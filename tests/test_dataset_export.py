@@ -19,12 +19,12 @@ from cli_helpers import use_settings
 from conftest import make_settings
 from speech_calls import speak
 
-from dataset_export import split_of
-from export_dataset import main
-from metadata_schema import StoredFile
-from metadata_tracker import MetadataTracker
-from settings import Settings
-from speech_labeller import label_conversation, thresholds_of
+from diarization_audio.cli.export import main
+from diarization_audio.dataset.export import split_of
+from diarization_audio.labels.labeller import label_conversation, thresholds_of
+from diarization_audio.settings import Settings
+from diarization_audio.store.schema import StoredFile
+from diarization_audio.store.tracker import MetadataTracker
 
 RATE = 16000
 # (conversation id, agent id, seconds, agent turns, customer turns); "flat" has a silent customer,

@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from source_server import SourceServer
 from test_hardening import _ffmpeg_processes_for
 
-from main import create_app
-from mp3_header import decoded_samples
+from diarization_audio.ingest.mp3_header import decoded_samples
+from diarization_audio.service.app import create_app
 
 PAUSE_SECONDS = 1.5
 

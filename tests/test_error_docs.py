@@ -9,8 +9,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-import errors
-import service_client
+from diarization_audio import errors
+from diarization_audio.cli import client as service_client
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_PATHS = {"/", "/health"}

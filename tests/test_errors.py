@@ -13,11 +13,11 @@ from conftest import make_settings
 from fastapi.testclient import TestClient
 from source_server import SourceServer
 
-from logger import LOG_FILENAME
-from main import create_app
-from metadata_tracker import MetadataTracker
-from settings import Settings
-from url_secrets import shown
+from diarization_audio.logs import LOG_FILENAME
+from diarization_audio.service.app import create_app
+from diarization_audio.settings import Settings
+from diarization_audio.store.tracker import MetadataTracker
+from diarization_audio.url_secrets import shown
 
 
 def assert_nothing_stored(settings: Settings) -> None:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from schemathesis import checks
 
-from main import create_app
+from diarization_audio.service.app import create_app
 
 _base = Path(tempfile.mkdtemp(prefix="fuzz-"))
 app = create_app(make_settings(_base, allowed_url_hosts=["127.0.0.1"], download_retries=0))

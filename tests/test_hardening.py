@@ -19,10 +19,10 @@ from fastapi.testclient import TestClient
 from source_server import SourceServer
 from test_errors import assert_nothing_stored, post_single
 
-from errors import UrlRefused
-from main import create_app
-from settings import Settings
-from url_policy import UrlPolicy
+from diarization_audio.errors import UrlRefused
+from diarization_audio.ingest.url_policy import UrlPolicy
+from diarization_audio.service.app import create_app
+from diarization_audio.settings import Settings
 
 
 def app_client(tmp_path: Path, **overrides: object) -> tuple[TestClient, Settings]:

@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 from source_server import SourceServer
 from speech_calls import to_int16, write_wav
 
-import analyze_storage
-from metadata_schema import StoredFile
-from metadata_tracker import MetadataTracker
-from settings import Settings
-from speech_labeller import LabelWorker
+from diarization_audio.cli import report as analyze_storage
+from diarization_audio.labels.labeller import LabelWorker
+from diarization_audio.settings import Settings
+from diarization_audio.store.schema import StoredFile
+from diarization_audio.store.tracker import MetadataTracker
 
 RATE = 16000
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import make_settings
 
-from logger import BACKUP_COUNT, LOG_FILENAME, MAX_BYTES, setup_logging
+from diarization_audio.logs import BACKUP_COUNT, LOG_FILENAME, MAX_BYTES, setup_logging
 
 
 def _log_a_lot(log_dir: str, worker: int) -> None:

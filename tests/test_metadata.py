@@ -17,12 +17,13 @@ from conftest import exported_document, make_settings
 from fastapi.testclient import TestClient
 from source_server import SourceServer
 
-from errors import MetadataCorrupt
-from main import create_app
-from metadata_schema import StoredFile
-from metadata_tracker import JsonExporter, MetadataTracker, main
-from settings import Settings
-from url_secrets import source_sha256
+from diarization_audio.cli.store import main
+from diarization_audio.errors import MetadataCorrupt
+from diarization_audio.service.app import create_app
+from diarization_audio.settings import Settings
+from diarization_audio.store.schema import StoredFile
+from diarization_audio.store.tracker import JsonExporter, MetadataTracker
+from diarization_audio.url_secrets import source_sha256
 
 DATA = Path(__file__).resolve().parent / "data"
 

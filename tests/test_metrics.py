@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from source_server import HTML_BODY, SourceServer
 
-from main import create_app
-from metadata_tracker import MetadataTracker
-from settings import Settings
+from diarization_audio.service.app import create_app
+from diarization_audio.settings import Settings
+from diarization_audio.store.tracker import MetadataTracker
 
 # Durations differ so that a sum cannot come out right by accident.
 SOURCES = {"a1.mp3": ("mp3", 1.0), "a2.wav": ("wav", 1.5), "a3.flac": ("flac", 2.5),
@@ -291,10 +291,12 @@ def test_one_process_counts_a_download(tmp_path: Path, source: SourceServer) -> 
 def test_importing_writes_nothing_and_the_first_count_lands_in_the_run_directory(
     tmp_path: Path,
 ) -> None:
-    """The scripts import audio_downloader and converter without making any metric file; the
+    """The commands import the downloader and ffmpeg code without making any metric file; the
     first count a process makes goes to its run's directory, where a scrape reads it."""
     code = (
-        "import os, pathlib, conversations_csv, test_single_download, metrics\n"
+        "import os, pathlib\n"
+        "import diarization_audio.ingest.downloader, diarization_audio.cli.check\n"
+        "from diarization_audio import metrics\n"
         "print(pathlib.Path(os.environ['METRICS_DIR']).exists())\n"
         "metrics.bytes_fetched(7)\n"
         "print(metrics.run_directory())\n"

@@ -1,5 +1,5 @@
 """hourly_monitor.sh as cron runs it (a bare environment, any directory, one run at a time), and
-the decisions of progress_monitor.py, its Python side, called directly."""
+the decisions of cli/monitor.py, its Python side, called directly."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from cli_helpers import populated_service, use_settings
 from conftest import ROOT, make_settings
 from source_server import SourceServer
 
-import progress_monitor
-from settings import Settings, get_settings
+from diarization_audio.cli import monitor as progress_monitor
+from diarization_audio.settings import Settings, get_settings
 
 SCRIPT = ROOT / "hourly_monitor.sh"
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d"
@@ -144,7 +144,7 @@ def test_help_prints_the_crontab_line_and_runs_nothing(tmp_path: Path) -> None:
     assert "TARGET_REACHED_TIMEOUT" in run.stdout
 
 
-# progress_monitor.py, the Python side of the script, called directly --------------------------
+# cli/monitor.py, the Python side of the script, called directly --------------------------
 
 
 @pytest.fixture

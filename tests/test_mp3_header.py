@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from audio_factory import ffmpeg_exe
 
-from converter import run_ffmpeg
-from mp3_header import decoded_samples
+from diarization_audio.ingest.ffmpeg import run_ffmpeg
+from diarization_audio.ingest.mp3_header import decoded_samples
 
 # (name, sample rate, channels, bit rate, extra encoder options): MPEG-1, MPEG-2 and MPEG-2.5
 # layer III, mono and stereo, with and without an ID3v2 tag in front.

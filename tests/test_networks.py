@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 from source_server import SourceServer
 from test_errors import assert_nothing_stored, post_single
 
-from fetcher import RateMeter
-from main import create_app
-from metadata_tracker import MetadataTracker
-from settings import Settings
+from diarization_audio.ingest.fetcher import RateMeter
+from diarization_audio.service.app import create_app
+from diarization_audio.settings import Settings
+from diarization_audio.store.tracker import MetadataTracker
 
 MINUTES = 3
 

@@ -14,14 +14,20 @@ from cli_helpers import use_settings
 from conftest import make_settings
 from speech_calls import leg_files, make_call
 
-import export_dataset
-import metadata_tracker
-from metadata_schema import StoredFile
-from metadata_speech import encode_segments, speech_micros_of
-from metadata_tracker import MetadataTracker
-from settings import Settings
-from speech_activity import DEFAULT_PARAMS, VadParams, analyse_call, label_legs, provenance
-from speech_labeller import label_conversation, thresholds_of
+from diarization_audio.cli import export as export_dataset
+from diarization_audio.cli import store as metadata_tracker
+from diarization_audio.labels.activity import (
+    DEFAULT_PARAMS,
+    VadParams,
+    analyse_call,
+    label_legs,
+    provenance,
+)
+from diarization_audio.labels.labeller import label_conversation, thresholds_of
+from diarization_audio.settings import Settings
+from diarization_audio.store.schema import StoredFile
+from diarization_audio.store.speech_labels import encode_segments, speech_micros_of
+from diarization_audio.store.tracker import MetadataTracker
 
 # Whatever the default becomes, the labels made "before" come from another detector.
 OLD_PARAMS = VadParams(method="energy" if DEFAULT_PARAMS.method != "energy" else "webrtc")

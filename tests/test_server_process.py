@@ -22,7 +22,7 @@ from conftest import (
 )
 from source_server import SourceServer
 
-from settings import Settings
+from diarization_audio.settings import Settings
 
 pytestmark = pytest.mark.slow
 

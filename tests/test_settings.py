@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from converter import resolve_ffmpeg
-from errors import StorageError
-from settings import Settings
+from diarization_audio.errors import StorageError
+from diarization_audio.ingest.ffmpeg import resolve_ffmpeg
+from diarization_audio.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ from cli_helpers import use_settings, write_csv
 from conftest import ServerProcess, free_port
 from source_server import SourceServer
 
-from settings import Settings
-from test_single_download import main
+from diarization_audio.cli.check import main
+from diarization_audio.settings import Settings
 
 
 @pytest.fixture(autouse=True)

@@ -26,9 +26,9 @@ from speech_calls import (
     write_wav,
 )
 
-from converter import resolve_ffmpeg
-from errors import NotAudio
-from speech_activity import (
+from diarization_audio.errors import NotAudio
+from diarization_audio.ingest.ffmpeg import resolve_ffmpeg
+from diarization_audio.labels.activity import (
     DEFAULT_PARAMS,
     VadParams,
     analyse_pcm,

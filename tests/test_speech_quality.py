@@ -12,11 +12,11 @@ import pytest
 from conftest import make_settings
 from speech_calls import RATE, speak, to_int16, write_wav
 
-from metadata_schema import StoredFile
-from metadata_tracker import MetadataTracker
-from speech_activity import analyse_pcm, analyse_wav, detect_speech, label_legs
-from speech_labeller import label_conversation, thresholds_of
-from speech_quality import LegQuality, leg_quality, quality_flags_of
+from diarization_audio.labels.activity import analyse_pcm, analyse_wav, detect_speech, label_legs
+from diarization_audio.labels.labeller import label_conversation, thresholds_of
+from diarization_audio.labels.quality import LegQuality, leg_quality, quality_flags_of
+from diarization_audio.store.schema import StoredFile
+from diarization_audio.store.tracker import MetadataTracker
 
 SPANS = [(1.0, 3.0), (4.5, 7.0), (8.0, 9.5)]
 SENTENCES = ("please hold while I check the order", "the parcel left the warehouse on monday")

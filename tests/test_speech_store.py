@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import make_settings
 
-from errors import MetadataCorrupt
-from metadata_schema import SCHEMA_VERSION, StoredFile
-from metadata_speech import LegLabels
-from metadata_tracker import MetadataTracker
-from url_secrets import source_sha256
+from diarization_audio.errors import MetadataCorrupt
+from diarization_audio.store.schema import SCHEMA_VERSION, StoredFile
+from diarization_audio.store.speech_labels import LegLabels
+from diarization_audio.store.tracker import MetadataTracker
+from diarization_audio.url_secrets import source_sha256
 
 DATA = Path(__file__).resolve().parent / "data"
 PROVENANCE: dict[str, object] = {"detector": "test", "version": 1}

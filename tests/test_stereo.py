@@ -12,8 +12,8 @@ from conftest import recorded_conversations
 from fastapi.testclient import TestClient
 from source_server import SourceServer
 
-from metadata_tracker import MetadataTracker
-from settings import Settings
+from diarization_audio.settings import Settings
+from diarization_audio.store.tracker import MetadataTracker
 
 
 def samples(path: Path) -> np.ndarray:

@@ -69,5 +69,6 @@ def test_two_hosts_share_one_postgresql_store(
     )
     assert written == dict.fromkeys((cid for cid, _ in jobs), 1)
     # Both hosts did part of the work (their process ids in the log lines).
-    workers = set(re.findall(r"\[(\d+)\] audio_downloader: conversation=shared", log))
+    line = r"\[(\d+)\] diarization_audio\.ingest\.downloader: conversation=shared"
+    workers = set(re.findall(line, log))
     assert len(workers) == 2

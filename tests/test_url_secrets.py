@@ -11,11 +11,11 @@ from conftest import make_settings
 from fastapi.testclient import TestClient
 from source_server import SourceServer
 
-from logger import LOG_FILENAME
-from main import create_app
-from metadata_tracker import database_url
-from settings import Settings
-from url_secrets import scrub, shown, source_sha256
+from diarization_audio.logs import LOG_FILENAME
+from diarization_audio.service.app import create_app
+from diarization_audio.settings import Settings
+from diarization_audio.store.tracker import database_url
+from diarization_audio.url_secrets import scrub, shown, source_sha256
 
 SECRETS = ("SIGNATURE0123456789abcdef", "CREDENTIAL0123", "TOKENSECRET42", "hunter2")
 

@@ -1,0 +1,1 @@
+"""The training-set export: the labelled conversations in each toolkit's format."""

@@ -1,0 +1,1 @@
+"""Fetching a source URL, converting it with ffmpeg while it downloads, storing the WAV."""

@@ -1,0 +1,513 @@
+"""Fetch an audio URL, convert it to 16 kHz mono 16-bit WAV with ffmpeg, store and record it.
+
+Memory stays flat whatever the length: the body is streamed to a temporary file in the storage
+directory while ffmpeg, in its own process, converts it as it arrives (ingest/streaming.py), and the
+result is hashed in chunks.
+Every temporary name starts with a dot and carries the writer's pid, so a restarted server can
+tell an abandoned leftover from another worker's file in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+import httpx
+
+from diarization_audio import metrics
+from diarization_audio.errors import (
+    AudioError,
+    AudioTooLong,
+    Busy,
+    ConversionTimeout,
+    IdenticalChannels,
+    InsufficientStorage,
+    InvalidInput,
+    NotAudio,
+    NotStereo,
+    ShuttingDown,
+    StorageError,
+    UrlConflict,
+)
+from diarization_audio.ingest.fetcher import Fetcher
+from diarization_audio.ingest.ffmpeg import (
+    all_zero,
+    read_wav_info,
+    resolve_ffmpeg,
+    same_audio,
+    sha256_of,
+)
+from diarization_audio.ingest.slots import ConversionSlots
+from diarization_audio.ingest.streaming import Conversion, fetch_and_convert
+from diarization_audio.ingest.url_policy import UrlPolicy
+from diarization_audio.labels.labeller import LabelWorker
+from diarization_audio.settings import Settings
+from diarization_audio.store.layout import remove_leftovers, stored_name, temporary_stem
+from diarization_audio.store.schema import MB, StoredFile
+from diarization_audio.store.tracker import MetadataTracker
+from diarization_audio.url_secrets import scrub, shown, source_sha256
+
+log = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+
+# Input rules ---------------------------------------------------------------------------------
+
+
+def validate_name(field: str, value: str) -> str:
+    """A conversation id or speaker label: 1-128 of [A-Za-z0-9._-], not starting with '.'."""
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
+        raise InvalidInput(
+            f"{field} must be 1-128 characters of letters, digits, '.', '_' or '-' and must not "
+            f"start with '.'; got {shown!r}"
+        )
+    return value
+
+
+def validate_url(field: str, url: str) -> str:
+    """An absolute http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535
+    except ValueError as exc:
+        raise InvalidInput(f"{field} is not a valid URL: {url[:200]!r} ({exc})") from exc
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        raise InvalidInput(f"{field} must be an http or https URL with a host; got {url[:200]!r}")
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise InvalidInput(f"{field} must not contain whitespace or control characters")
+    return url
+
+
+# The service ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredAudio:
+    """One stored file, as answered to clients."""
+
+    status: str  # "success" (downloaded now) or "exists" (already stored from the same URL)
+    conversation_id: str
+    speaker_label: str
+    file: StoredFile
+
+    @property
+    def filename(self) -> str:
+        return stored_name(self.conversation_id, self.speaker_label)
+
+
+class AudioDownloader:
+    """Downloads, converts, stores and records audio files; one per process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tracker: MetadataTracker,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tracker = tracker
+        self.storage_dir = Path(settings.audio_storage_dir)
+        self.ffmpeg = resolve_ffmpeg(settings.ffmpeg_binary)
+        self.policy = UrlPolicy(
+            settings.allowed_url_hosts, settings.blocked_networks, settings.block_private_networks
+        )
+        self._fetcher = Fetcher(settings, self.policy, client)
+        self._jobs = metrics.JobSlots(settings.max_concurrent_jobs)
+        self._conversions = ConversionSlots(
+            settings.conversion_slots_dir, settings.max_concurrent_conversions
+        )
+        self._conversion = Conversion(
+            ffmpeg=self.ffmpeg,
+            slots=self._conversions,
+            max_seconds=settings.max_audio_hours * 3600,
+            timeout=settings.convert_timeout_seconds,
+            niceness=settings.conversion_niceness,
+        )
+
+        self._labeller = LabelWorker(settings) if settings.label_speech else None
+        self._in_flight: Counter[str] = Counter()  # jobs per conversation
+        self._stored_unlabelled: set[str] = set()  # conversations a finished job stored to
+        # Graceful stop: jobs that may still be cancelled (queued or transferring), and those
+        # the stop cancelled (so their cancellation becomes a ShuttingDown answer).
+        self._stopping = False
+        self._cancellable: set[asyncio.Task[object]] = set()
+        self._stopped: set[asyncio.Task[object]] = set()
+
+    async def start(self) -> None:
+        """Everything a job needs that takes time to start: the labelling process."""
+        if self._labeller is not None:
+            await self._labeller.start()
+
+    def begin_shutdown(self) -> None:
+        """Take no new jobs; cancel those still transferring after SHUTDOWN_GRACE_SECONDS.
+
+        A job already recording its files finishes: its answer is the stored result.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_grace_seconds
+        log.info("stopping: %d job(s) in flight get %g s to finish", len(self._cancellable), grace)
+        asyncio.get_running_loop().call_later(grace, self._cancel_jobs)
+
+    def _cancel_jobs(self) -> None:
+        if self._cancellable:
+            log.warning("stopping: cancelling %d unfinished job(s)", len(self._cancellable))
+        for task in list(self._cancellable):
+            self._stopped.add(task)
+            task.cancel()
+
+    def _stop_answer(self) -> ShuttingDown:
+        return ShuttingDown(
+            "the service is stopping; nothing was stored, send it again later (or to another "
+            "server)"
+        )
+
+    async def aclose(self) -> None:
+        await self._fetcher.aclose()
+        if self._labeller is not None:
+            await self._labeller.drain()
+            await anyio.to_thread.run_sync(self._labeller.close)
+
+    def prepare_storage(self) -> int:
+        """Create the storage directory and remove leftovers of dead processes; returns count."""
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self._conversions.prepare()
+        return remove_leftovers(self.storage_dir)
+
+    def target_path(self, conversation_id: str, speaker_label: str) -> Path:
+        return self.storage_dir / stored_name(conversation_id, speaker_label)
+
+    async def download(
+        self,
+        conversation_id: str,
+        speaker_label: str,
+        url: str,
+        overwrite: bool = False,
+        agent_id: str | None = None,
+    ) -> StoredAudio:
+        """Store one speaker's audio of a conversation; logs the outcome and records failures.
+
+        Malformed input is refused before anything is attempted; every failure after that is
+        kept in the store, so reports can say what fails and how often.
+        """
+        validate_name("speaker_label", speaker_label)
+        stored = await self._logged(conversation_id, [speaker_label], url, overwrite, agent_id)
+        return stored[0]
+
+    async def download_stereo(
+        self,
+        conversation_id: str,
+        url: str,
+        left_label: str = "agent",
+        right_label: str = "customer",
+        overwrite: bool = False,
+        agent_id: str | None = None,
+    ) -> list[StoredAudio]:
+        """Store the two channels of one stereo call as two speakers' files, as `download` does."""
+        validate_name("left_label", left_label)
+        validate_name("right_label", right_label)
+        if left_label == right_label:
+            raise InvalidInput(f"left_label and right_label must differ; both are {left_label!r}")
+        return await self._logged(
+            conversation_id, [left_label, right_label], url, overwrite, agent_id
+        )
+
+    async def _logged(
+        self,
+        conversation_id: str,
+        labels: list[str],
+        url: str,
+        overwrite: bool,
+        agent_id: str | None,
+    ) -> list[StoredAudio]:
+        validate_name("conversation_id", conversation_id)
+        validate_url("audio_url", url)
+        if agent_id is not None:
+            validate_name("agent_id", agent_id)
+        started = time.monotonic()
+        speakers = "+".join(labels)
+        try:
+            with self._labelled_after(conversation_id):
+                results = await self._download(conversation_id, labels, url, overwrite, agent_id)
+        except AudioError as exc:
+            log.warning(
+                "conversation=%s speaker=%s url=%s outcome=%s error=%s took=%.2fs",
+                conversation_id, speakers, url, exc.code, exc.full_message,
+                time.monotonic() - started,
+            )  # fmt: skip
+            metrics.download_failed(exc.code, len(labels))
+            for label in labels:
+                await anyio.to_thread.run_sync(self._record_failure, conversation_id, label,
+                                               url, exc)  # fmt: skip
+            raise
+        for result in results:
+            log.info(
+                "conversation=%s speaker=%s url=%s outcome=%s duration=%.2fs size=%.2fMB "
+                "took=%.2fs",
+                conversation_id, result.speaker_label, url, result.status,
+                result.file.duration_seconds, result.file.file_size_mb, time.monotonic() - started,
+            )  # fmt: skip
+            metrics.download_done(result.status, result.file.duration_seconds)
+        return results
+
+    def _record_failure(
+        self, conversation_id: str, speaker_label: str, url: str, exc: AudioError
+    ) -> None:
+        try:
+            self.tracker.record_failure(conversation_id, speaker_label, shown(url), exc.code,
+                                        scrub(exc.message))  # fmt: skip
+        except AudioError as problem:  # the answer is the download's error, not this one
+            log.error("cannot record the failure of %s: %s", shown(url), problem.message)
+
+    async def download_many(
+        self,
+        conversation_id: str,
+        urls: dict[str, str],
+        overwrite: bool = False,
+        agent_id: str | None = None,
+    ) -> list[StoredAudio | AudioError]:
+        """Several speakers of one conversation at once; each outcome is a result or its error."""
+        for label, url in urls.items():
+            validate_name("speaker_label", label)
+            validate_url(f"audio_url_{label}", url)
+
+        async def one(label: str, url: str) -> StoredAudio | AudioError:
+            try:
+                return await self.download(conversation_id, label, url, overwrite, agent_id)
+            except AudioError as exc:
+                return exc
+
+        return list(await asyncio.gather(*(one(lb, u) for lb, u in urls.items())))
+
+    @contextlib.contextmanager
+    def _labelled_after(self, conversation_id: str) -> Iterator[None]:
+        """Queue the conversation for labelling when the last of its jobs in this process ends,
+        if one of them stored a file; the answer does not wait for the labels. Both legs of a
+        call sent together are labelled once, together, rather than the first leg alone and
+        then both again."""
+        self._in_flight[conversation_id] += 1
+        try:
+            yield
+        finally:
+            self._in_flight[conversation_id] -= 1
+            if not self._in_flight[conversation_id]:
+                del self._in_flight[conversation_id]
+                if conversation_id in self._stored_unlabelled:
+                    self._stored_unlabelled.discard(conversation_id)
+                    if self._labeller is not None:
+                        self._labeller.submit(conversation_id)
+
+    async def _download(
+        self,
+        conversation_id: str,
+        labels: list[str],
+        url: str,
+        overwrite: bool,
+        agent_id: str | None,
+    ) -> list[StoredAudio]:
+        self.policy.check_host(httpx.URL(url))
+        existing = [
+            await anyio.to_thread.run_sync(self._existing, conversation_id, label, url, overwrite)
+            for label in labels
+        ]
+        if all(found is not None for found in existing):
+            return [found for found in existing if found is not None]
+        self._check_free_space(0)
+        if self._stopping:
+            raise self._stop_answer()
+        task: asyncio.Task[object] | None = asyncio.current_task()
+        assert task is not None
+        self._cancellable.add(task)
+        try:
+            async with self._job_slot():
+                if self._stopping:
+                    raise self._stop_answer()
+                return await self._fetch_convert_store(conversation_id, labels, url, agent_id)
+        except asyncio.CancelledError:
+            if task not in self._stopped:
+                raise  # the client went away
+            self._stopped.discard(task)
+            task.uncancel()
+            raise self._stop_answer() from None
+        finally:
+            self._cancellable.discard(task)
+
+    @contextlib.asynccontextmanager
+    async def _job_slot(self) -> AsyncIterator[None]:
+        """One of MAX_CONCURRENT_JOBS slots, or Busy after JOB_QUEUE_TIMEOUT_SECONDS."""
+        wait = self.settings.job_queue_timeout_seconds
+        try:
+            async with asyncio.timeout(wait):
+                await self._jobs.acquire()
+        except TimeoutError:
+            raise Busy(
+                f"all {self.settings.max_concurrent_jobs} job slots stayed busy for {wait:g} s; "
+                "retry later"
+            ) from None
+        try:
+            yield
+        finally:
+            self._jobs.release()
+
+    def _check_free_space(self, incoming_bytes: int) -> None:
+        """Refuse a job that would leave less than MIN_FREE_DISK_MB on the storage disk."""
+        try:
+            free = shutil.disk_usage(self.storage_dir).free
+        except OSError as exc:
+            raise _storage_error(exc, self.storage_dir, "cannot inspect") from exc
+        # The download and its WAV can both be on disk at once; the WAV is usually larger.
+        needed = self.settings.min_free_disk_bytes + 2 * incoming_bytes
+        if free < needed:
+            raise InsufficientStorage(
+                f"{free / MB:.0f} MB free on the storage disk; this job needs "
+                f"{incoming_bytes / MB:.0f} MB plus MIN_FREE_DISK_MB="
+                f"{self.settings.min_free_disk_mb:g} kept free",
+                log_detail=f"storage directory {self.storage_dir}",
+            )
+
+    def _existing(
+        self, conversation_id: str, speaker_label: str, url: str, overwrite: bool
+    ) -> StoredAudio | None:
+        """The stored result when this exact file is already collected and still on disk."""
+        if overwrite:
+            return None
+        record = self.tracker.get_file(conversation_id, speaker_label)
+        if record is None:
+            return None
+        path = self.target_path(conversation_id, speaker_label)
+        try:
+            intact = path.stat().st_size == record.file_size_bytes
+        except OSError:
+            intact = False
+        if not intact:
+            log.warning("stored file %s is missing or changed; downloading it again", path)
+            return None
+        if (record.source_sha256 or source_sha256(record.url)) != source_sha256(url):
+            elsewhere = (
+                "another URL at the same address (a different query string)"
+                if shown(record.url) == shown(url)
+                else shown(record.url)
+            )
+            raise UrlConflict(
+                f"{path.name} is already stored from {elsewhere}, not {shown(url)}; send "
+                "overwrite=true to replace it"
+            )
+        return StoredAudio("exists", conversation_id, speaker_label, record)
+
+    async def _fetch_convert_store(
+        self, conversation_id: str, labels: Sequence[str], url: str, agent_id: str | None
+    ) -> list[StoredAudio]:
+        """Fetch once, convert, store and record: one label (every channel mixed down), or two
+        (the first and second channel of a stereo file, one speaker each)."""
+        try:
+            self.storage_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file may now stand where the directory was
+            raise _storage_error(exc, self.storage_dir) from exc
+        source = self.storage_dir / f"{temporary_stem(conversation_id, labels[0])}.download"
+        converted = [
+            self.storage_dir / f"{temporary_stem(conversation_id, label)}.wav" for label in labels
+        ]
+        try:
+            await fetch_and_convert(
+                self._fetcher, url, source, converted, self._check_free_space, self._conversion
+            )
+            # From here on the job finishes even when the service is stopping.
+            self._cancellable.discard(asyncio.current_task())
+            records = await anyio.to_thread.run_sync(
+                self._describe_and_record, conversation_id, labels, source, converted, url,
+                agent_id,
+            )  # fmt: skip
+            self._stored_unlabelled.add(conversation_id)
+        except NotAudio as exc:
+            raise NotAudio(f"{url} is not decodable audio: {exc.message}") from exc
+        except TimeoutError as exc:
+            raise ConversionTimeout(
+                f"converting {url} took longer than CONVERT_TIMEOUT_SECONDS="
+                f"{self.settings.convert_timeout_seconds:g}"
+            ) from exc
+        except OSError as exc:
+            raise _storage_error(exc, self.storage_dir) from exc
+        finally:
+            source.unlink(missing_ok=True)
+            for path in converted:
+                path.unlink(missing_ok=True)
+        return [
+            StoredAudio("success", conversation_id, label, record)
+            for label, record in zip(labels, records, strict=True)
+        ]
+
+    def _describe_and_record(
+        self,
+        conversation_id: str,
+        labels: Sequence[str],
+        source: Path,
+        converted: Sequence[Path],
+        url: str,
+        agent_id: str | None,
+    ) -> list[StoredFile]:
+        """Read the converted files back, then publish and record each with its transaction."""
+        source.unlink(missing_ok=True)  # a large file can take a while to free: not in the loop
+        finals = [self.target_path(conversation_id, label) for label in labels]
+        records = [self._describe(c, f, url) for c, f in zip(converted, finals, strict=True)]
+        if len(converted) == 2 and any(all_zero(path) for path in converted):
+            raise NotStereo(
+                f"{url} has one channel (or one that is silent throughout), not two speakers; "
+                "post it to /download/single"
+            )
+        if len(converted) == 2 and same_audio(converted[0], converted[1]):
+            raise IdenticalChannels(
+                f"the two channels of {url} hold the same audio (a mono recording saved as "
+                "stereo); they cannot be labelled as two speakers, so nothing was stored"
+            )
+        for label, record, temporary, final in zip(labels, records, converted, finals, strict=True):
+            self.tracker.record_file(
+                conversation_id, label, record, functools.partial(os.replace, temporary, final),
+                agent_id,
+            )  # fmt: skip
+        return records
+
+    def _describe(self, converted: Path, final: Path, url: str) -> StoredFile:
+        info = read_wav_info(converted)
+        if info.duration_seconds <= 0:
+            raise NotAudio("it decoded to no audio at all")
+        limit = self.settings.max_audio_hours * 3600
+        if info.duration_seconds > limit:
+            raise AudioTooLong(
+                f"{url} is longer than MAX_AUDIO_HOURS={self.settings.max_audio_hours:g}"
+            )
+        return StoredFile(
+            filepath=str(final),
+            url=url if self.settings.store_url_query else shown(url),
+            source_sha256=source_sha256(url),
+            file_size_bytes=converted.stat().st_size,
+            duration_seconds=info.duration_seconds,
+            sample_rate=info.sample_rate,
+            channels=info.channels,
+            sha256=sha256_of(converted),
+            downloaded_at=self.tracker.now(),
+        )
+
+
+def _storage_error(exc: OSError, directory: Path, action: str = "cannot write in") -> AudioError:
+    """The client hears what failed and why; only the log hears where (the path) and errno."""
+    where = f"storage directory {directory}: {exc}"
+    if exc.errno == 28:  # ENOSPC
+        return InsufficientStorage("no space left in the storage directory", log_detail=where)
+    reason = exc.strerror or "operating system error"
+    return StorageError(f"{action} the storage directory: {reason}", log_detail=where)

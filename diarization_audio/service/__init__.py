@@ -1,0 +1,1 @@
+"""The HTTP service: the app, its routes, the dashboard and the metrics."""

@@ -1,0 +1,69 @@
+"""The storage directory's layout: stored file names, the listing of stored WAVs, temporary names.
+
+A stored file is `{conversation_id}_{speaker_label}.wav`. Work in progress lives beside it under
+dot-names that carry the writing process's id (`.<stem>.<pid>.<hex>.download|.wav`), so a
+listing never shows it and a restarted service can tell an abandoned leftover from a live
+sibling worker's file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from pathlib import Path
+
+from diarization_audio.errors import StorageError
+from diarization_audio.processes import running
+
+log = logging.getLogger(__name__)
+
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.(?:download|wav)$")
+
+
+def stored_name(conversation_id: str, speaker_label: str) -> str:
+    """The stored file's name: `{conversation_id}_{speaker_label}.wav`."""
+    return f"{conversation_id}_{speaker_label}.wav"
+
+
+def wav_files(directory: Path) -> dict[str, int]:
+    """Name -> size of the stored .wav files (work in progress starts with a dot)."""
+    if not directory.is_dir():
+        return {}
+    try:
+        return {
+            entry.name: entry.stat().st_size
+            for entry in os.scandir(directory)
+            if entry.name.endswith(".wav") and not entry.name.startswith(".") and entry.is_file()
+        }
+    except OSError as exc:
+        raise StorageError(
+            f"cannot list the storage directory: {exc.strerror}", log_detail=str(directory)
+        ) from exc
+
+
+def temporary_stem(conversation_id: str, speaker_label: str) -> str:
+    """A fresh dot-name for one job's files; add `.download` or `.wav`."""
+    return f".{conversation_id}_{speaker_label}.{os.getpid()}.{uuid.uuid4().hex}"
+
+
+def remove_leftovers(directory: Path) -> int:
+    """Delete temporary files of processes that are gone; returns how many."""
+    removed = 0
+    for path in directory.iterdir():
+        match = _TEMP_RE.match(path.name)
+        if match and _left_over(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("removed %d leftover temporary file(s) from %s", removed, directory)
+    return removed
+
+    return True
+
+
+def _left_over(pid: int) -> bool:
+    """A temporary file's writer has ended (this process's own, from before it started work,
+    count as left over too)."""
+    return pid == os.getpid() or not running(pid)
