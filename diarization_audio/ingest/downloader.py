@@ -14,14 +14,12 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio.to_thread
 import httpx
@@ -53,6 +51,7 @@ from diarization_audio.ingest.slots import ConversionSlots
 from diarization_audio.ingest.streaming import Conversion, fetch_and_convert
 from diarization_audio.ingest.url_policy import UrlPolicy
 from diarization_audio.labels.labeller import LabelWorker
+from diarization_audio.names import validate_name, validate_url
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import remove_leftovers, stored_name, temporary_stem
 from diarization_audio.store.schema import MB, StoredFile
@@ -60,40 +59,6 @@ from diarization_audio.store.tracker import MetadataTracker
 from diarization_audio.url_secrets import scrub, shown, source_sha256
 
 log = logging.getLogger(__name__)
-
-_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
-
-
-# Input rules ---------------------------------------------------------------------------------
-
-
-def validate_name(field: str, value: str) -> str:
-    """A conversation id or speaker label: 1-128 of [A-Za-z0-9._-], not starting with '.'."""
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
-        shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
-        raise InvalidInput(
-            f"{field} must be 1-128 characters of letters, digits, '.', '_' or '-' and must not "
-            f"start with '.'; got {shown!r}"
-        )
-    return value
-
-
-def validate_url(field: str, url: str) -> str:
-    """An absolute http(s) URL with a host."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535
-    except ValueError as exc:
-        raise InvalidInput(f"{field} is not a valid URL: {url[:200]!r} ({exc})") from exc
-    if parts.scheme.lower() not in ("http", "https") or not host:
-        raise InvalidInput(f"{field} must be an http or https URL with a host; got {url[:200]!r}")
-    if any(ch.isspace() or ord(ch) < 32 for ch in url):
-        raise InvalidInput(f"{field} must not contain whitespace or control characters")
-    return url
-
-
-# The service ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
