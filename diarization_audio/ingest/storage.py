@@ -14,6 +14,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from diarization_audio.errors import (
     AudioError,
     AudioTooLong,
@@ -24,12 +26,12 @@ from diarization_audio.errors import (
     StorageError,
     UrlConflict,
 )
-from diarization_audio.ingest.ffmpeg import all_zero, read_wav_info, same_audio, sha256_of
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import remove_leftovers, stored_name, temporary_stem
 from diarization_audio.store.schema import MB, StoredFile
 from diarization_audio.store.tracker import MetadataTracker
 from diarization_audio.url_secrets import scrub, shown, source_sha256
+from diarization_audio.wav import HASH_CHUNK_BYTES, pcm_chunks, read_wav_info, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,29 @@ class Storage:
                                         scrub(exc.message))  # fmt: skip
         except AudioError as problem:  # the answer is the download's error, not this one
             log.error("cannot record the failure of %s: %s", shown(url), problem.message)
+
+
+def same_audio(first: Path, second: Path, tolerance_db: float = 40.0) -> bool:
+    """Whether two converted legs hold the same audio: their difference at least `tolerance_db`
+    below the signal (a mono recording saved as two channels, even through a lossy codec)."""
+    if read_wav_info(first).frames != read_wav_info(second).frames:
+        return False
+    difference = signal = 0.0
+    chunks = (pcm_chunks(path, HASH_CHUNK_BYTES) for path in (first, second))
+    for x, y in zip(*chunks, strict=True):
+        left = np.frombuffer(x, dtype="<i2").astype(np.float64)
+        right = np.frombuffer(y, dtype="<i2").astype(np.float64)
+        difference += float(np.square(left - right).sum())
+        signal += float(np.square(left).sum())
+    if signal == 0.0:
+        return difference == 0.0
+    return difference <= signal * 10 ** (-tolerance_db / 10)
+
+
+def all_zero(path: Path) -> bool:
+    """Whether a converted leg holds nothing but digital silence (what ffmpeg writes for a
+    channel the source does not have)."""
+    return not any(data.strip(b"\x00") for data in pcm_chunks(path, HASH_CHUNK_BYTES))
 
 
 def storage_error(exc: OSError, directory: Path, action: str = "cannot write in") -> AudioError:

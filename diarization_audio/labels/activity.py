@@ -15,21 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import numpy.typing as npt
 
-from diarization_audio.errors import NotAudio
 from diarization_audio.labels.network import network_pass
+from diarization_audio.wav import SAMPLE_RATE, Segment, pcm_chunks
 
-Segment = tuple[float, float]
-SAMPLE_RATE = 16000
 DETECTOR_VERSION = 3  # 1: energy hysteresis by default; 2: Silero by default, gated by level;
 # 3: a second voice on the same leg is measured and kept out of the party's turns
 _FULL_SCALE = 32768.0
@@ -209,43 +205,6 @@ def _dbfs(peak: int, silence: float) -> float:
     return max(silence, 20 * float(np.log10(peak / _FULL_SCALE))) if peak else silence
 
 
-def _data_chunk_size(handle: IO[bytes], name: str) -> int | None:
-    """Checks the header is 16 kHz mono 16-bit PCM and leaves `handle` at the samples.
-
-    Returns the data chunk's size, or None when the header leaves it open (a streamed WAV).
-    """
-    riff = handle.read(12)
-    if len(riff) < 12 or riff[:4] not in (b"RIFF", b"RF64") or riff[8:12] != b"WAVE":
-        raise NotAudio(f"{name} is not a WAV file")
-    layout = None
-    while len(header := handle.read(8)) == 8:
-        chunk, size = header[:4], struct.unpack("<I", header[4:])[0]
-        if chunk == b"fmt ":
-            body = handle.read(size + (size & 1))
-            tag, channels, rate = struct.unpack("<HHI", body[:8])
-            layout = (tag in (1, 0xFFFE), channels, rate, struct.unpack("<H", body[14:16])[0])
-        elif chunk == b"data":
-            if layout != (True, 1, SAMPLE_RATE, 16):
-                raise NotAudio(f"{name} is not 16 kHz mono 16-bit PCM (format {layout})")
-            return None if size in (0, 0xFFFFFFFF) else size
-        else:
-            handle.seek(size + (size & 1), 1)
-    raise NotAudio(f"{name} has no data chunk")
-
-
-def _pcm_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
-    """The samples of a 16 kHz mono s16le WAV, `chunk_bytes` at a time."""
-    with open(path, "rb") as handle:
-        left = _data_chunk_size(handle, Path(path).name)
-        while left is None or left > 0:
-            data = handle.read(chunk_bytes if left is None else min(chunk_bytes, left))
-            if not data:
-                break
-            yield data
-            if left is not None:
-                left -= len(data)
-
-
 Source = Callable[[], Iterable[bytes]]  # a leg's samples (s16le), from the start at each call
 Leg = Path | npt.NDArray[np.int16]  # a stored WAV, or samples already in memory
 
@@ -255,7 +214,7 @@ def _source(leg: Leg, params: VadParams) -> Source:
         data = np.ascontiguousarray(leg, dtype="<i2").tobytes()
         return lambda: [data]
     chunk_bytes = params.chunk_frames * 2 * round(params.frame_seconds * SAMPLE_RATE)
-    return lambda: _pcm_chunks(Path(leg), chunk_bytes)
+    return lambda: pcm_chunks(Path(leg), chunk_bytes)
 
 
 def _measured(source: Source, params: VadParams) -> LegAudio:

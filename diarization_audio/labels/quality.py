@@ -11,10 +11,10 @@ import numpy.typing as npt
 from diarization_audio.labels.activity import (
     DEFAULT_PARAMS,
     LegAudio,
-    Segment,
     VadParams,
     detect_speech,
 )
+from diarization_audio.wav import Segment
 
 FLAG_LOW_SNR = "low_snr"
 FLAG_MUSIC = "music"

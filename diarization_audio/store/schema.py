@@ -71,6 +71,7 @@ from sqlalchemy import (
 from diarization_audio.errors import MetadataCorrupt
 from diarization_audio.names import NAME_MAX_LENGTH
 from diarization_audio.url_secrets import source_sha256
+from diarization_audio.wav import CHANNELS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -348,8 +349,8 @@ class StoredFile(BaseModel):
     )
     file_size_bytes: int
     duration_seconds: float = Field(description="Read from the written WAV header.")
-    sample_rate: int = Field(description="Always 16000.")
-    channels: int = Field(description="Always 1.")
+    sample_rate: int = Field(description=f"Always {SAMPLE_RATE}.")
+    channels: int = Field(description=f"Always {CHANNELS}.")
     sha256: str = Field(description="SHA-256 of the stored WAV file.")
     downloaded_at: str = Field(description="ISO 8601 in LOG_TIMEZONE, with its offset.")
 
