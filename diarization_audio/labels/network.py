@@ -19,20 +19,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from diarization_audio.labels.params import Frames, Mask, VadParams
 from diarization_audio.wav import SAMPLE_RATE
-
-if TYPE_CHECKING:
-    from diarization_audio.labels.activity import VadParams
 
 WINDOW = 512  # samples at 16 kHz: the network's 32 ms window
 _BAND = (100.0, 3800.0)  # Hz: the telephone band, where music and tones carry their energy
-
-Frames = npt.NDArray[np.float32]
 
 
 class _Model(Protocol):
@@ -80,7 +76,7 @@ def _running_min(values: Frames, reach: int) -> Frames:
     return out
 
 
-def _dilate(mask: npt.NDArray[np.bool_], reach: int) -> npt.NDArray[np.bool_]:
+def _dilate(mask: Mask, reach: int) -> Mask:
     """`mask` widened by `reach` windows on each side."""
     out = mask.copy()
     for shift in range(1, reach + 1):
@@ -97,7 +93,7 @@ def _flatness(block: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     return np.asarray(np.exp(np.log(band).mean(axis=1)) / band.mean(axis=1))
 
 
-def _long_runs(mask: npt.NDArray[np.bool_], bridge: int, least: int) -> npt.NDArray[np.bool_]:
+def _long_runs(mask: Mask, bridge: int, least: int) -> Mask:
     """Runs of `mask` with gaps up to `bridge` bridged, kept when at least `least` long."""
     edges = np.diff(mask.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
@@ -118,7 +114,7 @@ def network_pass(
     frame: int,
     samples: int,
     params: VadParams,
-    skip: npt.NDArray[np.bool_] | None = None,
+    skip: Mask | None = None,
 ) -> NetworkPass:
     """Runs the network over one leg's PCM (`chunks`, s16le, read again after the level pass
     that gave `frame_db`), not on windows whose centre frame `skip` marks; memory holds one
@@ -168,10 +164,10 @@ def _run(
     data: bytes,
     whole: int,
     index: int,
-    shown: npt.NDArray[np.bool_],
+    shown: Mask,
     probability: Frames,
     flat: Frames,
-    loud: npt.NDArray[np.bool_],
+    loud: Mask,
     model: _Model,
     params: VadParams,
 ) -> None:
