@@ -52,7 +52,8 @@ from bench.call_sources import (
     seconds_of,
     turns,
 )
-from diarization_audio.labels.activity import VadParams, analyse_call, label_legs
+from diarization_audio.labels.activity import analyse_call, label_legs
+from diarization_audio.labels.params import VadParams
 
 Detector = Callable[[dict[str, Path]], dict[str, list[tuple[float, float]]]]
 KEYPAD_SECONDS = 2.8  # room for ten digits of 100 ms on, 100 ms off, and a margin either side

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from diarization_audio.ingest.ffmpeg import TARGET_SAMPLE_RATE
+from diarization_audio.wav import SAMPLE_RATE as TARGET_SAMPLE_RATE
 
 RATE = TARGET_SAMPLE_RATE
 FRAME = RATE // 100  # 10 ms

@@ -24,7 +24,9 @@ from bench.call_corpus import Detector, ResultRow, build_calls, evaluate, projec
 from bench.call_sources import seconds_of
 from bench.harness import ROOT, Context, Row, bare_ffmpeg
 from bench.media import long_file
-from diarization_audio.labels.activity import DEFAULT_PARAMS, analyse_wav, label_legs
+from diarization_audio.labels.activity import label_legs
+from diarization_audio.labels.analysis import analyse_wav
+from diarization_audio.labels.params import DEFAULT_PARAMS
 
 CASE7 = "7 speech labels"
 # Calls for the benchmark's own seed. The detector was developed on seed 0's arrangements;

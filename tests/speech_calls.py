@@ -25,7 +25,8 @@ from pyannote.core import Annotation, Segment, Timeline  # type: ignore[import-u
 from pyannote.metrics.diarization import DiarizationErrorRate
 
 from bench.call_conditions import CODECS, convert_legs
-from diarization_audio.ingest.ffmpeg import TARGET_SAMPLE_RATE, resolve_ffmpeg
+from diarization_audio.ingest.ffmpeg import resolve_ffmpeg
+from diarization_audio.wav import SAMPLE_RATE as TARGET_SAMPLE_RATE
 
 RATE = TARGET_SAMPLE_RATE
 LEGS = ("agent", "customer")

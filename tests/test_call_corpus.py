@@ -31,7 +31,7 @@ from bench.call_sources import (
     missing_packages,
     subtract,
 )
-from diarization_audio.labels.activity import DEFAULT_PARAMS
+from diarization_audio.labels.params import DEFAULT_PARAMS
 
 SHORT = SIZES["short"]
 DER_TARGET = 0.05

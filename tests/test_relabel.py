@@ -16,14 +16,9 @@ from speech_calls import leg_files, make_call
 
 from diarization_audio.cli import export as export_dataset
 from diarization_audio.cli import store as metadata_tracker
-from diarization_audio.labels.activity import (
-    DEFAULT_PARAMS,
-    VadParams,
-    analyse_call,
-    label_legs,
-    provenance,
-)
+from diarization_audio.labels.activity import analyse_call, label_legs
 from diarization_audio.labels.labeller import label_conversation, thresholds_of
+from diarization_audio.labels.params import DEFAULT_PARAMS, VadParams, provenance
 from diarization_audio.settings import Settings
 from diarization_audio.store.schema import StoredFile
 from diarization_audio.store.speech_labels import encode_segments, speech_micros_of

@@ -29,17 +29,14 @@ from speech_calls import (
 from diarization_audio.errors import NotAudio
 from diarization_audio.ingest.ffmpeg import resolve_ffmpeg
 from diarization_audio.labels.activity import (
-    DEFAULT_PARAMS,
-    VadParams,
-    analyse_pcm,
-    analyse_wav,
     detect_speech,
     label_legs,
     overlap_seconds,
-    provenance,
-    quality_flags,
     speech_seconds,
 )
+from diarization_audio.labels.analysis import analyse_pcm, analyse_wav
+from diarization_audio.labels.params import DEFAULT_PARAMS, VadParams, provenance
+from diarization_audio.labels.quality import quality_flags
 
 DER_TARGETS = {"clean": 0.05} | {c: 0.10 for c in CONDITIONS if c != "clean"}
 # The turn rules are the same for every detector; noise bursts stand in for speech only for

@@ -12,7 +12,8 @@ import pytest
 from conftest import make_settings
 from speech_calls import RATE, speak, to_int16, write_wav
 
-from diarization_audio.labels.activity import analyse_pcm, analyse_wav, detect_speech, label_legs
+from diarization_audio.labels.activity import detect_speech, label_legs
+from diarization_audio.labels.analysis import analyse_pcm, analyse_wav
 from diarization_audio.labels.labeller import label_conversation, thresholds_of
 from diarization_audio.labels.quality import LegQuality, leg_quality, quality_flags_of
 from diarization_audio.store.schema import StoredFile

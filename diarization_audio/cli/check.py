@@ -25,11 +25,10 @@ from diarization_audio.cli.common import (
 )
 from diarization_audio.cli.conversations_csv import DEFAULT_CSV, Columns, Row, read_csv
 from diarization_audio.errors import AudioError, InvalidInput, Unauthorized
-from diarization_audio.ingest.ffmpeg import TARGET_CHANNELS, TARGET_SAMPLE_RATE, read_wav_info
 from diarization_audio.settings import get_settings
+from diarization_audio.wav import CHANNELS, SAMPLE_RATE, SAMPLE_WIDTH, read_wav_info
 
 EXIT_UNREACHABLE = 3
-SAMPLE_WIDTH_BYTES = 2
 DURATION_TOLERANCE_SECONDS = 0.01
 
 
@@ -85,7 +84,7 @@ def check_file(item: dict[str, Any], storage_dir: Path | None) -> str | None:
     except AudioError as exc:
         return f"{path}: {exc.message}"
     found = (info.sample_rate, info.channels, info.sample_width)
-    wanted = (TARGET_SAMPLE_RATE, TARGET_CHANNELS, SAMPLE_WIDTH_BYTES)
+    wanted = (SAMPLE_RATE, CHANNELS, SAMPLE_WIDTH)
     if found != wanted:
         return f"{path} is {_layout(*found)}, not {_layout(*wanted)}"
     if info.duration_seconds <= 0:

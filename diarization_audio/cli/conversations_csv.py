@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from diarization_audio.errors import InvalidInput
-from diarization_audio.ingest.downloader import validate_name, validate_url
+from diarization_audio.names import validate_name, validate_url
 
 DEFAULT_CSV = Path(__file__).resolve().parent / "examples" / "conversations.csv"
 

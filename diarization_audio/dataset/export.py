@@ -34,6 +34,7 @@ from tqdm import tqdm
 from diarization_audio.dataset import formats as fmt
 from diarization_audio.dataset.formats import Item, LegMeasures, Turn
 from diarization_audio.store.speech_labels import StoredConversation
+from diarization_audio.wav import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def _export_one(
     else:
         samples = fmt.write_mix(Path(first.filepath), Path(second.filepath), audio)
         summary.written += 1
-    duration = samples / fmt.SAMPLE_RATE
+    duration = samples / SAMPLE_RATE
     turns = tuple(
         Turn(start, min(end, duration), leg.speaker_label)
         for leg in conversation.legs

@@ -12,14 +12,14 @@ import json
 import math
 import os
 import tempfile
-import wave
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from diarization_audio.wav import SAMPLE_RATE, SAMPLE_WIDTH, pcm_chunks, wav_writer
+
 CHUNK_SAMPLES = SAMPLE_RATE * 60
 
 
@@ -89,9 +89,8 @@ def write_if_changed(path: Path, data: bytes) -> bool:
 
 
 def _read_chunks(path: Path) -> Iterable[np.ndarray]:
-    with wave.open(str(path), "rb") as wav:
-        while data := wav.readframes(CHUNK_SAMPLES):
-            yield np.frombuffer(data, dtype="<i2").astype(np.int32)
+    for data in pcm_chunks(path, CHUNK_SAMPLES * SAMPLE_WIDTH):
+        yield np.frombuffer(data, dtype="<i2").astype(np.int32)
 
 
 def _summed(first: Path, second: Path) -> Iterable[np.ndarray]:
@@ -121,10 +120,7 @@ def write_mix(first: Path, second: Path, target: Path) -> int:
     os.close(fd)
     samples = 0
     try:
-        with wave.open(temporary, "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(SAMPLE_RATE)
+        with wav_writer(temporary) as out:
             for chunk in _summed(first, second):
                 mixed = chunk if scale == 1.0 else np.round(chunk * scale)
                 out.writeframes(mixed.astype("<i2").tobytes())

@@ -2,26 +2,19 @@
 
 Memory stays flat whatever the length: the body is streamed to a temporary file in the storage
 directory while ffmpeg, in its own process, converts it as it arrives (ingest/streaming.py), and the
-result is hashed in chunks.
-Every temporary name starts with a dot and carries the writer's pid, so a restarted server can
-tell an abandoned leftover from another worker's file in progress.
+result is hashed in chunks. This module runs the jobs (checking their input, their slots, a
+graceful stop, their logs and labelling); ingest/storage.py keeps the files and their records.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import os
-import re
-import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio.to_thread
 import httpx
@@ -29,71 +22,26 @@ import httpx
 from diarization_audio import metrics
 from diarization_audio.errors import (
     AudioError,
-    AudioTooLong,
     Busy,
     ConversionTimeout,
-    IdenticalChannels,
-    InsufficientStorage,
     InvalidInput,
     NotAudio,
-    NotStereo,
     ShuttingDown,
-    StorageError,
-    UrlConflict,
 )
 from diarization_audio.ingest.fetcher import Fetcher
-from diarization_audio.ingest.ffmpeg import (
-    all_zero,
-    read_wav_info,
-    resolve_ffmpeg,
-    same_audio,
-    sha256_of,
-)
+from diarization_audio.ingest.ffmpeg import resolve_ffmpeg
 from diarization_audio.ingest.slots import ConversionSlots
+from diarization_audio.ingest.storage import Storage, storage_error
 from diarization_audio.ingest.streaming import Conversion, fetch_and_convert
 from diarization_audio.ingest.url_policy import UrlPolicy
 from diarization_audio.labels.labeller import LabelWorker
+from diarization_audio.names import validate_name, validate_url
 from diarization_audio.settings import Settings
-from diarization_audio.store.layout import remove_leftovers, stored_name, temporary_stem
-from diarization_audio.store.schema import MB, StoredFile
+from diarization_audio.store.layout import stored_name
+from diarization_audio.store.schema import StoredFile
 from diarization_audio.store.tracker import MetadataTracker
-from diarization_audio.url_secrets import scrub, shown, source_sha256
 
 log = logging.getLogger(__name__)
-
-_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
-
-
-# Input rules ---------------------------------------------------------------------------------
-
-
-def validate_name(field: str, value: str) -> str:
-    """A conversation id or speaker label: 1-128 of [A-Za-z0-9._-], not starting with '.'."""
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
-        shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
-        raise InvalidInput(
-            f"{field} must be 1-128 characters of letters, digits, '.', '_' or '-' and must not "
-            f"start with '.'; got {shown!r}"
-        )
-    return value
-
-
-def validate_url(field: str, url: str) -> str:
-    """An absolute http(s) URL with a host."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535
-    except ValueError as exc:
-        raise InvalidInput(f"{field} is not a valid URL: {url[:200]!r} ({exc})") from exc
-    if parts.scheme.lower() not in ("http", "https") or not host:
-        raise InvalidInput(f"{field} must be an http or https URL with a host; got {url[:200]!r}")
-    if any(ch.isspace() or ord(ch) < 32 for ch in url):
-        raise InvalidInput(f"{field} must not contain whitespace or control characters")
-    return url
-
-
-# The service ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -121,7 +69,7 @@ class AudioDownloader:
     ) -> None:
         self.settings = settings
         self.tracker = tracker
-        self.storage_dir = Path(settings.audio_storage_dir)
+        self.storage = Storage(settings, tracker)
         self.ffmpeg = resolve_ffmpeg(settings.ffmpeg_binary)
         self.policy = UrlPolicy(
             settings.allowed_url_hosts, settings.blocked_networks, settings.block_private_networks
@@ -186,12 +134,9 @@ class AudioDownloader:
 
     def prepare_storage(self) -> int:
         """Create the storage directory and remove leftovers of dead processes; returns count."""
-        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        leftovers = self.storage.prepare()
         self._conversions.prepare()
-        return remove_leftovers(self.storage_dir)
-
-    def target_path(self, conversation_id: str, speaker_label: str) -> Path:
-        return self.storage_dir / stored_name(conversation_id, speaker_label)
+        return leftovers
 
     async def download(
         self,
@@ -253,8 +198,8 @@ class AudioDownloader:
             )  # fmt: skip
             metrics.download_failed(exc.code, len(labels))
             for label in labels:
-                await anyio.to_thread.run_sync(self._record_failure, conversation_id, label,
-                                               url, exc)  # fmt: skip
+                await anyio.to_thread.run_sync(self.storage.record_failure, conversation_id,
+                                               label, url, exc)  # fmt: skip
             raise
         for result in results:
             log.info(
@@ -265,15 +210,6 @@ class AudioDownloader:
             )  # fmt: skip
             metrics.download_done(result.status, result.file.duration_seconds)
         return results
-
-    def _record_failure(
-        self, conversation_id: str, speaker_label: str, url: str, exc: AudioError
-    ) -> None:
-        try:
-            self.tracker.record_failure(conversation_id, speaker_label, shown(url), exc.code,
-                                        scrub(exc.message))  # fmt: skip
-        except AudioError as problem:  # the answer is the download's error, not this one
-            log.error("cannot record the failure of %s: %s", shown(url), problem.message)
 
     async def download_many(
         self,
@@ -323,12 +259,18 @@ class AudioDownloader:
     ) -> list[StoredAudio]:
         self.policy.check_host(httpx.URL(url))
         existing = [
-            await anyio.to_thread.run_sync(self._existing, conversation_id, label, url, overwrite)
+            await anyio.to_thread.run_sync(
+                self.storage.existing, conversation_id, label, url, overwrite
+            )
             for label in labels
         ]
         if all(found is not None for found in existing):
-            return [found for found in existing if found is not None]
-        self._check_free_space(0)
+            return [
+                StoredAudio("exists", conversation_id, label, found)
+                for label, found in zip(labels, existing, strict=True)
+                if found is not None
+            ]
+        self.storage.check_free_space(0)
         if self._stopping:
             raise self._stop_answer()
         task: asyncio.Task[object] | None = asyncio.current_task()
@@ -365,73 +307,21 @@ class AudioDownloader:
         finally:
             self._jobs.release()
 
-    def _check_free_space(self, incoming_bytes: int) -> None:
-        """Refuse a job that would leave less than MIN_FREE_DISK_MB on the storage disk."""
-        try:
-            free = shutil.disk_usage(self.storage_dir).free
-        except OSError as exc:
-            raise _storage_error(exc, self.storage_dir, "cannot inspect") from exc
-        # The download and its WAV can both be on disk at once; the WAV is usually larger.
-        needed = self.settings.min_free_disk_bytes + 2 * incoming_bytes
-        if free < needed:
-            raise InsufficientStorage(
-                f"{free / MB:.0f} MB free on the storage disk; this job needs "
-                f"{incoming_bytes / MB:.0f} MB plus MIN_FREE_DISK_MB="
-                f"{self.settings.min_free_disk_mb:g} kept free",
-                log_detail=f"storage directory {self.storage_dir}",
-            )
-
-    def _existing(
-        self, conversation_id: str, speaker_label: str, url: str, overwrite: bool
-    ) -> StoredAudio | None:
-        """The stored result when this exact file is already collected and still on disk."""
-        if overwrite:
-            return None
-        record = self.tracker.get_file(conversation_id, speaker_label)
-        if record is None:
-            return None
-        path = self.target_path(conversation_id, speaker_label)
-        try:
-            intact = path.stat().st_size == record.file_size_bytes
-        except OSError:
-            intact = False
-        if not intact:
-            log.warning("stored file %s is missing or changed; downloading it again", path)
-            return None
-        if (record.source_sha256 or source_sha256(record.url)) != source_sha256(url):
-            elsewhere = (
-                "another URL at the same address (a different query string)"
-                if shown(record.url) == shown(url)
-                else shown(record.url)
-            )
-            raise UrlConflict(
-                f"{path.name} is already stored from {elsewhere}, not {shown(url)}; send "
-                "overwrite=true to replace it"
-            )
-        return StoredAudio("exists", conversation_id, speaker_label, record)
-
     async def _fetch_convert_store(
         self, conversation_id: str, labels: Sequence[str], url: str, agent_id: str | None
     ) -> list[StoredAudio]:
         """Fetch once, convert, store and record: one label (every channel mixed down), or two
         (the first and second channel of a stereo file, one speaker each)."""
-        try:
-            self.storage_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # a file may now stand where the directory was
-            raise _storage_error(exc, self.storage_dir) from exc
-        source = self.storage_dir / f"{temporary_stem(conversation_id, labels[0])}.download"
-        converted = [
-            self.storage_dir / f"{temporary_stem(conversation_id, label)}.wav" for label in labels
-        ]
+        source, converted = self.storage.temporaries(conversation_id, labels)
         try:
             await fetch_and_convert(
-                self._fetcher, url, source, converted, self._check_free_space, self._conversion
-            )
+                self._fetcher, url, source, converted, self.storage.check_free_space,
+                self._conversion,
+            )  # fmt: skip
             # From here on the job finishes even when the service is stopping.
             self._cancellable.discard(asyncio.current_task())
             records = await anyio.to_thread.run_sync(
-                self._describe_and_record, conversation_id, labels, source, converted, url,
-                agent_id,
+                self.storage.publish, conversation_id, labels, source, converted, url, agent_id,
             )  # fmt: skip
             self._stored_unlabelled.add(conversation_id)
         except NotAudio as exc:
@@ -442,7 +332,7 @@ class AudioDownloader:
                 f"{self.settings.convert_timeout_seconds:g}"
             ) from exc
         except OSError as exc:
-            raise _storage_error(exc, self.storage_dir) from exc
+            raise storage_error(exc, self.storage.directory) from exc
         finally:
             source.unlink(missing_ok=True)
             for path in converted:
@@ -451,63 +341,3 @@ class AudioDownloader:
             StoredAudio("success", conversation_id, label, record)
             for label, record in zip(labels, records, strict=True)
         ]
-
-    def _describe_and_record(
-        self,
-        conversation_id: str,
-        labels: Sequence[str],
-        source: Path,
-        converted: Sequence[Path],
-        url: str,
-        agent_id: str | None,
-    ) -> list[StoredFile]:
-        """Read the converted files back, then publish and record each with its transaction."""
-        source.unlink(missing_ok=True)  # a large file can take a while to free: not in the loop
-        finals = [self.target_path(conversation_id, label) for label in labels]
-        records = [self._describe(c, f, url) for c, f in zip(converted, finals, strict=True)]
-        if len(converted) == 2 and any(all_zero(path) for path in converted):
-            raise NotStereo(
-                f"{url} has one channel (or one that is silent throughout), not two speakers; "
-                "post it to /download/single"
-            )
-        if len(converted) == 2 and same_audio(converted[0], converted[1]):
-            raise IdenticalChannels(
-                f"the two channels of {url} hold the same audio (a mono recording saved as "
-                "stereo); they cannot be labelled as two speakers, so nothing was stored"
-            )
-        for label, record, temporary, final in zip(labels, records, converted, finals, strict=True):
-            self.tracker.record_file(
-                conversation_id, label, record, functools.partial(os.replace, temporary, final),
-                agent_id,
-            )  # fmt: skip
-        return records
-
-    def _describe(self, converted: Path, final: Path, url: str) -> StoredFile:
-        info = read_wav_info(converted)
-        if info.duration_seconds <= 0:
-            raise NotAudio("it decoded to no audio at all")
-        limit = self.settings.max_audio_hours * 3600
-        if info.duration_seconds > limit:
-            raise AudioTooLong(
-                f"{url} is longer than MAX_AUDIO_HOURS={self.settings.max_audio_hours:g}"
-            )
-        return StoredFile(
-            filepath=str(final),
-            url=url if self.settings.store_url_query else shown(url),
-            source_sha256=source_sha256(url),
-            file_size_bytes=converted.stat().st_size,
-            duration_seconds=info.duration_seconds,
-            sample_rate=info.sample_rate,
-            channels=info.channels,
-            sha256=sha256_of(converted),
-            downloaded_at=self.tracker.now(),
-        )
-
-
-def _storage_error(exc: OSError, directory: Path, action: str = "cannot write in") -> AudioError:
-    """The client hears what failed and why; only the log hears where (the path) and errno."""
-    where = f"storage directory {directory}: {exc}"
-    if exc.errno == 28:  # ENOSPC
-        return InsufficientStorage("no space left in the storage directory", log_detail=where)
-    reason = exc.strerror or "operating system error"
-    return StorageError(f"{action} the storage directory: {reason}", log_detail=where)

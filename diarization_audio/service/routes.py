@@ -15,9 +15,8 @@ from fastapi import Path as PathParam
 
 from diarization_audio import errors
 from diarization_audio.ingest.downloader import AudioDownloader, StoredAudio
+from diarization_audio.names import NAME_PATTERN, NAME_RULE
 from diarization_audio.service.api_models import (
-    NAME_PATTERN,
-    NAME_RULE,
     ConversationPublic,
     ConversationsPagePublic,
     DownloadResultPublic,

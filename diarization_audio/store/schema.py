@@ -69,13 +69,14 @@ from sqlalchemy import (
 )
 
 from diarization_audio.errors import MetadataCorrupt
+from diarization_audio.names import NAME_MAX_LENGTH
 from diarization_audio.url_secrets import source_sha256
+from diarization_audio.wav import CHANNELS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 5
 MB = 1024 * 1024
-NAME_LENGTH = 128  # conversation ids and speaker labels (api_models.NAME_PATTERN)
 STAMP_LENGTH = 40  # ISO 8601 with microseconds and offset fits in 32
 DAY_LENGTH = 10  # YYYY-MM-DD at the head of every stored timestamp
 
@@ -95,10 +96,10 @@ conversations = Table(
     "conversations",
     metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("conversation_id", String(NAME_LENGTH), nullable=False, unique=True),
+    Column("conversation_id", String(NAME_MAX_LENGTH), nullable=False, unique=True),
     Column("created_at", String(STAMP_LENGTH), nullable=False),
     Column("updated_at", String(STAMP_LENGTH), nullable=False),
-    Column("agent_id", String(NAME_LENGTH), nullable=True),
+    Column("agent_id", String(NAME_MAX_LENGTH), nullable=True),
     Column("overlap_micros", BigInteger, nullable=False, server_default="0"),
     Column("duration_micros", BigInteger, nullable=False, server_default="0"),
     Index("conversations_by_duration", "duration_micros"),
@@ -107,8 +108,8 @@ conversations = Table(
 files = Table(
     "files",
     metadata,
-    Column("conversation_id", String(NAME_LENGTH), primary_key=True),
-    Column("speaker_label", String(NAME_LENGTH), primary_key=True),
+    Column("conversation_id", String(NAME_MAX_LENGTH), primary_key=True),
+    Column("speaker_label", String(NAME_MAX_LENGTH), primary_key=True),
     Column("filepath", Text, nullable=False),
     Column("url", Text, nullable=False),
     Column("source_sha256", String(64)),
@@ -134,7 +135,7 @@ files_by_day = Index("files_by_day", day_of(files.c.downloaded_at), files.c.dura
 speaker_totals = Table(
     "speaker_totals",
     metadata,
-    Column("speaker_label", String(NAME_LENGTH), primary_key=True),
+    Column("speaker_label", String(NAME_MAX_LENGTH), primary_key=True),
     Column("files", BigInteger, nullable=False),
     Column("duration_micros", BigInteger, nullable=False),
     Column("size_bytes", BigInteger, nullable=False),
@@ -145,8 +146,8 @@ failures = Table(
     "failures",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("conversation_id", String(NAME_LENGTH), nullable=False),
-    Column("speaker_label", String(NAME_LENGTH), nullable=False),
+    Column("conversation_id", String(NAME_MAX_LENGTH), nullable=False),
+    Column("speaker_label", String(NAME_MAX_LENGTH), nullable=False),
     Column("url", Text, nullable=False),
     Column("error_code", String(64), nullable=False),
     Column("detail", Text, nullable=False),
@@ -165,8 +166,8 @@ labellers = Table(
 speech = Table(
     "speech",
     metadata,
-    Column("conversation_id", String(NAME_LENGTH), primary_key=True),
-    Column("speaker_label", String(NAME_LENGTH), primary_key=True),
+    Column("conversation_id", String(NAME_MAX_LENGTH), primary_key=True),
+    Column("speaker_label", String(NAME_MAX_LENGTH), primary_key=True),
     Column("file_sha256", String(64), nullable=False),
     Column("pcm_sha256", String(64), nullable=False),
     Column("speech_micros", BigInteger, nullable=False),
@@ -185,7 +186,7 @@ speech = Table(
 conversation_flags = Table(
     "conversation_flags",
     metadata,
-    Column("conversation_id", String(NAME_LENGTH), primary_key=True),
+    Column("conversation_id", String(NAME_MAX_LENGTH), primary_key=True),
     Column("reason", String(32), primary_key=True),
     Column("detail", Text, nullable=False),
     Column("flagged_at", String(STAMP_LENGTH), nullable=False),
@@ -196,7 +197,7 @@ def _add_speech(conn: Connection) -> None:
     """Version 1 -> 2: the speech tables, agent ids and the speech totals' columns."""
     for table, column in (
         ("store_info", "overlap_micros BIGINT NOT NULL DEFAULT 0"),
-        ("conversations", f"agent_id VARCHAR({NAME_LENGTH})"),
+        ("conversations", f"agent_id VARCHAR({NAME_MAX_LENGTH})"),
         ("conversations", "overlap_micros BIGINT NOT NULL DEFAULT 0"),
         ("speaker_totals", "speech_micros BIGINT NOT NULL DEFAULT 0"),
     ):
@@ -348,8 +349,8 @@ class StoredFile(BaseModel):
     )
     file_size_bytes: int
     duration_seconds: float = Field(description="Read from the written WAV header.")
-    sample_rate: int = Field(description="Always 16000.")
-    channels: int = Field(description="Always 1.")
+    sample_rate: int = Field(description=f"Always {SAMPLE_RATE}.")
+    channels: int = Field(description=f"Always {CHANNELS}.")
     sha256: str = Field(description="SHA-256 of the stored WAV file.")
     downloaded_at: str = Field(description="ISO 8601 in LOG_TIMEZONE, with its offset.")
 

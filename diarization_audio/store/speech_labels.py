@@ -26,8 +26,8 @@ from diarization_audio.store.schema import (
     speech,
     store_info,
 )
+from diarization_audio.wav import Segment
 
-Segment = tuple[float, float]
 FLAG_DUPLICATE = "duplicate"
 
 
