@@ -79,7 +79,7 @@ run: $(STAMP)
 	$(PY) main.py
 
 demo: $(STAMP) demo-packages
-	$(PY) demo.py
+	$(PY) -m diarization_audio.cli.demo
 
 # The benchmark's own tools (yt-dlp) go into the same venv, never into requirements.txt.
 bench: $(STAMP) system-packages

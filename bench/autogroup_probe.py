@@ -15,9 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from audio_factory import ffmpeg_exe
-
-from bench.harness import WORK, ms, percentile
+from bench.harness import WORK, ffmpeg_exe, ms, percentile
 from bench.media import long_file
 
 JOBS = 8

@@ -12,9 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from audio_factory import ffmpeg_exe
-
-from bench.harness import ROOT, Context, Row, bare_ffmpeg, median, paired_ratio, service
+from bench.harness import ROOT, Context, Row, bare_ffmpeg, ffmpeg_exe, median, paired_ratio, service
 from bench.media import batch_files
 from diarization_audio.ingest.ffmpeg import FRAME_SAMPLES
 

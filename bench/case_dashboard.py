@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from conftest import make_settings
-
 from bench.harness import Context, Row, client, median, ms, service, timed
+from diarization_audio.settings import settings_under
 from diarization_audio.store.schema import StoredFile
 from diarization_audio.store.tracker import MetadataTracker
 
@@ -50,7 +49,7 @@ def run(ctx: Context) -> list[Row]:
     base = ctx.work / "case8"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    settings = make_settings(base, log_timezone=TZ)
+    settings = settings_under(base, log_timezone=TZ)
     tracker = MetadataTracker.from_settings(settings)
     now = datetime.now(ZoneInfo(TZ))
     codes = ("source_error", "not_audio", "source_timeout")

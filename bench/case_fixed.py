@@ -6,9 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from audio_factory import ffmpeg_exe
-
-from bench.harness import Context, Row, bare_ffmpeg, median, ms, service, timed
+from bench.harness import Context, Row, bare_ffmpeg, ffmpeg_exe, median, ms, service, timed
 
 CASE6 = "6 fixed cost per file"
 TARGET_SECONDS = 0.015

@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-from conftest import make_settings
-
 from bench.harness import (
     Context,
     Row,
@@ -21,6 +19,7 @@ from bench.harness import (
     service,
     timed,
 )
+from diarization_audio.settings import settings_under
 from diarization_audio.store.schema import StoredFile
 from diarization_audio.store.tracker import MetadataTracker
 
@@ -84,7 +83,7 @@ def run(ctx: Context) -> list[Row]:
     base = ctx.work / "case3"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    settings = make_settings(base, log_timezone=TZ)
+    settings = settings_under(base, log_timezone=TZ)
     filler = MetadataTracker.from_settings(settings)
     rows: list[Row] = []
     held = 0  # conversations in the store so far (the fill plus every measured record)

@@ -15,12 +15,32 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from audio_factory import ffmpeg_exe
-from conftest import ServerProcess, make_settings
+
+from diarization_audio.ingest.ffmpeg import ffmpeg_version, resolve_ffmpeg
+from diarization_audio.service.process import ServiceProcess
+from diarization_audio.settings import settings_under
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
 MB = 1024 * 1024
+# The benchmark's service: the defaults, except that no timeout cuts a 3-hour file, a failing
+# source is retried quickly and a small disk will do.
+SERVICE_SETTINGS: dict[str, object] = {
+    "download_timeout_seconds": 60,
+    "download_deadline_seconds": 3600,
+    "convert_timeout_seconds": 3600,
+    "log_level": "WARNING",
+    "metadata_export_seconds": 2.0,
+    "download_retries": 2,
+    "download_retry_backoff_seconds": 0.01,
+    "download_retry_max_wait_seconds": 0.5,
+    "min_free_disk_mb": 1,
+}
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg the service runs: FFMPEG_BINARY, else ffmpeg on PATH, else imageio-ffmpeg's."""
+    return resolve_ffmpeg(settings_under(WORK).ffmpeg_binary)
 
 
 @dataclass(frozen=True)
@@ -72,7 +92,7 @@ class Context:
     work: Path
     media: Path
     source_url: Callable[[str], str]  # a file of `media`, served whole at memory speed
-    url: Callable[[str], str]  # any path of the source server (its misbehaving routes)
+    url: Callable[[str], str]  # any path of the source server (its /link/ routes)
     cores: int
     notes: list[str] = field(default_factory=list)
 
@@ -142,11 +162,6 @@ def bare_ffmpeg(source: Path, target: Path, *options: str) -> None:
     )  # fmt: skip
 
 
-def ffmpeg_version() -> str:
-    out = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout
-    return out.split(" Copyright")[0].removeprefix("ffmpeg version ").strip()
-
-
 def machine_summary() -> str:
     model = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -157,7 +172,7 @@ def machine_summary() -> str:
     return (
         f"{os.cpu_count()} cores ({model}), {memory_kb / MB:.0f} GB RAM, "
         f"Linux {platform.release()}, Python {platform.python_version()}, "
-        f"ffmpeg {ffmpeg_version()}"
+        f"ffmpeg {ffmpeg_version(ffmpeg_exe())}"
     )
 
 
@@ -165,18 +180,11 @@ def machine_summary() -> str:
 
 
 @contextmanager
-def service(base: Path, workers: int = 1, **overrides: object) -> Iterator[ServerProcess]:
+def service(base: Path, workers: int = 1, **overrides: object) -> Iterator[ServiceProcess]:
     """A real `uvicorn main:app` process whose storage and metadata live under `base`."""
-    values: dict[str, object] = {
-        "download_timeout_seconds": 60,
-        "download_deadline_seconds": 3600,
-        "convert_timeout_seconds": 3600,
-        "log_level": "WARNING",
-        "metadata_export_seconds": 2.0,  # the default (the tests' own settings export faster)
-    }
-    values.update(overrides)
     base.mkdir(parents=True, exist_ok=True)
-    with ServerProcess(make_settings(base, **values), workers=workers) as server:
+    settings = settings_under(base, **{**SERVICE_SETTINGS, **overrides})
+    with ServiceProcess(settings, workers, app="main:app", app_dir=ROOT) as server:
         yield server
 
 

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from source_server import SourceServer
-
 from bench import (
     case_batch,
     case_dashboard,
@@ -25,6 +23,7 @@ from bench import (
     case_workers,
 )
 from bench.harness import FULL, ROOT, SMOKE, WORK, Context, Row, machine_summary, render_table
+from bench.source import SourceServer
 
 CASES: dict[str, Callable[[Context], list[Row]]] = {
     "1": case_long.run_single,

@@ -134,3 +134,18 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def settings_under(base: Path, **overrides: object) -> Settings:
+    """Settings keeping the store, its JSON export, the logs and the conversion slots under
+    `base`, reading no .env file and no DATABASE_URL: a store of its own (a benchmark, a test,
+    a picture for the docs). Other fields come from `overrides`, else the environment."""
+    values: dict[str, object] = {
+        "audio_storage_dir": base / "store",
+        "metadata_file": base / "conversations_metadata.json",
+        "log_dir": base / "logs",
+        "conversion_slots_dir": base / "slots",
+        "database_url": None,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type,call-arg]

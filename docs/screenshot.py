@@ -3,7 +3,7 @@
 The store is filled through MetadataTracker with conversations shaped like the demo's (two
 legs, agent and customer, a few with a supervisor), their speech labels, some quality flags
 and failures, then a real server process serves it and Chromium (no route off 127.0.0.1)
-takes the picture. `.venv/bin/python docs/screenshot.py [OUTPUT.png]`
+takes the picture. From the repository root: `.venv/bin/python -m docs.screenshot [OUTPUT.png]`
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from bench.browser import offline_chromium
+from diarization_audio.service.process import ServiceProcess
+from diarization_audio.settings import settings_under
+from diarization_audio.store.schema import StoredFile
+from diarization_audio.store.speech_labels import LegLabels
+from diarization_audio.store.tracker import MetadataTracker
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from browser import offline_chromium  # noqa: E402
-from conftest import ServerProcess, make_settings  # noqa: E402
-
-from diarization_audio.store.schema import StoredFile  # noqa: E402
-from diarization_audio.store.speech_labels import LegLabels  # noqa: E402
-from diarization_audio.store.tracker import MetadataTracker  # noqa: E402
 
 DAYS = 21
 TZ = "Asia/Kolkata"
@@ -89,12 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     output = Path(args[0]) if args else ROOT / "docs" / "dashboard.png"
     with tempfile.TemporaryDirectory() as folder:
-        settings = make_settings(Path(folder), log_timezone=TZ, label_speech=False,
-                                 dashboard_target_hours=500)  # fmt: skip
+        settings = settings_under(Path(folder), log_timezone=TZ, label_speech=False,
+                                  dashboard_target_hours=500)  # fmt: skip
         tracker = MetadataTracker.from_settings(settings)
         fill(tracker, datetime.now(ZoneInfo(TZ)))
         tracker.close()
-        with ServerProcess(settings) as server, offline_chromium() as chromium:
+        with ServiceProcess(settings) as server, offline_chromium() as chromium:
             page = chromium.page(chromium.context(width=1440, height=900))
             page.goto(server.base_url + "/dashboard")
             page.wait_for_selector("#per-day")

@@ -17,27 +17,23 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from cli_helpers import (
+from support import ROOT
+from support.cli_helpers import (
     conversation_rows,
     populated_service,
     use_settings,
     wav_durations,
     write_csv,
 )
-from conftest import (
-    ROOT,
-    ServerProcess,
-    copy_store,
-    make_settings,
-    recorded_conversations,
-    settings_env,
-)
-from source_server import SourceServer
-from speech_calls import RATE, speak, to_int16, write_wav
+from support.server_process import ServerProcess
+from support.source_server import SourceServer
+from support.speech_calls import RATE, speak, to_int16, write_wav
+from support.stores import copy_store, make_settings, recorded_conversations
 
 from diarization_audio.cli import store as metadata_tracker
 from diarization_audio.cli.report import main
 from diarization_audio.labels.labeller import label_conversation, thresholds_of
+from diarization_audio.service.process import service_environment
 from diarization_audio.settings import Settings
 from diarization_audio.store.schema import StoredFile
 from diarization_audio.store.tracker import MetadataTracker
@@ -277,7 +273,7 @@ def test_reports_stay_consistent_while_the_service_writes(
     batch = subprocess.Popen(
         [sys.executable, "batch_download_from_csv.py", str(csv_path), "--no-progress",
          "--server", server_process.base_url, "--failed-rows-dir", str(tmp_path)],
-        cwd=ROOT, env=settings_env(settings), stdout=subprocess.DEVNULL,
+        cwd=ROOT, env=service_environment(settings), stdout=subprocess.DEVNULL,
     )  # fmt: skip
     counts: list[int] = []
     try:

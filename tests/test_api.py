@@ -8,10 +8,10 @@ import wave
 from pathlib import Path
 
 import pytest
-from audio_factory import FORMATS
-from conftest import exported_document, labelled_statistics
 from fastapi.testclient import TestClient
-from source_server import SourceServer
+from support.audio_factory import FORMATS
+from support.source_server import SourceServer
+from support.stores import exported_document, labelled_statistics
 
 from diarization_audio.settings import Settings
 

@@ -7,31 +7,24 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cli_helpers import (
+from support.cli_helpers import (
     audio_hits,
     conversation_rows,
     read_csv,
+    run_batch,
     use_settings,
     wav_durations,
     write_csv,
 )
-from conftest import ServerProcess, free_port, make_settings, recorded_conversations
-from source_server import SourceServer
+from support.server_process import ServerProcess
+from support.source_server import SourceServer
+from support.stores import make_settings, recorded_conversations
 
-from diarization_audio.cli.batch import main
 from diarization_audio.cli.conversations_csv import Row, write_failed_rows
+from diarization_audio.service.process import free_port
 from diarization_audio.settings import Settings
 
-
-@pytest.fixture(autouse=True)
-def _script_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
-    use_settings(monkeypatch, settings)
-
-
-def run(csv_path: Path, server: str, *extra: str) -> int:
-    failed_dir = csv_path.parent
-    return main([str(csv_path), "--server", server, "--no-progress",
-                 "--failed-rows-dir", str(failed_dir), *extra])  # fmt: skip
+pytestmark = pytest.mark.usefixtures("script_settings")
 
 
 def failed_files(directory: Path) -> list[Path]:
@@ -53,7 +46,7 @@ def test_thirteen_rows_then_resume_downloads_nothing(
     rows = conversation_rows(source, 13)
     csv_path = write_csv(tmp_path / "conversations.csv", rows)
 
-    assert run(csv_path, server_process.base_url) == 0
+    assert run_batch(csv_path, server_process.base_url) == 0
     out = capsys.readouterr().out
     stored = wav_durations(Path(settings.audio_storage_dir))
     expected = {f"{r[0]}_agent.wav" for r in rows} | {f"{r[0]}_customer.wav" for r in rows if r[2]}
@@ -64,7 +57,7 @@ def test_thirteen_rows_then_resume_downloads_nothing(
     fetched = audio_hits(source)
     assert fetched == 24
 
-    assert run(csv_path, server_process.base_url) == 0
+    assert run_batch(csv_path, server_process.base_url) == 0
     out = capsys.readouterr().out
     assert "succeeded 0, partial 0, failed 0, skipped 13 (already stored)" in out
     assert "hours added 0.0000" in out
@@ -91,7 +84,7 @@ def test_invalid_and_failing_rows_then_the_failed_rows_file_is_retried(
     ]
     csv_path = write_csv(tmp_path / "batch.csv", rows)
 
-    assert run(csv_path, server_process.base_url) == 1
+    assert run_batch(csv_path, server_process.base_url) == 1
     captured = capsys.readouterr()
     for expected in ("INVALID line 3: conversation_id is blank",
                      "INVALID line 4: agent_audio_url must be an http or https URL",
@@ -109,7 +102,7 @@ def test_invalid_and_failing_rows_then_the_failed_rows_file_is_retried(
     assert stored_conversations(settings) == {"good", "half"}
 
     retry_file.rename(tmp_path / "retry.csv")
-    assert run(tmp_path / "retry.csv", server_process.base_url) == 1
+    assert run_batch(tmp_path / "retry.csv", server_process.base_url) == 1
     out = capsys.readouterr().out
     assert "succeeded 1, partial 1, failed 1, skipped 0" in out
     assert stored_conversations(settings) == {"good", "half", "flaky"}
@@ -128,8 +121,8 @@ def test_other_column_names_and_extra_columns_survive_into_the_retry_file(
         ["c2", "line\nbreak", source.url("/status/404"), ""],
     ]
     csv_path = write_csv(tmp_path / "calls.csv", rows, header)
-    code = run(csv_path, server_process.base_url, "--id-column", "call_id",
-               "--agent-column", "agent", "--customer-column", "client")  # fmt: skip
+    code = run_batch(csv_path, server_process.base_url, extra=("--id-column", "call_id",
+                     "--agent-column", "agent", "--customer-column", "client"))  # fmt: skip
     assert code == 1
     (retry_file,) = failed_files(tmp_path)
     assert read_csv(retry_file) == [header, rows[1]]
@@ -140,7 +133,7 @@ def test_unknown_column_is_one_line_and_exit_2(
 ) -> None:
     """A CSV without the named column is refused before anything is sent."""
     csv_path = write_csv(tmp_path / "x.csv", conversation_rows(source, 2))
-    assert run(csv_path, "http://127.0.0.1:9", "--customer-column", "client") == 2
+    assert run_batch(csv_path, "http://127.0.0.1:9", extra=("--customer-column", "client")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: CSV ") and "no column 'client'" in err
     assert len(err.splitlines()) == 1
@@ -156,8 +149,8 @@ def test_stop_at_target_sends_no_more_rows(
     """Once the service reports the target reached, no further row is sent, and it says so."""
     csv_path = write_csv(tmp_path / "batch.csv", conversation_rows(source, 8))
     # Each conversation holds 2 + 2 seconds; 10.8 s is reached by the third.
-    assert run(csv_path, server_process.base_url, "--stop-at-target", "0.003",
-               "--concurrency", "1") == 0  # fmt: skip
+    assert run_batch(csv_path, server_process.base_url,
+                     extra=("--stop-at-target", "0.003", "--concurrency", "1")) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "Stopped: target of 0.003 h reached (the service has 0.0033 h)" in out
     assert "5 conversations not sent" in out
@@ -165,7 +158,7 @@ def test_stop_at_target_sends_no_more_rows(
     assert failed_files(tmp_path) == []
 
     fetched = audio_hits(source)
-    assert run(csv_path, server_process.base_url, "--stop-at-target", "0.003") == 0
+    assert run_batch(csv_path, server_process.base_url, extra=("--stop-at-target", "0.003")) == 0
     assert "target of 0.003 h reached" in capsys.readouterr().out
     assert audio_hits(source) == fetched
 
@@ -175,8 +168,8 @@ def test_overwrite_downloads_again(
 ) -> None:
     """--overwrite fetches conversations the service already stores."""
     csv_path = write_csv(tmp_path / "batch.csv", conversation_rows(source, 2))
-    assert run(csv_path, server_process.base_url) == 0
-    assert run(csv_path, server_process.base_url, "--overwrite") == 0
+    assert run_batch(csv_path, server_process.base_url) == 0
+    assert run_batch(csv_path, server_process.base_url, extra=("--overwrite",)) == 0
     assert audio_hits(source) == 8
 
 
@@ -185,7 +178,7 @@ def test_service_not_running_is_one_line_and_exit_3(
 ) -> None:
     """With nothing listening there is one message, no traceback, and no retry file."""
     csv_path = write_csv(tmp_path / "batch.csv", conversation_rows(source, 13))
-    assert run(csv_path, f"http://127.0.0.1:{free_port()}") == 3
+    assert run_batch(csv_path, f"http://127.0.0.1:{free_port()}") == 3
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("error: cannot reach the service at http://127.0.0.1:")
@@ -213,7 +206,7 @@ def test_service_dying_mid_batch_stops_with_one_line(
     killer = threading.Thread(target=kill_while_the_second_is_fetched)
     killer.start()
     try:
-        assert run(csv_path, server.base_url, "--concurrency", "1") == 3
+        assert run_batch(csv_path, server.base_url, extra=("--concurrency", "1")) == 3
     finally:
         killer.join()
         server.stop()
@@ -236,10 +229,10 @@ def test_api_key_from_settings_is_sent(
     csv_path = write_csv(tmp_path / "batch.csv", conversation_rows(source, 2))
     with ServerProcess(keyed) as server:
         use_settings(monkeypatch, keyed)
-        assert run(csv_path, server.base_url) == 0
+        assert run_batch(csv_path, server.base_url) == 0
         use_settings(monkeypatch, make_settings(tmp_path, api_key="wrong"))
         fetched = audio_hits(source)
-        assert run(csv_path, server.base_url, "--overwrite") == 3
+        assert run_batch(csv_path, server.base_url, extra=("--overwrite",)) == 3
     assert audio_hits(source) == fetched  # stopped before the first row, not once per row
     err = capsys.readouterr().err
     assert err == "error: missing or wrong X-API-Key header\n"
@@ -257,7 +250,7 @@ def test_busy_service_is_asked_again_after_its_retry_after(
     csv_path = write_csv(tmp_path / "batch.csv", rows)
     with ServerProcess(busy) as server:
         use_settings(monkeypatch, busy)
-        assert run(csv_path, server.base_url, "--concurrency", "2") == 0
+        assert run_batch(csv_path, server.base_url, extra=("--concurrency", "2")) == 0
     assert "succeeded 2, partial 0, failed 0" in capsys.readouterr().out
     assert "POST /download/dual -> 503 busy" in server.output()
 

@@ -10,20 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import CORPUS, audio_hits, conversation_rows, use_settings, write_csv
-from conftest import ServerProcess, free_port, recorded_conversations
-from source_server import SourceServer
+from support.cli_helpers import CORPUS, audio_hits, conversation_rows, run_batch, write_csv
+from support.server_process import ServerProcess
+from support.source_server import SourceServer
+from support.stores import recorded_conversations
 
 from diarization_audio.cli import report as analyze_storage
-from diarization_audio.cli.batch import main
+from diarization_audio.service.process import free_port
 from diarization_audio.settings import Settings
 
 STORED = re.compile(r"conversation=(\S+) speaker=\S+ url=\S+ outcome=success ")
 
 
-@pytest.fixture(autouse=True)
-def _script_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
-    use_settings(monkeypatch, settings)
+pytestmark = pytest.mark.usefixtures("script_settings")
 
 
 @pytest.fixture
@@ -33,12 +32,6 @@ def servers(settings: Settings, tmp_path: Path) -> Iterator[tuple[ServerProcess,
     second = ServerProcess(settings, log_path=tmp_path / "second.out")
     with first, second:
         yield first, second
-
-
-def run(csv_path: Path, *servers: str, extra: tuple[str, ...] = ()) -> int:
-    options = [part for server in servers for part in ("--server", server)]
-    return main([str(csv_path), *options, "--no-progress",
-                 "--failed-rows-dir", str(csv_path.parent), *extra])  # fmt: skip
 
 
 def rows_per_server(out: str, *servers: ServerProcess) -> list[int]:
@@ -83,7 +76,7 @@ def test_rows_are_spread_over_both_servers_and_each_is_stored_once(
     rows = conversation_rows(source, 12)
     csv_path = write_csv(tmp_path / "batch.csv", rows)
 
-    assert run(csv_path, first.base_url, second.base_url) == 0
+    assert run_batch(csv_path, first.base_url, second.base_url) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
     assert f"12 conversations in {csv_path} -> {first.base_url}, {second.base_url}" in captured.out
@@ -110,11 +103,11 @@ def test_a_rerun_over_both_servers_skips_what_one_of_them_stored(
     the shared store, not the server, decides what is done."""
     first, second = servers
     csv_path = write_csv(tmp_path / "batch.csv", conversation_rows(source, 12))
-    assert run(csv_path, first.base_url) == 0
+    assert run_batch(csv_path, first.base_url) == 0
     fetched = audio_hits(source)
     capsys.readouterr()
 
-    assert run(csv_path, first.base_url, second.base_url, extra=("--concurrency", "2")) == 0
+    assert run_batch(csv_path, first.base_url, second.base_url, extra=("--concurrency", "2")) == 0
     out = capsys.readouterr().out
     assert "succeeded 0, partial 0, failed 0, skipped 12 (already stored)" in out
     assert "hours added 0.0000" in out
@@ -156,7 +149,7 @@ def test_a_server_killed_mid_batch_leaves_its_rows_to_the_other(
     killer = threading.Thread(target=kill_after_its_first_stored_file)
     killer.start()
     try:
-        code = run(csv_path, first.base_url, second.base_url)
+        code = run_batch(csv_path, first.base_url, second.base_url)
     finally:
         killer.join()
     captured = capsys.readouterr()
@@ -188,7 +181,7 @@ def test_a_server_not_answering_at_the_start_is_left_out_with_a_warning(
     rows = conversation_rows(source, 3)
     csv_path = write_csv(tmp_path / "batch.csv", rows)
 
-    assert run(csv_path, dead, server_process.base_url) == 0
+    assert run_batch(csv_path, dead, server_process.base_url) == 0
     captured = capsys.readouterr()
     assert captured.err.startswith(f"warning: cannot reach the service at {dead} ")
     assert captured.err.endswith("; going on with the 1 other server(s)\n")
@@ -201,7 +194,7 @@ def test_a_server_not_answering_at_the_start_is_left_out_with_a_warning(
 
     other_dead = f"http://127.0.0.1:{free_port()}"
     fetched = audio_hits(source)
-    assert run(csv_path, dead, other_dead, extra=("--overwrite",)) == 3
+    assert run_batch(csv_path, dead, other_dead, extra=("--overwrite",)) == 3
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from cli_helpers import use_settings
+from support.cli_helpers import use_settings
 
 from diarization_audio.cli import batch as batch_download_from_csv
 from diarization_audio.cli import check as test_single_download

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from audio_factory import FORMATS, ffmpeg_exe
+from support.audio_factory import FORMATS, ffmpeg_exe
 
 from diarization_audio.ingest.ffmpeg import FRAME_SAMPLES, run_ffmpeg
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from audio_factory import make_audio, make_long_mp3
-from conftest import ServerProcess, make_settings, recorded_conversations
-from source_server import SourceServer
+from support.audio_factory import make_audio
+from support.server_process import ServerProcess
+from support.source_server import SourceServer
+from support.stores import make_settings, recorded_conversations
+from support.waiting import wait_for
+
+from bench.media import make_long_mp3
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +29,6 @@ def crash_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SourceSer
     make_long_mp3(directory / "long.mp3", minutes=60)
     with SourceServer(directory) as server:
         yield server
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def temp_files(storage: Path, suffix: str) -> list[Path]:

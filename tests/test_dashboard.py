@@ -12,8 +12,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import make_settings
 from fastapi.testclient import TestClient
+from support.stores import make_settings
 
 from diarization_audio.service.app import create_app
 from diarization_audio.service.dashboard_figures import DAYS_SHOWN, DashboardPublic, dashboard
@@ -44,16 +44,6 @@ def leg(name: str, seconds: float, day: date) -> StoredFile:
         channels=1, sha256=f"{abs(hash(name)):064x}"[-64:],
         downloaded_at=f"{day.isoformat()}T12:00:00+05:30",
     )  # fmt: skip
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def tracker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataTracker]:
-    url = None if request.param == "sqlite" else request.getfixturevalue("database_url")
-    made = MetadataTracker.from_settings(
-        make_settings(tmp_path, log_timezone="Asia/Kolkata", database_url=url)
-    )
-    yield made
-    made.close()
 
 
 def record_days(tracker: MetadataTracker, hours_by_days_ago: dict[int, float]) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import use_settings
-from conftest import make_settings
-from speech_calls import speak
+from support.cli_helpers import use_settings
+from support.speech_calls import speak
+from support.stores import make_settings
 
 from diarization_audio.cli.export import main
 from diarization_audio.dataset.export import split_of

@@ -1,4 +1,5 @@
-"""demo.py, which `make demo` runs: the whole workflow offline, on temporary storage."""
+"""The demo `make demo` runs (diarization_audio/cli/demo.py): the whole workflow offline, on
+temporary storage."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT
+from support import ROOT
 
 
 def test_demo_runs_every_step_and_cleans_up(tmp_path: Path) -> None:
@@ -16,8 +17,8 @@ def test_demo_runs_every_step_and_cleans_up(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env["TMPDIR"] = str(tmp_path)  # where its temporary folder goes, to check it is removed
     started = time.monotonic()
-    run = subprocess.run([sys.executable, "demo.py"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "diarization_audio.cli.demo"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert time.monotonic() - started < 60
     for expected in ("RESULT: PASS",

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from audio_factory import make_audio
-from conftest import make_settings
 from fastapi.testclient import TestClient
-from source_server import SourceServer
+from support.audio_factory import make_audio
+from support.source_server import SourceServer
+from support.stores import make_settings
 from test_hardening import _ffmpeg_processes_for
 
 from diarization_audio.ingest.mp3_header import decoded_samples

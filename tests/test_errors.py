@@ -9,12 +9,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_settings
 from fastapi.testclient import TestClient
-from source_server import SourceServer
+from support.source_server import SourceServer
+from support.stores import make_settings
 
 from diarization_audio.logs import LOG_FILENAME
 from diarization_audio.service.app import create_app
+from diarization_audio.service.process import free_port
 from diarization_audio.settings import Settings
 from diarization_audio.store.tracker import MetadataTracker
 from diarization_audio.url_secrets import shown
@@ -69,8 +70,6 @@ def test_bad_sources_get_their_documented_error(
 
 def test_unreachable_source_is_502(client: TestClient, settings: Settings) -> None:
     """A port nobody listens on gives 502 naming the URL."""
-    from conftest import free_port
-
     url = f"http://127.0.0.1:{free_port()}/nothing.mp3"
     got, body = post_single(client, url)
     assert got == 502 and body["error"] == "source_error"

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from audio_factory import (
+from support.audio_factory import (
     CONTENT_TYPES,
     FORMATS,
     decoded_duration,
     ffmpeg_exe,
     make_audio,
     make_corpus,
-    make_long_mp3,
 )
-from source_server import HTML_BODY, SourceServer, random_body
+from support.source_server import HTML_BODY, SourceServer, random_body
+
+from bench.media import make_long_mp3
 
 SECONDS = 2.0
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest import make_settings
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from schemathesis import checks
+from support.stores import make_settings
 
 from diarization_audio.service.app import create_app
 

@@ -13,12 +13,13 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from audio_factory import make_long_mp3
-from conftest import ServerProcess, make_settings
 from fastapi.testclient import TestClient
-from source_server import SourceServer
+from support.server_process import ServerProcess
+from support.source_server import SourceServer
+from support.stores import make_settings
 from test_errors import assert_nothing_stored, post_single
 
+from bench.media import make_long_mp3
 from diarization_audio.errors import UrlRefused
 from diarization_audio.ingest.url_policy import UrlPolicy
 from diarization_audio.service.app import create_app

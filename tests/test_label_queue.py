@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cli_helpers import use_settings
-from conftest import labelled_statistics, make_settings
 from fastapi.testclient import TestClient
-from source_server import SourceServer
-from speech_calls import to_int16, write_wav
+from support.cli_helpers import use_settings
+from support.source_server import SourceServer
+from support.speech_calls import to_int16, write_wav
+from support.stores import labelled_statistics, make_settings
 
 from diarization_audio.cli import report as analyze_storage
 from diarization_audio.labels.labeller import LabelWorker

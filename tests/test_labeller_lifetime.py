@@ -6,26 +6,20 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, labelled_statistics, make_settings
-from process_tree import Proc, descendants, kill_all, listed, still_running
-from source_server import SourceServer
+from support.process_tree import Proc, descendants, kill_all, listed, still_running
+from support.server_process import ServerProcess
+from support.source_server import SourceServer
+from support.stores import labelled_statistics, make_settings
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
 WORKERS = 4
 ENDS_WITHIN_SECONDS = 10
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
-        time.sleep(0.05)
 
 
 def wait_until_ended(procs: list[Proc], what: str) -> None:

@@ -6,7 +6,7 @@ import logging
 import multiprocessing
 from pathlib import Path
 
-from conftest import make_settings
+from support.stores import make_settings
 
 from diarization_audio.logs import BACKUP_COUNT, LOG_FILENAME, MAX_BYTES, setup_logging
 

@@ -13,46 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import exported_document, make_settings
 from fastapi.testclient import TestClient
-from source_server import SourceServer
+from support.source_server import SourceServer
+from support.stores import exported_document, make_settings, stored
 
 from diarization_audio.cli.store import main
 from diarization_audio.errors import MetadataCorrupt
 from diarization_audio.service.app import create_app
 from diarization_audio.settings import Settings
-from diarization_audio.store.schema import StoredFile
 from diarization_audio.store.tracker import JsonExporter, MetadataTracker
 from diarization_audio.url_secrets import source_sha256
 
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def stored(n: int, seconds: float = 60.0, stamp: str | None = None) -> StoredFile:
-    return StoredFile(
-        filepath=f"/store/c{n}.wav",
-        url=f"http://127.0.0.1/{n}.mp3",
-        file_size_bytes=32000 * int(seconds) + n,
-        duration_seconds=seconds + n / 1000,
-        sample_rate=16000,
-        channels=1,
-        sha256=f"{n:064x}",
-        downloaded_at=stamp or f"2026-01-01T00:{n // 60 % 60:02d}:{n % 60:02d}+05:30",
-    )
-
-
 def tracker_at(directory: Path, url: str | None = None) -> MetadataTracker:
     settings = make_settings(directory, log_timezone="Asia/Kolkata", database_url=url)
     return MetadataTracker.from_settings(settings)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> str | None:
-    """None for the default SQLite store, else the URL of a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return None
-    url: str = request.getfixturevalue("database_url")
-    return url
 
 
 @pytest.fixture
@@ -67,13 +44,6 @@ def make_tracker() -> Iterator[Callable[..., MetadataTracker]]:
     yield make
     for tracker in made:
         tracker.close()
-
-
-@pytest.fixture
-def tracker(
-    tmp_path: Path, backend: str | None, make_tracker: Callable[..., MetadataTracker]
-) -> MetadataTracker:
-    return make_tracker(tmp_path, backend)
 
 
 def everything(tracker: MetadataTracker) -> dict[str, dict[str, Any]]:
@@ -223,8 +193,8 @@ def test_first_start_imports_the_json_document_intact(
     assert list(imported) == list(old)
     for cid, entry in old.items():
         # Each file gains the hash that tells its source apart, computed from its URL.
-        for stored in imported[cid]["speakers"].values():
-            assert stored.pop("source_sha256") == source_sha256(stored["url"])
+        for record in imported[cid]["speakers"].values():
+            assert record.pop("source_sha256") == source_sha256(record["url"])
         assert imported[cid] == entry, cid
     conversations, seconds, size = recount(old)
     assert stats["summary"]["total_conversations"] == conversations
@@ -238,8 +208,8 @@ def test_first_start_imports_the_json_document_intact(
     exported = json.loads(Path(settings.metadata_file).read_text())
     assert exported["schema_version"] == 2 and "recent_changes" not in exported
     for entry in exported["conversations"].values():
-        for stored in entry["speakers"].values():
-            assert stored.pop("source_sha256") == source_sha256(stored["url"])
+        for record in entry["speakers"].values():
+            assert record.pop("source_sha256") == source_sha256(record["url"])
     assert exported["conversations"] == old
 
 

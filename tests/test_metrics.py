@@ -14,13 +14,15 @@ from typing import Any
 
 import httpx
 import pytest
-from audio_factory import make_audio
-from conftest import ROOT, ServerProcess, make_settings
 from fastapi.testclient import TestClient
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-from source_server import HTML_BODY, SourceServer
+from support import ROOT
+from support.audio_factory import make_audio
+from support.server_process import ServerProcess
+from support.source_server import HTML_BODY, SourceServer
+from support.stores import make_settings
 
 from diarization_audio.service.app import create_app
 from diarization_audio.settings import Settings

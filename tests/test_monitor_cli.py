@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cli_helpers import populated_service, use_settings
-from conftest import ROOT, make_settings
-from source_server import SourceServer
+from support import ROOT
+from support.cli_helpers import populated_service, use_settings
+from support.source_server import SourceServer
+from support.stores import make_settings
 
 from diarization_audio.cli import monitor as progress_monitor
 from diarization_audio.settings import Settings, get_settings

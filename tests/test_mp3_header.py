@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from audio_factory import ffmpeg_exe
+from support.audio_factory import ffmpeg_exe
 
 from diarization_audio.ingest.ffmpeg import run_ffmpeg
 from diarization_audio.ingest.mp3_header import decoded_samples

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from audio_factory import ffmpeg_exe, make_long_mp3
-from conftest import ServerProcess, make_settings, recorded_conversations
 from fastapi.testclient import TestClient
-from source_server import SourceServer
+from support.audio_factory import ffmpeg_exe
+from support.server_process import ServerProcess
+from support.source_server import SourceServer
+from support.stores import make_settings, recorded_conversations
 from test_errors import assert_nothing_stored, post_single
 
+from bench.media import make_long_mp3
 from diarization_audio.ingest.fetcher import RateMeter
 from diarization_audio.service.app import create_app
 from diarization_audio.settings import Settings

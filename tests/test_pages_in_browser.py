@@ -10,11 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-from audio_factory import encode_pcm
-from browser import OfflineBrowser, offline_chromium
-from conftest import ServerProcess, make_settings
-from source_server import SourceServer
-from speech_calls import RATE, spoken_turns, to_int16
+from support.audio_factory import encode_pcm
+from support.server_process import ServerProcess
+from support.source_server import SourceServer
+from support.speech_calls import RATE, spoken_turns, to_int16
+from support.stores import make_settings
+
+from bench.browser import OfflineBrowser, offline_chromium
 
 pytestmark = pytest.mark.slow
 
@@ -195,7 +197,7 @@ def test_dashboard_asks_for_the_key_once_and_shows_the_statistics(
 
 def test_a_missing_chromium_fails_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without Chromium the browser tests fail, naming what to install, rather than skip."""
-    import browser
+    from bench import browser
 
     monkeypatch.setattr(browser, "CHROMIUM", str(Path("/nonexistent/chromium")))
     with pytest.raises(RuntimeError, match="make system-packages"), browser.offline_chromium():

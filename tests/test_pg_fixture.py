@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy
-from pg_server import HOST, PostgresServer, PostgresUnavailable, find_bindir, libpq_url
+from support.pg_server import HOST, PostgresServer, PostgresUnavailable, find_bindir, libpq_url
 
 
 def _listening_addresses(port: int) -> list[str]:

@@ -4,15 +4,13 @@ the dataset export following; plain `--label` leaves them as they are."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import wave
 from pathlib import Path
 
 import pytest
-from cli_helpers import use_settings
-from conftest import make_settings
-from speech_calls import leg_files, make_call
+from support.cli_helpers import use_settings
+from support.speech_calls import leg_files, make_call
+from support.stores import make_settings, stored_wav
 
 from diarization_audio.cli import export as export_dataset
 from diarization_audio.cli import store as metadata_tracker
@@ -20,24 +18,12 @@ from diarization_audio.labels.activity import analyse_call, label_legs
 from diarization_audio.labels.labeller import label_conversation, thresholds_of
 from diarization_audio.labels.params import DEFAULT_PARAMS, VadParams, provenance
 from diarization_audio.settings import Settings
-from diarization_audio.store.schema import StoredFile
 from diarization_audio.store.speech_labels import encode_segments, speech_micros_of
 from diarization_audio.store.tracker import MetadataTracker
 
 # Whatever the default becomes, the labels made "before" come from another detector.
 OLD_PARAMS = VadParams(method="energy" if DEFAULT_PARAMS.method != "energy" else "webrtc")
 CALLS = {"first": 3, "second": 4, "current": 5}  # conversation id -> seed of its spoken call
-
-
-def stored_file(path: Path) -> StoredFile:
-    with wave.open(str(path)) as wav:
-        seconds = wav.getnframes() / wav.getframerate()
-    return StoredFile(
-        filepath=str(path), url=f"http://127.0.0.1/{path.name}",
-        file_size_bytes=path.stat().st_size, duration_seconds=seconds, sample_rate=16000,
-        channels=1, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-        downloaded_at="2026-12-06T10:00:00+05:30",
-    )  # fmt: skip
 
 
 def detectors(settings: Settings) -> dict[str, tuple[object, object]]:
@@ -65,7 +51,7 @@ def labelled_by_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings
         for label, made in legs.items():
             store.mkdir(parents=True, exist_ok=True)
             kept = made.rename(store / f"{cid}_{label}.wav")
-            tracker.record_file(cid, label, stored_file(kept))
+            tracker.record_file(cid, label, stored_wav(kept))
         params = DEFAULT_PARAMS if cid == "current" else OLD_PARAMS
         assert label_conversation(tracker, cid, thresholds_of(settings), params) is not None
     tracker.close()

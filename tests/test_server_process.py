@@ -11,17 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from audio_factory import make_long_mp3
-from conftest import (
-    ROOT,
-    ServerProcess,
-    free_port,
-    make_settings,
-    recorded_conversations,
-    settings_env,
-)
-from source_server import SourceServer
+from support import ROOT
+from support.server_process import ServerProcess
+from support.source_server import SourceServer
+from support.stores import make_settings, recorded_conversations
 
+from bench.media import make_long_mp3
+from diarization_audio.service.process import free_port, service_environment
 from diarization_audio.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -135,7 +131,7 @@ def test_python_main_serves_on_host_and_port(tmp_path: Path) -> None:
     settings = make_settings(
         tmp_path, host="127.0.0.1", port=free_port(), metrics_dir=tmp_path / "metrics"
     )
-    env = settings_env(settings)
+    env = service_environment(settings)
     out = open(tmp_path / "out.txt", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "main.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT

@@ -6,17 +6,15 @@ import wave
 from pathlib import Path
 
 import pytest
-from cli_helpers import use_settings, write_csv
-from conftest import ServerProcess, free_port
-from source_server import SourceServer
+from support.cli_helpers import write_csv
+from support.server_process import ServerProcess
+from support.source_server import SourceServer
 
 from diarization_audio.cli.check import main
+from diarization_audio.service.process import free_port
 from diarization_audio.settings import Settings
 
-
-@pytest.fixture(autouse=True)
-def _script_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
-    use_settings(monkeypatch, settings)
+pytestmark = pytest.mark.usefixtures("script_settings")
 
 
 def test_first_csv_row_passes_every_check(

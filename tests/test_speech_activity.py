@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from speech_calls import (
+from support.speech_calls import (
     CONDITIONS,
     LEGS,
     RATE,

@@ -4,19 +4,17 @@ the labeller storing both with its thresholds."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_settings
-from speech_calls import RATE, speak, to_int16, write_wav
+from support.speech_calls import RATE, speak, to_int16, write_wav
+from support.stores import make_settings, stored_wav
 
 from diarization_audio.labels.activity import detect_speech, label_legs
 from diarization_audio.labels.analysis import analyse_pcm, analyse_wav
 from diarization_audio.labels.labeller import label_conversation, thresholds_of
 from diarization_audio.labels.quality import LegQuality, leg_quality, quality_flags_of
-from diarization_audio.store.schema import StoredFile
 from diarization_audio.store.tracker import MetadataTracker
 
 SPANS = [(1.0, 3.0), (4.5, 7.0), (8.0, 9.5)]
@@ -129,7 +127,7 @@ def test_the_labeller_stores_each_legs_measures_and_flags_by_its_settings(
         settings = make_settings(tmp_path / str(low_snr_db), low_snr_db=low_snr_db)
         tracker = MetadataTracker.from_settings(settings)
         for leg, path in paths.items():
-            tracker.record_file("c1", leg, stored(path))
+            tracker.record_file("c1", leg, stored_wav(path))
         assert label_conversation(tracker, "c1", thresholds_of(settings)) is not None
         [conversation] = tracker.stored_conversations()
         tracker.close()
@@ -138,12 +136,3 @@ def test_the_labeller_stores_each_legs_measures_and_flags_by_its_settings(
         assert ("low_snr" in conversation.flags) is flagged
     assert expected["agent"].snr_db is not None and 20 < expected["agent"].snr_db < 40
     assert conversation.flags["low_snr"].startswith("agent: ")
-
-
-def stored(path: Path) -> StoredFile:
-    return StoredFile(
-        filepath=str(path), url=f"http://127.0.0.1/{path.name}",
-        file_size_bytes=path.stat().st_size, duration_seconds=(path.stat().st_size - 44) / 32000,
-        sample_rate=RATE, channels=1, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-        downloaded_at="2026-11-25T10:00:00+05:30",
-    )  # fmt: skip

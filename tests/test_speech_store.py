@@ -6,11 +6,11 @@ import dataclasses
 import gzip
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import make_settings
+from support.stores import make_settings, stored
 
 from diarization_audio.errors import MetadataCorrupt
 from diarization_audio.store.schema import SCHEMA_VERSION, StoredFile
@@ -22,25 +22,9 @@ DATA = Path(__file__).resolve().parent / "data"
 PROVENANCE: dict[str, object] = {"detector": "test", "version": 1}
 
 
-def stored(n: int, seconds: float = 60.0) -> StoredFile:
-    return StoredFile(
-        filepath=f"/store/c{n}.wav", url=f"http://127.0.0.1/{n}.mp3",
-        file_size_bytes=32000 * int(seconds) + n, duration_seconds=seconds, sample_rate=16000,
-        channels=1, sha256=f"{n:064x}", downloaded_at="2026-01-01T00:00:00+05:30",
-    )  # fmt: skip
-
-
 def labels(file: StoredFile, segments: list[tuple[float, float]], pcm: str = "") -> LegLabels:
     decoded = pcm or hashlib.sha256(file.sha256.encode()).hexdigest()  # as if from the samples
     return LegLabels(file.sha256, decoded, segments, 0.0, True)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def tracker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataTracker]:
-    url = None if request.param == "sqlite" else request.getfixturevalue("database_url")
-    made = MetadataTracker.from_settings(make_settings(tmp_path, database_url=url))
-    yield made
-    made.close()
 
 
 def two_legs(tracker: MetadataTracker, cid: str, n: int) -> tuple[StoredFile, StoredFile]:

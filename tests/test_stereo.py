@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_factory import ffmpeg_exe
-from conftest import recorded_conversations
 from fastapi.testclient import TestClient
-from source_server import SourceServer
+from support.audio_factory import ffmpeg_exe
+from support.source_server import SourceServer
+from support.stores import recorded_conversations
 
 from diarization_audio.settings import Settings
 from diarization_audio.store.tracker import MetadataTracker

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cli_helpers import audio_hits
-from conftest import ServerProcess, make_settings, recorded_conversations
-from source_server import SourceServer
+from support.cli_helpers import audio_hits
+from support.server_process import ServerProcess
+from support.source_server import SourceServer
+from support.stores import make_settings, recorded_conversations
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import make_settings
 from fastapi.testclient import TestClient
-from source_server import SourceServer
+from support.source_server import SourceServer
+from support.stores import make_settings
 
 from diarization_audio.logs import LOG_FILENAME
 from diarization_audio.service.app import create_app

@@ -138,18 +138,7 @@ class Ffmpeg:
         # Reading a pipe, ffmpeg meets the end of its input when the server dies and stops by
         # itself; reading a file, it would convert all of it, so it is told to die with us.
         prefix = () if piped else _dying_with_parent()
-        proc = await asyncio.create_subprocess_exec(
-            *prefix, *args,
-            stdin=asyncio.subprocess.PIPE if piped else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            # A session of its own: a timeout kills everything it spawned as one group, and
-            # where the kernel groups CPU time by session (autogroup) the session is a
-            # scheduling group whose weight _lower_priority lowers. In the server's own
-            # session ffmpeg's threads would count as the server's group, and other processes
-            # on the host (a client, the batch script) would wait seconds for a CPU behind them.
-            start_new_session=True,
-        )  # fmt: skip
+        proc = await _spawn([*prefix, *args], piped)
         _lower_priority(proc.pid, niceness)
         return cls(proc, source)
 
@@ -183,6 +172,50 @@ class Ffmpeg:
         with contextlib.suppress(Exception):
             await asyncio.shield(self._proc.wait())
         self._complaints.cancel()
+
+
+async def _spawn(args: Sequence[str], piped: bool) -> asyncio.subprocess.Process:
+    """Start ffmpeg (`args` from its binary on): the one place it is run."""
+    return await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.PIPE if piped else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        # A session of its own: a timeout kills everything it spawned as one group, and
+        # where the kernel groups CPU time by session (autogroup) the session is a
+        # scheduling group whose weight _lower_priority lowers. In the server's own
+        # session ffmpeg's threads would count as the server's group, and other processes
+        # on the host (a client, the batch script) would wait seconds for a CPU behind them.
+        start_new_session=True,
+    )
+
+
+async def encode(
+    binary: str,
+    source: Path,
+    target: Path,
+    input_options: Sequence[str],
+    output_options: Sequence[str],
+    timeout: float,
+) -> None:
+    """Encode `source`, read as `input_options` say (raw PCM's format, say), into `target`
+    with `output_options` (codec, rate, muxer): how the demo makes its sample recordings.
+    NotAudio with ffmpeg's last complaint if it fails; killed after `timeout` seconds."""
+    args = [binary, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+            *input_options, "-i", f"file:{source}", *output_options, f"file:{target}"]  # fmt: skip
+    proc = await _spawn(args, piped=False)
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(timeout):
+            stderr = await _tail(proc.stderr)
+            await proc.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise NotAudio(f"ffmpeg could not encode it: {_ffmpeg_reason(stderr, source)}")
 
 
 async def _feed(

@@ -14,18 +14,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import wave
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -39,17 +38,25 @@ from diarization_audio.cli import export as export_dataset
 from diarization_audio.cli import report as analyze_storage
 from diarization_audio.cli import store as metadata_tracker
 from diarization_audio.cli.client import ServiceClient, default_server
+from diarization_audio.cli.file_server import FileServer
+from diarization_audio.ingest.ffmpeg import encode, resolve_ffmpeg
+from diarization_audio.service.process import ServiceProcess, free_port
 from diarization_audio.settings import get_settings
 
-ROOT = Path(__file__).resolve().parent
-# The sample audio maker and the local audio server are the ones the tests use.
-sys.path.insert(0, str(ROOT / "tests"))
-from audio_factory import encode_pcm  # noqa: E402
-from source_server import SourceServer  # noqa: E402
-
+# The checkout the demo runs in: its example CSV, main.py and hourly_monitor.sh.
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CSV = ROOT / "examples" / "conversations.csv"
-FORMATS = {".mp3": "mp3", ".wav": "wav", ".m4a": "m4a", ".ogg": "ogg", ".flac": "flac",
-           ".aac": "aac", ".opus": "opus"}  # fmt: skip
+# Suffix -> the muxer and codec options a recording of that kind is made with, and the rate
+# the format requires (else 22.05 kHz).
+ENCODINGS: dict[str, tuple[str, tuple[str, ...], int | None]] = {
+    ".mp3": ("mp3", ("-c:a", "libmp3lame", "-b:a", "128k"), None),
+    ".wav": ("wav", ("-c:a", "pcm_s16le"), None),
+    ".m4a": ("ipod", ("-c:a", "aac", "-b:a", "128k"), None),
+    ".ogg": ("ogg", ("-c:a", "libvorbis", "-q:a", "4"), None),
+    ".flac": ("flac", ("-c:a", "flac"), None),
+    ".aac": ("adts", ("-c:a", "aac", "-b:a", "128k"), None),
+    ".opus": ("opus", ("-c:a", "libopus", "-b:a", "64k"), 48000),
+}
 TARGET_HOURS = 0.25  # small enough for the samples to make visible progress
 STEREO_CALL = "stereo_call.mp3"  # agent on the left channel, customer on the right
 
@@ -67,13 +74,11 @@ def make_samples(rows: list[dict[str, str]], directory: Path) -> None:
         for column, seconds, turn in speakers:
             if row[column]:
                 name = Path(urlsplit(row[column]).path).name
-                leg = _speaking(seconds, 2.5, turn, number)
-                jobs.append((directory / name, FORMATS[Path(name).suffix], leg))
+                jobs.append((directory / name, _speaking(seconds, 2.5, turn, number)))
     stereo = np.stack(_on_hold(_speaking(30, 3.0, 0, 99), _speaking(30, 3.0, 1, 99)), axis=1)
-    jobs.append((directory / STEREO_CALL, "mp3", stereo))
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for done in [pool.submit(_encode, *job) for job in jobs]:
-            done.result()
+    jobs.append((directory / STEREO_CALL, stereo))
+    directory.mkdir(parents=True, exist_ok=True)
+    asyncio.run(_encode_all(jobs))
 
 
 VOICES = ("/usr/share/asterisk/sounds/en_US_f_Allison", "/usr/share/asterisk/sounds/fr_CA_f_June")
@@ -125,12 +130,31 @@ def _on_hold(
     return agent, customer
 
 
-def _encode(path: Path, fmt: str, samples: npt.NDArray[np.int16]) -> None:
-    channels = 1 if samples.ndim == 1 else samples.shape[1]
-    encode_pcm(path, fmt, samples.astype("<i2").tobytes(), PROMPT_RATE, channels)
+async def _encode_all(jobs: list[tuple[Path, npt.NDArray[np.int16]]]) -> None:
+    """Each recording encoded by ffmpeg, as many at once as there are cores."""
+    binary = resolve_ffmpeg(get_settings().ffmpeg_binary)
+    limit = asyncio.Semaphore(os.cpu_count() or 2)
+
+    async def one(path: Path, samples: npt.NDArray[np.int16]) -> None:
+        muxer, codec, rate = ENCODINGS[path.suffix]
+        channels = 1 if samples.ndim == 1 else samples.shape[1]
+        raw = path.with_name(f".{path.name}.raw")
+        raw.write_bytes(samples.astype("<i2").tobytes())
+        try:
+            async with limit:
+                await encode(
+                    binary, raw, path,
+                    ["-f", "s16le", "-ar", str(PROMPT_RATE), "-ac", str(channels)],
+                    ["-ar", str(rate or 22050), "-ac", str(channels), *codec, "-f", muxer],
+                    timeout=120,
+                )  # fmt: skip
+        finally:
+            raw.unlink(missing_ok=True)
+
+    await asyncio.gather(*(one(path, samples) for path, samples in jobs))
 
 
-def local_csv(rows: list[dict[str, str]], source: SourceServer, path: Path) -> None:
+def local_csv(rows: list[dict[str, str]], source: FileServer, path: Path) -> None:
     """The example CSV with every URL pointing at the local audio server instead."""
 
     def local(url: str) -> str:
@@ -144,26 +168,31 @@ def local_csv(rows: list[dict[str, str]], source: SourceServer, path: Path) -> N
             writer.writerow({**row, **urls})
 
 
-def start_service(work: Path) -> subprocess.Popen[bytes]:
-    """`python main.py` with this process's environment, waiting until /health answers."""
-    with open(work / "service.out", "wb") as log:  # the child keeps its own copy open
-        service = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, stdout=log, stderr=log)
-    url = default_server(get_settings()) + "/health"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and service.poll() is None:
-        try:
-            if httpx.get(url, timeout=1).is_success:
-                return service
-        except httpx.TransportError:
-            time.sleep(0.1)
-    service.kill()
-    sys.exit(f"error: the service did not start; its output is in {work / 'service.out'}")
+def start_service(work: Path) -> ServiceProcess:
+    """`python main.py` with the demo's settings, once /health answers."""
+    settings = get_settings()
+    service = ServiceProcess(
+        settings, log_path=work / "service.out", script=ROOT / "main.py", port=settings.port
+    )
+    try:
+        return service.start()
+    except RuntimeError:
+        sys.exit(f"error: the service did not start; its output is in {work / 'service.out'}")
 
 
-def step(title: str, script: Callable[[list[str]], int], args: list[str]) -> int:
+# The script at the repository root a user runs for each command.
+SCRIPTS: dict[Callable[[list[str] | None], int], str] = {
+    batch_download_from_csv.main: "batch_download_from_csv.py",
+    test_single_download.main: "test_single_download.py",
+    export_dataset.main: "export_dataset.py",
+    analyze_storage.main: "analyze_storage.py",
+    metadata_tracker.main: "metadata_tracker.py",
+}
+
+
+def step(title: str, script: Callable[[list[str] | None], int], args: list[str]) -> int:
     """Print the command a user would type, then run it in this process."""
-    name = Path(script.__module__.replace(".", "/") + ".py").name
-    print(f"\n=== {title}\n$ python3 {name} {' '.join(args)}", flush=True)
+    print(f"\n=== {title}\n$ python3 {SCRIPTS[script]} {' '.join(args)}", flush=True)
     code = script(args)
     print(f"(exit code {code})", flush=True)
     return code
@@ -224,7 +253,7 @@ def run_demo(work: Path) -> bool:
     # The service and every script read their settings from here, as in real use.
     os.environ.update({
         "HOST": "127.0.0.1",
-        "PORT": str(_free_port()),
+        "PORT": str(free_port()),
         "AUDIO_STORAGE_DIR": str(work / "downloaded_audios"),
         "METADATA_FILE": str(work / "conversations_metadata.json"),
         "LOG_DIR": str(work / "logs"),
@@ -237,7 +266,7 @@ def run_demo(work: Path) -> bool:
     get_settings.cache_clear()
     service = None
     try:
-        with SourceServer(work / "source") as source:
+        with FileServer(work / "source") as source:
             demo_csv = work / "conversations.csv"
             local_csv(rows, source, demo_csv)
             print(f"Audio served at {source.base_url}; CSV with local URLs: {demo_csv}")
@@ -247,8 +276,7 @@ def run_demo(work: Path) -> bool:
             return all(code == 0 for code in codes)
     finally:
         if service is not None:
-            service.send_signal(signal.SIGINT)  # as Ctrl-C would: a graceful stop
-            service.wait(30)
+            service.stop(signal.SIGINT, group=False)  # as Ctrl-C would: a graceful stop
         get_settings.cache_clear()
 
 
@@ -264,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     shutil.rmtree(work, ignore_errors=True)
     print(f"\nDemo finished in {time.monotonic() - started:.1f} s; temporary files removed.")
-    print("For real use: `make run`, then the same commands (see USAGE_GUIDE.md).")
+    print("For real use: `make run`, then the same commands (see README.md).")
     return 0
 
 
@@ -279,13 +307,6 @@ def hourly_monitor(work: Path) -> int:
     code = subprocess.run(["bash", str(ROOT / "hourly_monitor.sh")], env=env, check=False)
     print(f"$ cat hourly_log.txt\n{log.read_text()}(exit code {code.returncode})", flush=True)
     return code.returncode
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Headless Chromium (Debian's, driven by Playwright) that can reach 127.0.0.1 and nothing else.
+"""Headless Chromium (Debian's, driven by Playwright) that can reach 127.0.0.1 and nothing else:
+the browser the page tests and docs/screenshot.py look at the service's pages with.
 
 Every host name but 127.0.0.1 fails to resolve, and every request not to loopback goes to a
 proxy address where nothing listens, so a page that needs the internet shows it by failing.

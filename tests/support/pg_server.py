@@ -9,7 +9,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,8 @@ from typing import IO, Any
 
 import psycopg
 from psycopg import sql
+
+from diarization_audio.service.process import free_port
 
 HOST = "127.0.0.1"
 SUPERUSER = "postgres"
@@ -61,13 +62,6 @@ def server_user() -> pwd.struct_passwd | None:
             "to run it as; the Debian postgresql package creates one (`make test` installs it "
             "when initdb is missing), or create it with `useradd --system postgres`"
         ) from None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def libpq_url(sqlalchemy_url: str) -> str:

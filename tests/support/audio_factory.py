@@ -1,20 +1,25 @@
-"""Generate real audio files of every supported format with ffmpeg, for tests and benchmarks."""
+"""Real audio files of every supported format, made with ffmpeg at test time (the tones and
+long MP3s come from the benchmark's bench/media.py, which makes its audio the same way)."""
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-# Generous ceilings so a wedged ffmpeg fails a test instead of hanging the whole run.
-_SHORT_TIMEOUT_SECONDS = 120.0
+from bench.media import (
+    SHORT_TIMEOUT_SECONDS,
+    FFmpegError,
+    encode_tone,
+    run_ffmpeg,
+)
+from diarization_audio.cli.file_server import CONTENT_TYPES as SERVED_TYPES
+
 _DECODE_RATE = 16000  # decode to 16 kHz mono s16le: 2 bytes per sample, easy to count
 
 
@@ -46,20 +51,11 @@ _ENCODINGS: dict[str, _Encoding] = {
 #: fmt -> file suffix, dotted like ``Path.suffix`` (several fmts share ``.wav``).
 FORMATS: dict[str, str] = {fmt: enc.extension for fmt, enc in _ENCODINGS.items()}
 
-#: file suffix (dotted, lower case) -> MIME type a typical web server would send.
+#: file suffix (dotted, lower case) -> MIME type a typical web server would send: the audio
+#: types of the package's file server, which the source server builds on.
 CONTENT_TYPES: dict[str, str] = {
-    ".mp3": "audio/mpeg",
-    ".wav": "audio/wav",
-    ".ogg": "audio/ogg",
-    ".opus": "audio/ogg",  # RFC 7845: Ogg Opus files are audio/ogg
-    ".flac": "audio/flac",
-    ".aac": "audio/aac",
-    ".m4a": "audio/mp4",
+    suffix: kind for suffix, kind in SERVED_TYPES.items() if kind.startswith("audio/")
 }
-
-
-class FFmpegError(RuntimeError):
-    """ffmpeg exited non-zero, or reported errors while decoding."""
 
 
 def ffmpeg_exe() -> str:
@@ -76,61 +72,6 @@ def _bundled_ffmpeg() -> str:
     import imageio_ffmpeg  # imported lazily: only needed when no other ffmpeg is configured
 
     return str(imageio_ffmpeg.get_ffmpeg_exe())
-
-
-def _run_ffmpeg(args: Sequence[str], timeout: float) -> None:
-    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args]
-    proc = subprocess.run(
-        cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if proc.returncode != 0:
-        raise FFmpegError(f"ffmpeg exited {proc.returncode}: {proc.stderr.strip()}")
-
-
-def _tone_source(
-    seconds: float,
-    sample_rate: int,
-    channels: int,
-    frequency: float,
-    turns: float | None = None,
-    first_turn: int = 0,
-) -> str:
-    # One expression per channel at a different pitch, so a wrong downmix or a dropped channel
-    # is visible in the output rather than hidden by identical channels. With `turns`, channel
-    # n sounds only in every other stretch of `turns` seconds, starting with the n-th: two
-    # speakers taking turns (a mono file of the second speaker: `first_turn` 1).
-    def gate(channel: int) -> str:
-        if turns is None:
-            return ""
-        turn = channel + first_turn
-        return f"*eq(mod(floor(t/{turns!r})+{turn}\\,2)\\,0)"  # commas escaped for lavfi
-
-    exprs = "|".join(f"0.5*sin(2*PI*{frequency * 1.5**n!r}*t){gate(n)}" for n in range(channels))
-    return f"aevalsrc=exprs={exprs}:s={sample_rate}:d={float(seconds)!r}"
-
-
-def _encode_tone(
-    path: Path,
-    muxer: str,
-    codec_args: Sequence[str],
-    seconds: float,
-    sample_rate: int,
-    channels: int,
-    frequency: float,
-    timeout: float,
-    turns: float | None = None,
-    first_turn: int = 0,
-) -> Path:
-    if seconds <= 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
-    if channels < 1 or sample_rate < 1:
-        raise ValueError(f"bad layout: {channels} channels at {sample_rate} Hz")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    source = _tone_source(seconds, sample_rate, channels, frequency, turns, first_turn)
-    # The muxer is named explicitly so the caller's file name never decides the container.
-    _run_ffmpeg(["-f", "lavfi", "-i", source, *codec_args, "-f", muxer, str(path)], timeout)
-    return path
 
 
 def make_audio(
@@ -154,7 +95,7 @@ def make_audio(
         enc = _ENCODINGS[fmt]
     except KeyError:
         raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}") from None
-    return _encode_tone(
+    return encode_tone(
         path,
         enc.muxer,
         enc.codec_args,
@@ -162,7 +103,7 @@ def make_audio(
         enc.sample_rate or sample_rate,
         enc.channels or channels,
         frequency,
-        _SHORT_TIMEOUT_SECONDS + seconds,
+        SHORT_TIMEOUT_SECONDS + seconds,
         turns,
         first_turn,
     )
@@ -177,10 +118,10 @@ def encode_pcm(path: Path, fmt: str, pcm: bytes, rate: int, channels: int) -> Pa
     with tempfile.NamedTemporaryFile(suffix=".raw") as raw:
         raw.write(pcm)
         raw.flush()
-        _run_ffmpeg(
+        run_ffmpeg(
             ["-f", "s16le", "-ar", str(rate), "-ac", str(channels), "-i", raw.name, *layout,
              *enc.codec_args, "-f", enc.muxer, str(path)],
-            _SHORT_TIMEOUT_SECONDS + len(pcm) / (2 * rate * channels),
+            SHORT_TIMEOUT_SECONDS + len(pcm) / (2 * rate * channels),
         )  # fmt: skip
     return path
 
@@ -196,54 +137,6 @@ def make_corpus(directory: Path, seconds: float = 2.0) -> dict[str, Path]:
             for fmt, ext in FORMATS.items()
         }
         return {fmt: future.result() for fmt, future in futures.items()}
-
-
-def make_long_mp3(
-    path: Path,
-    minutes: float,
-    sample_rate: int = 44100,
-    channels: int = 2,
-    frequency: float = 440.0,
-    bitrate: str = "128k",
-    segment_seconds: float = 60.0,
-) -> Path:
-    """Write a CBR MP3 of `minutes` minutes quickly; return path.
-
-    Encodes one `segment_seconds` segment and stream-copies it in a loop up to the full length
-    (cut on a frame boundary, so the duration is exact to ~26 ms, with a proper Xing header).
-    The audio repeats every segment and has a ~50 ms encoder gap at each seam: fine for
-    conversion benchmarks, not for listening. Measured on a 2-vCPU machine: 60 minutes of
-    44.1 kHz stereo at 128 kbit/s (57.6 MB) in ~1.1 s, against ~15 s for encoding it whole.
-    """
-    total = minutes * 60.0
-    codec_args = ("-c:a", "libmp3lame", "-b:a", bitrate)
-    timeout = _SHORT_TIMEOUT_SECONDS + total / 10
-    if total <= segment_seconds:
-        return _encode_tone(
-            path, "mp3", codec_args, total, sample_rate, channels, frequency, timeout
-        )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".segment-", suffix=".mp3", dir=path.parent)
-    os.close(fd)
-    segment = Path(name)
-    try:
-        # No Xing/LAME or ID3 header in the segment: repeated, they would sit mid-stream.
-        seg_args = (*codec_args, "-write_xing", "0", "-id3v2_version", "0")
-        _encode_tone(
-            segment, "mp3", seg_args, segment_seconds, sample_rate, channels, frequency, timeout
-        )
-        loops = math.ceil(total / segment_seconds)  # one spare play; -t stops reading early
-        _run_ffmpeg(
-            [
-                "-stream_loop", str(loops), "-i", str(segment),
-                "-map", "0:a", "-c", "copy", "-t", repr(total), "-f", "mp3", str(path),
-            ],
-            timeout,
-        )  # fmt: skip
-    finally:
-        segment.unlink(missing_ok=True)
-    return path
 
 
 def decoded_duration(path: Path) -> float:

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, make_settings, settings_env
-from source_server import SourceServer
 
 from diarization_audio.cli.batch import main as batch_main
+from diarization_audio.service.process import service_environment
 from diarization_audio.settings import Settings, get_settings
+from support.server_process import ServerProcess
+from support.source_server import SourceServer
+from support.stores import make_settings
 
 HEADER = ["conversation_id", "agent_audio_url", "customer_audio_url"]
 # Two-second corpus files (conftest's corpus_dir), in a different format for each speaker.
@@ -60,9 +62,16 @@ def wav_durations(directory: Path) -> dict[str, float]:
     return durations
 
 
+def run_batch(csv_path: Path, *servers: str, extra: tuple[str, ...] = ()) -> int:
+    """The batch script on `csv_path` against `servers`, quietly, its failed rows beside it."""
+    options = [part for server in servers for part in ("--server", server)]
+    return batch_main([str(csv_path), *options, "--no-progress",
+                       "--failed-rows-dir", str(csv_path.parent), *extra])  # fmt: skip
+
+
 def use_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
     """Make the scripts in this process read `settings` from the environment, as in real use."""
-    for name, value in settings_env(settings).items():
+    for name, value in service_environment(settings).items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
 
@@ -70,9 +79,7 @@ def use_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
 def populate(settings: Settings, server_url: str, source: SourceServer, count: int) -> None:
     """Store `count` conversations through the running service, plus one 'supervisor' file."""
     csv_path = write_csv(Path(settings.log_dir) / "populate.csv", conversation_rows(source, count))
-    code = batch_main([str(csv_path), "--server", server_url, "--no-progress",
-                       "--failed-rows-dir", str(settings.log_dir)])  # fmt: skip
-    assert code == 0
+    assert run_batch(csv_path, server_url) == 0  # its failed rows would go to the log folder
     response = httpx.post(
         server_url + "/download/single",
         data={"conversation_id": "conv_000", "audio_url": source.file_url("flac.flac"),
