@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,7 @@ def cli_page() -> str:
     ]
     for command in COMMANDS:
         parts.append(f"## {command.name}\n")
-        parts.append(command.summary + "\n")
+        parts.append(textwrap.fill(command.summary, 96, break_on_hyphens=False) + "\n")
         if command.help_argv is not None:
             shown = " ".join("python" if part == PYTHON else part for part in command.help_argv)
             parts.append(f"```\n$ {shown}\n{help_text(command)}```\n")
