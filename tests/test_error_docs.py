@@ -1,4 +1,4 @@
-"""Each error's code and status live on its class: answers, README, errors.py and /docs follow."""
+"""Each error's code and status live on its class: answers, docs/api.md, errors.py, /docs follow."""
 
 from __future__ import annotations
 
@@ -27,23 +27,23 @@ def answered_classes() -> list[type[errors.AudioError]]:
     ]
 
 
-def readme_error_rows() -> list[tuple[int, str]]:
-    """(status, code) of each row of the README's Errors table, in order."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n### Errors\n", 1)[1].split("\n#", 1)[0]
+def documented_error_rows() -> list[tuple[int, str]]:
+    """(status, code) of each row of the Errors table in docs/api.md, in order."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    section = text.split("\n## Errors\n", 1)[1].split("\n#", 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("|")]
     assert lines[:2] == ["| Status | `error` | When |", "|---|---|---|"]
     rows = []
     for line in lines[2:]:
         match = re.fullmatch(r"\| (\d{3}) \| `([a-z_]+)` \| [^|]+ \|", line)
-        assert match, f"unreadable row in the README's Errors table: {line}"
+        assert match, f"unreadable row in the Errors table of docs/api.md: {line}"
         rows.append((int(match[1]), match[2]))
     return rows
 
 
-def test_readme_error_table_matches_the_error_classes() -> None:
-    """Every answered class has a README row with its status and code, and no row names another."""
-    rows = readme_error_rows()
+def test_documented_error_table_matches_the_error_classes() -> None:
+    """Every answered class has a row in docs/api.md with its status and code, and no other row."""
+    rows = documented_error_rows()
     assert len(rows) == len(set(rows)), rows
     assert sorted(rows) == sorted((cls.status, cls.code) for cls in answered_classes())
 

@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     shutil.rmtree(work, ignore_errors=True)
     print(f"\nDemo finished in {time.monotonic() - started:.1f} s; temporary files removed.")
-    print("For real use: `make run`, then the same commands (see README.md).")
+    print("For real use: `make run`, then the same commands (see docs/workflow.md).")
     return 0
 
 
