@@ -15,6 +15,7 @@ from fastapi import Path as PathParam
 
 from diarization_audio import errors
 from diarization_audio.ingest.downloader import AudioDownloader, StoredAudio
+from diarization_audio.progress import MB
 from diarization_audio.service.api_models import (
     NAME_PATTERN,
     NAME_RULE,
@@ -32,7 +33,6 @@ from diarization_audio.service.api_models import (
 )
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import stored_name, wav_files
-from diarization_audio.store.schema import MB
 from diarization_audio.store.tracker import MetadataTracker
 from diarization_audio.url_secrets import scrub, shown
 

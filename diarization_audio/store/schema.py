@@ -69,12 +69,12 @@ from sqlalchemy import (
 )
 
 from diarization_audio.errors import MetadataCorrupt
+from diarization_audio.progress import MB as MB  # ingest/ reads it here too
 from diarization_audio.url_secrets import source_sha256
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 5
-MB = 1024 * 1024
 NAME_LENGTH = 128  # conversation ids and speaker labels (api_models.NAME_PATTERN)
 STAMP_LENGTH = 40  # ISO 8601 with microseconds and offset fits in 32
 DAY_LENGTH = 10  # YYYY-MM-DD at the head of every stored timestamp
