@@ -19,7 +19,7 @@ SCRIPTS: dict[str, Callable[[list[str] | None], int]] = {
     "test_single_download.py": test_single_download.main,
     "analyze_storage.py": analyze_storage.main,
     "metadata_tracker.py": metadata_tracker.main,
-    "main.py": lambda argv: main.main(),  # `make run`
+    "main.py": main.main,  # `make run`
 }
 BAD_SETTINGS = {
     "DOWNLOAD_RETRIES": ("99", "Input should be less than or equal to 20"),

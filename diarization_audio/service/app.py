@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from fastapi_standalone_docs import StandaloneDocs
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from diarization_audio import errors, metrics
+from diarization_audio import __version__, errors, metrics
 from diarization_audio.cli.common import EXIT_OK, EXIT_USAGE, fail, invalid_settings
 from diarization_audio.ingest.downloader import AudioDownloader
 from diarization_audio.ingest.ffmpeg import ffmpeg_version
@@ -24,7 +25,7 @@ from diarization_audio.service.api_models import NAME_RULE
 from diarization_audio.service.dashboard_routes import router as dashboard_router
 from diarization_audio.service.graceful import on_termination, stop_with_supervisor
 from diarization_audio.service.metrics_routes import router as metrics_router
-from diarization_audio.service.routes import VERSION, Services, protected_router, public_router
+from diarization_audio.service.routes import Services, protected_router, public_router
 from diarization_audio.settings import Settings, get_settings
 from diarization_audio.store.tracker import JsonExporter, MetadataTracker
 from diarization_audio.url_secrets import scrub
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Diarization audio downloader",
-        version=VERSION,
+        version=__version__,
         description=(
             "Downloads conversation audio from URLs, stores it as 16 kHz mono 16-bit WAV named "
             "`{conversation_id}_{speaker_label}.wav`, and records every stored hour in its "
@@ -163,7 +164,13 @@ def __getattr__(name: str) -> object:
     return _app
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        description="Serve the HTTP API, the dashboard and /metrics with uvicorn. Every setting "
+        "(HOST, PORT, API_KEY, AUDIO_STORAGE_DIR ...) comes from the environment or .env; "
+        "`uvicorn main:app --workers N` serves the same app in N processes.",
+        epilog="Exit codes: 0 stopped, 2 bad settings.",
+    ).parse_args(argv)
     try:
         settings = get_settings()
     except ValidationError as exc:  # one line naming the setting, as the scripts say it
