@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
+from diarization_audio import progress
 from diarization_audio.atomic import write_atomically
 from diarization_audio.cli.common import (
     EXIT_FAILED,
@@ -36,14 +37,6 @@ from diarization_audio.cli.common import (
 )
 from diarization_audio.cli.report_text import render, summary_line
 from diarization_audio.errors import AudioError, StorageError
-from diarization_audio.progress import (
-    daily,
-    first_day,
-    hours,
-    project,
-    rate_rule,
-    statistics_of,
-)
 from diarization_audio.store.layout import wav_files
 from diarization_audio.store.reports import LAST_DAY_SECONDS, SpeakerTotal, speech_statistics
 from diarization_audio.store.tracker import MetadataTracker
@@ -104,30 +97,30 @@ def build_report(
     if any(problems.values()):
         problems = _look_again(tracker, storage_dir)
     today = now.date()
-    start = first_day(today, 1)
+    start = progress.first_day(today, 1)
     figures = tracker.report(start.isoformat(), RECENT_FAILURES)
     totals = figures.totals
     spoken = sum(figures.speech["speaker_micros"].values())
-    stats = statistics_of(
+    stats = progress.statistics_of(
         totals, target, now.isoformat(timespec="seconds"), spoken if speech else None
     )
-    progress = stats["progress"]
+    toward = stats["progress"]
     share = spoken / totals.micros if speech and totals.micros else 1.0
-    trend = daily({d.day: d.seconds for d in figures.days}, start, today, totals.first)[-1]
-    projection = project(progress, trend.trend * share, now)
+    trend = progress.daily({d.day: d.seconds for d in figures.days}, start, today, totals.first)[-1]
+    projection = progress.project(toward, trend.trend * share, now)
     report = {
         "generated_at": stats["timestamp"],
         "metadata_store": tracker.name,
         "storage_directory": str(storage_dir),
         "summary": stats["summary"],
-        "progress": progress,
+        "progress": toward,
         "rate": {
             "window_hours": LAST_DAY_SECONDS / 3600,
-            "hours_last_24h": hours(figures.last_day_micros * share),
-            "measured_in": progress["measured_in"],
+            "hours_last_24h": progress.hours(figures.last_day_micros * share),
+            "measured_in": toward["measured_in"],
             "hours_per_day": projection.hours_per_day,
             "rate_days": trend.trend_days,
-            "rate_rule": rate_rule(trend.trend_days),
+            "rate_rule": progress.rate_rule(trend.trend_days),
             "days_to_target": projection.days_to_target,
             "projected_target_date": projection.projected_date,
         },
@@ -155,7 +148,7 @@ def _speakers(speakers: list[SpeakerTotal]) -> dict[str, dict[str, Any]]:
         group["files"] += speaker.files
         group["micros"] += speaker.audio_micros
     return {
-        name: {"files": group["files"], "hours": hours(group["micros"])}
+        name: {"files": group["files"], "hours": progress.hours(group["micros"])}
         for name, group in groups.items()
     }
 

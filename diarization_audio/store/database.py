@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Self
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, Executable, create_engine, event, func, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_SECONDS = 120  # how long a writer waits for the store's (or the export's) lock
 BATCH_ROWS = 2000
 WAL_ATTEMPTS = 100  # x 0.1 s
-_INIT_LOCK_KEY = 0x6D657461  # PostgreSQL advisory lock taken while a store is created
+# What orders PostgreSQL writers: the revision row; while a store is created, an advisory lock.
+_REVISION_LOCK = select(store_info.c.revision).with_for_update()
+_INIT_LOCK = select(func.pg_advisory_xact_lock(0x6D657461))
 BUMP_REVISION = update(store_info).values(revision=store_info.c.revision + 1)
 
 
@@ -160,12 +162,13 @@ class Database:
             yield conn
 
     @contextmanager
-    def _write_transaction(self) -> Iterator[Connection]:
+    def _write_transaction(self, pg_lock: Executable = _REVISION_LOCK) -> Iterator[Connection]:
+        """BEGIN IMMEDIATE on SQLite; on PostgreSQL, `pg_lock` taken first."""
         with self.engine.connect() as conn:
             conn.execution_options(writing=True)
             with conn.begin():
                 if not self._sqlite:
-                    conn.execute(select(store_info.c.revision).with_for_update())
+                    conn.execute(pg_lock)
                 yield conn
 
     # Opening, creating, importing, migrating -------------------------------------------------
@@ -180,7 +183,7 @@ class Database:
             if self._sqlite:
                 Path(self.url.database or ".").parent.mkdir(parents=True, exist_ok=True)
             with self._translated():
-                with self._init_transaction() as conn:
+                with self._write_transaction(_INIT_LOCK) as conn:
                     version = schema_version(conn, self.name)
                     if version is None:
                         self._create(conn)
@@ -210,15 +213,6 @@ class Database:
                 raw.close()
             time.sleep(0.1)
         log.warning("%s stays in rollback-journal mode: others kept it busy", self.name)
-
-    @contextmanager
-    def _init_transaction(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn.execution_options(writing=True)
-            with conn.begin():
-                if not self._sqlite:
-                    conn.execute(select(func.pg_advisory_xact_lock(_INIT_LOCK_KEY)))
-                yield conn
 
     def _create(self, conn: Connection) -> None:
         """A new store; the JSON document of the earlier design, if there is one, imported."""
