@@ -117,3 +117,20 @@ def test_an_installed_package_puts_the_console_command_on_path(tmp_path: Path) -
         assert f"\n  {name} " in helped.stdout
     version = run(str(home / "bin" / "diarization-audio"), "--version", cwd=tmp_path)
     assert version.stdout == f"diarization-audio {diarization_audio.SOURCE_VERSION}\n"
+
+
+def test_the_console_command_loads_a_subcommand_only_when_it_runs() -> None:
+    """Listing the commands imports none of them (only the packages that hold them): no
+    server, store, numpy or ffmpeg code."""
+    probe = (
+        "import contextlib, io, sys\n"
+        "from diarization_audio.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main.main(['--help'])\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('diarization_audio.',"
+        " 'numpy', 'sqlalchemy', 'fastapi', 'httpx')))))\n"
+    )
+    done = run(sys.executable, "-c", probe)
+    assert done.returncode == 0, done.stderr
+    packages = {"diarization_audio.cli", "diarization_audio.service"}
+    assert set(done.stdout.split()) == {*packages, "diarization_audio.cli.main"}

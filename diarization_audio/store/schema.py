@@ -2,7 +2,7 @@
 
 One definition serves SQLite and PostgreSQL (SQLAlchemy Core). `SCHEMA_VERSION` is the version
 these tables describe; a store of any other version that `MIGRATIONS` cannot bring up to date,
-one step each, is refused. metadata_tracker.py opens every connection and transaction; the
+one step each, is refused. store/database.py opens every connection and transaction; the
 functions here run inside the ones it hands them.
 
 Tables:

@@ -1,7 +1,7 @@
-"""Speech labels in the metadata store: who spoke when on each leg, quality flags, speech totals.
+"""Speech labels in the metadata store: who spoke when on each leg, and quality flags.
 
-The functions here run inside the transactions metadata_tracker.py hands them (as those of
-store/schema.py do); nothing else reads or writes these tables. Labels belong to one
+The functions here run inside the transactions store/tracker.py hands them (as those of
+store/schema.py do); nothing else writes these tables (store/reports.py sums them). Labels belong to one
 version of a file: a row names the file's checksum, and a replaced file loses its labels in
 the transaction that records the replacement, so stale labels are never read as current.
 """
