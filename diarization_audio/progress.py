@@ -137,6 +137,9 @@ def daily(
 
 
 def rate_rule(days: int) -> str:
+    """How the rate over `days` days was taken, in words."""
+    if days == 1:
+        return "today's hours (the collection began today)"
     return f"mean of the last {days} days' hours, today included"
 
 

@@ -1,9 +1,10 @@
 """Speech labels in the metadata store: who spoke when on each leg, and quality flags.
 
 The functions here run inside the transactions store/tracker.py hands them (as those of
-store/schema.py do); nothing else writes these tables (store/reports.py sums them). Labels belong to one
-version of a file: a row names the file's checksum, and a replaced file loses its labels in
-the transaction that records the replacement, so stale labels are never read as current.
+store/schema.py do); nothing else writes these tables (store/reports.py sums them). Labels
+belong to one version of a file: a row names the file's checksum, and a replaced file loses
+its labels in the transaction that records the replacement, so stale labels are never read as
+current.
 """
 
 from __future__ import annotations
