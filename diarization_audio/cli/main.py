@@ -29,7 +29,7 @@ COMMANDS = {
     "store": ("diarization_audio.cli.store", "statistics, JSON export, labelling",
               "metadata_tracker.py"),
     "export": ("diarization_audio.cli.export", "write the training set", "export_dataset.py"),
-    "demo": ("diarization_audio.cli.demo", "the whole workflow offline", "demo.py"),
+    "demo": ("diarization_audio.cli.demo", "the whole workflow offline", "make demo"),
 }  # fmt: skip
 
 
