@@ -43,6 +43,11 @@ def hours(micros: float) -> float:
     return round(micros / HOUR_MICROS, 4)
 
 
+def speech_share(speech_micros: float, audio_micros: float) -> float:
+    """Speech hours / audio hours (0 before any audio): what speech progress moves at."""
+    return speech_micros / audio_micros if audio_micros else 0.0
+
+
 def check_target(target_hours: float) -> float:
     if not (isinstance(target_hours, (int, float)) and math.isfinite(target_hours)):
         raise InvalidInput(f"target_hours must be a positive number, got {target_hours!r}")

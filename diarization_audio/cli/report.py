@@ -105,7 +105,7 @@ def build_report(
         totals, target, now.isoformat(timespec="seconds"), spoken if speech else None
     )
     toward = stats["progress"]
-    share = spoken / totals.micros if speech and totals.micros else 1.0
+    share = progress.speech_share(spoken, totals.micros) if speech else 1.0
     trend = progress.daily({d.day: d.seconds for d in figures.days}, start, today, totals.first)[-1]
     projection = progress.project(toward, trend.trend * share, now)
     report = {

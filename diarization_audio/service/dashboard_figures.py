@@ -21,6 +21,7 @@ from diarization_audio.progress import (
     hours,
     project,
     rate_rule,
+    speech_share,
     statistics_of,
 )
 from diarization_audio.service.api_models import LegQualityPublic, ProgressPublic, SummaryPublic
@@ -137,7 +138,7 @@ def figures(report: Report, target_hours: float, now: str) -> DashboardPublic:
     spoken = sum(report.speech["speaker_micros"].values())
     audio_stats = statistics_of(totals, target_hours, now)
     speech_stats = statistics_of(totals, target_hours, now, spoken)
-    share = spoken / totals.micros if totals.micros else 0.0
+    share = speech_share(spoken, totals.micros)
     today = date.fromisoformat(now[:10])
     days = daily(
         {d.day: d.seconds for d in report.days},

@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from diarization_audio.progress import Totals, hours
+from diarization_audio.progress import Totals, hours, speech_share
 from diarization_audio.store.schema import (
     conversation_flags,
     conversations,
@@ -307,7 +307,7 @@ def speech_statistics(summary: Mapping[str, Any], audio_micros: int) -> dict[str
         "speech_hours": hours(total),
         "speech_hours_by_speaker": {k: hours(v) for k, v in sorted(per_speaker.items())},
         "overlap_hours": hours(summary["overlap_micros"]),
-        "speech_share": round(total / audio_micros, 4) if audio_micros else 0.0,
+        "speech_share": round(speech_share(total, audio_micros), 4),
         "flagged_conversations": summary["flagged_conversations"],
         "flags": summary["flags"],
         "quality": summary["quality"],
