@@ -12,6 +12,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help install system-packages demo-packages test lint format run demo bench bench-smoke clean
 
 help:
+	@echo "make install - the pinned requirements and the diarization-audio command, in .venv"
 	@echo "make demo   - the whole workflow offline, on temporary storage (installs Asterisk's recorded prompts from apt first if missing)"
 	@echo "make test   - every test (installs PostgreSQL and Chromium from apt first if missing)"
 	@echo "make run    - start the service (HOST/PORT from .env or the environment)"
@@ -24,7 +25,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
+# The package itself, editable, so that `.venv/bin/diarization-audio` runs this tree's code.
 install: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 
 # Any initdb will do: the tests make a throw-away cluster with it and never use the system one.
 PG_INITDB ?= $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) \

@@ -1,7 +1,8 @@
 """The service: `python main.py` serves it (HOST, PORT from the settings); `uvicorn main:app`
-imports `app` from here. The code is in diarization_audio/service/app.py."""
+imports `app` from here. The code is in diarization_audio/service/app.py and
+diarization_audio/cli/serve.py."""
 
-from diarization_audio.service.app import main
+from diarization_audio.cli.serve import main
 
 
 def __getattr__(name: str) -> object:

@@ -14,3 +14,15 @@ modules listed under it (tests/test_layers.py holds the rule):
 The shared modules at this level (settings, errors, logs, metrics, processes, url_secrets)
 import nothing from the subpackages.
 """
+
+from importlib import metadata
+
+DISTRIBUTION = "diarization-audio-downloader"
+# The version of a source tree run without installing it: pyproject.toml's, which a test
+# keeps equal to this.
+SOURCE_VERSION = "1.0.0"
+
+try:
+    __version__ = metadata.version(DISTRIBUTION)
+except metadata.PackageNotFoundError:
+    __version__ = SOURCE_VERSION

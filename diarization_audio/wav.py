@@ -90,9 +90,10 @@ def pcm_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
 
 
 @contextmanager
-def wav_writer(path: Path | str) -> Iterator[wave.Wave_write]:
-    """A new 16 kHz mono 16-bit WAV at `path`: write the samples with `writeframes`."""
-    with wave.open(str(path), "wb") as out:
+def wav_writer(target: Path | str | IO[bytes]) -> Iterator[wave.Wave_write]:
+    """A new 16 kHz mono 16-bit WAV at `target` (a path or a file open for writing): write the
+    samples with `writeframes`."""
+    with wave.open(target if not isinstance(target, Path) else str(target), "wb") as out:
         out.setnchannels(CHANNELS)
         out.setsampwidth(SAMPLE_WIDTH)
         out.setframerate(SAMPLE_RATE)

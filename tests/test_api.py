@@ -417,7 +417,8 @@ def test_numbers_beyond_any_collection_are_refused_not_overflowed(client: TestCl
 def test_statistics_can_count_progress_in_speech_hours(
     client: TestClient, source: SourceServer
 ) -> None:
-    """?speech=true measures progress in speech hours; the speech section is always there."""
+    """?speech=true measures progress in speech hours, and changes nothing else: the summary
+    stays in audio units; the speech section is always there."""
     data = {"conversation_id": "sp1", "audio_url": source.file_url("mp3.mp3")}
     assert client.post("/download/single", data=data).status_code == 200
     audio = labelled_statistics(client, target_hours=1)
@@ -427,3 +428,4 @@ def test_statistics_can_count_progress_in_speech_hours(
     assert speech["progress"]["measured_in"] == "speech"
     assert speech["progress"]["current_hours"] == speech["speech"]["speech_hours"]
     assert speech["speech"]["labelled_files"] == 1
+    assert speech["summary"] == audio["summary"]

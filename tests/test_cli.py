@@ -10,8 +10,8 @@ from support.cli_helpers import use_settings
 from diarization_audio.cli import batch as batch_download_from_csv
 from diarization_audio.cli import check as test_single_download
 from diarization_audio.cli import report as analyze_storage
+from diarization_audio.cli import serve as main
 from diarization_audio.cli import store as metadata_tracker
-from diarization_audio.service import app as main
 from diarization_audio.settings import Settings, get_settings
 
 SCRIPTS: dict[str, Callable[[list[str] | None], int]] = {
@@ -19,7 +19,7 @@ SCRIPTS: dict[str, Callable[[list[str] | None], int]] = {
     "test_single_download.py": test_single_download.main,
     "analyze_storage.py": analyze_storage.main,
     "metadata_tracker.py": metadata_tracker.main,
-    "main.py": lambda argv: main.main(),  # `make run`
+    "main.py": main.main,  # `make run`
 }
 BAD_SETTINGS = {
     "DOWNLOAD_RETRIES": ("99", "Input should be less than or equal to 20"),
@@ -76,3 +76,11 @@ def test_numbers_that_must_be_positive_are_refused_as_usage_errors(
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert f"error: argument {option}: {message}" in err
+
+
+def test_the_default_csv_is_the_checkouts_example() -> None:
+    """Run without a CSV argument, the batch script reads examples/conversations.csv."""
+    from diarization_audio.cli.conversations_csv import DEFAULT_CSV
+
+    assert DEFAULT_CSV == Path(__file__).resolve().parents[1] / "examples" / "conversations.csv"
+    assert DEFAULT_CSV.is_file()

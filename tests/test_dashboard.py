@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from support.stores import make_settings
 
+from diarization_audio.cli.report import build_report
 from diarization_audio.service.app import create_app
 from diarization_audio.service.dashboard_figures import DAYS_SHOWN, DashboardPublic, dashboard
 from diarization_audio.service.dashboard_routes import (
@@ -305,3 +306,25 @@ def test_docs_load_their_assets_from_the_service(client: TestClient) -> None:
             served = client.get(asset)
             assert served.status_code == 200 and len(served.content) > 100_000
     assert '"validatorUrl": null' in client.get("/docs").text
+
+
+def test_the_report_and_the_dashboard_project_the_same_date(
+    tracker: MetadataTracker, tmp_path: Path
+) -> None:
+    """The storage report (and so the hourly monitor's line) projects the target date at the
+    dashboard's rate, for audio and for speech hours."""
+    record_days(tracker, {10: 4.0, 6: 2.0, 3: 1.0, 0: 0.5})
+    half = {label: leg(f"d0_{label}", 900, today()) for label in ("agent", "customer")}
+    spoken = {
+        label: LegLabels(f.sha256, f.sha256, [(0.0, 450.0)], 0.0, True) for label, f in half.items()
+    }
+    assert tracker.save_labels("d0", spoken, 0.0, {}, {"detector": "test"})
+    page = dashboard(tracker, 100)
+    now = datetime.fromisoformat(page.generated_at)
+    for speech, shown in ((False, page.audio), (True, page.speech)):
+        report, _ = build_report(tracker, tmp_path, 100, now, speech)
+        rate = report["rate"]
+        assert rate["hours_per_day"] == shown.projection.hours_per_day > 0
+        assert rate["days_to_target"] == shown.projection.days_to_target
+        assert rate["projected_target_date"] == shown.projection.projected_date
+        assert rate["rate_days"] == page.per_day.rate_days == 7

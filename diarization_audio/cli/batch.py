@@ -57,6 +57,7 @@ from diarization_audio.settings import get_settings
 EXIT_UNREACHABLE = 3
 BUSY_ATTEMPTS = 4  # a service with every job slot taken says when to come back
 BUSY_MAX_WAIT_SECONDS = 60.0
+COLUMNS = Columns()  # the default column names
 
 
 # The service -----------------------------------------------------------------------------
@@ -230,10 +231,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "and its rows go to the others")  # fmt: skip
     add("--concurrency", type=positive_int, default=4, metavar="N",
         help="conversations in flight at once, over all servers (default 4)")  # fmt: skip
-    add("--id-column", default="conversation_id", metavar="NAME", help="default: %(default)s")
-    add("--agent-column", default="agent_audio_url", metavar="NAME", help="default: %(default)s")
-    add("--customer-column", metavar="NAME", help="optional; default: customer_audio_url")
-    add("--agent-id-column", default="agent_id", metavar="NAME",
+    add("--id-column", default=COLUMNS.conversation_id, metavar="NAME",
+        help="default: %(default)s")  # fmt: skip
+    add("--agent-column", default=COLUMNS.agent, metavar="NAME", help="default: %(default)s")
+    add("--customer-column", metavar="NAME", help=f"optional; default: {COLUMNS.customer}")
+    add("--agent-id-column", default=COLUMNS.agent_id, metavar="NAME",
         help="optional column of agent ids (default: %(default)s)")  # fmt: skip
     add("--overwrite", action="store_true", help="download again what is already stored")
     add("--stop-at-target", type=positive_float, metavar="HOURS",
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         columns = Columns(
             args.id_column,
             args.agent_column,
-            args.customer_column or "customer_audio_url",
+            args.customer_column or COLUMNS.customer,
             customer_required=args.customer_column is not None,
             agent_id=args.agent_id_column,
         )
@@ -330,8 +332,9 @@ def _retry_command(path: Path, args: argparse.Namespace) -> str:
     parts = ["python3 batch_download_from_csv.py", str(path)]
     for server in args.server or []:
         parts += ["--server", server]
-    defaults = {"id_column": "conversation_id", "agent_column": "agent_audio_url"}
-    for option, default in {**defaults, "customer_column": None}.items():
+    defaults = {"id_column": COLUMNS.conversation_id, "agent_column": COLUMNS.agent,
+                "customer_column": None, "agent_id_column": COLUMNS.agent_id}  # fmt: skip
+    for option, default in defaults.items():
         value = getattr(args, option)
         if value != default:
             parts += [f"--{option.replace('_', '-')}", str(value)]

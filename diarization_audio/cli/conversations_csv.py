@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import csv
 import itertools
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from diarization_audio.atomic import write_atomically
 from diarization_audio.errors import InvalidInput
 from diarization_audio.names import validate_name, validate_url
 
-DEFAULT_CSV = Path(__file__).resolve().parent / "examples" / "conversations.csv"
+DEFAULT_CSV = (
+    Path(__file__).resolve().parents[2] / "examples" / "conversations.csv"
+)  # the checkout's
 
 
 @dataclass(frozen=True)
@@ -122,26 +124,18 @@ def write_failed_rows(directory: Path, fieldnames: list[str], rows: Sequence[Row
     place), and never replaces another run's: two runs in one second get distinct names."""
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    temporary = directory / f".failed_rows_{stamp}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fieldnames)
-            writer.writeheader()
-            for row in sorted(rows, key=lambda r: r.line):
-                writer.writerow(row.record)
-            handle.flush()
-            os.fsync(handle.fileno())
-        for suffix in itertools.count(1):
-            path = directory / f"failed_rows_{stamp}{f'_{suffix}' if suffix > 1 else ''}.csv"
-            try:
-                os.link(temporary, path)  # fails, rather than replaces, if the name is taken
-            except FileExistsError:
-                continue
-            except OSError:  # a filesystem without hard links: rename, having looked first
-                if path.exists():
-                    continue
-                os.replace(temporary, path)
-            return path
-        raise AssertionError("unreachable")  # itertools.count never ends
-    finally:
-        temporary.unlink(missing_ok=True)
+
+    def write(handle: IO[str]) -> None:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        for row in sorted(rows, key=lambda r: r.line):
+            writer.writerow(row.record)
+
+    for suffix in itertools.count(1):
+        path = directory / f"failed_rows_{stamp}{f'_{suffix}' if suffix > 1 else ''}.csv"
+        try:
+            write_atomically(path, write, newline="", overwrite=False)
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")  # itertools.count never ends

@@ -45,7 +45,8 @@ from diarization_audio.cli.common import (
     invalid_settings,
     positive_float,
 )
-from diarization_audio.cli.report import build_report, summary_line
+from diarization_audio.cli.report import build_report
+from diarization_audio.cli.report_text import summary_line
 from diarization_audio.errors import AudioError
 from diarization_audio.settings import Settings, get_settings
 from diarization_audio.store.tracker import MetadataTracker

@@ -1,6 +1,7 @@
 """Storage analysis: progress toward a target, collection rate, speakers, durations, consistency.
 
-It reads the store through metadata_tracker (one read transaction, so one consistent view) and
+Its figures are the store's reports (store/reports.py) and the projection of
+diarization_audio.progress, the same as the dashboard's. It reads the store and
 lists the storage directory; it writes neither, so it is safe to run while the service is
 downloading. The consistency check compares the two without a lock;
 only a problem it finds is looked at again under the tracker's write lock, so a file that the
@@ -15,16 +16,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
-import statistics
 import sys
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydantic import ValidationError
 
+from diarization_audio import progress
+from diarization_audio.atomic import write_atomically
 from diarization_audio.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -34,24 +35,20 @@ from diarization_audio.cli.common import (
     positive_float,
     script_settings,
 )
+from diarization_audio.cli.report_text import render, summary_line
 from diarization_audio.errors import AudioError, StorageError
-from diarization_audio.store.json_export import statistics_of
 from diarization_audio.store.layout import wav_files
-from diarization_audio.store.speech_labels import speech_statistics
+from diarization_audio.store.reports import LAST_DAY_SECONDS, SpeakerTotal, speech_statistics
 from diarization_audio.store.tracker import MetadataTracker
 
 EXIT_BELOW_TARGET, EXIT_INCONSISTENT = 3, 4
-RATE_WINDOW = timedelta(hours=24)
 SPEAKER_GROUPS = ("agent", "customer", "other")
 EXPORT_COLUMNS = [
     "conversation_id", "speaker_label", "filename", "filepath", "url", "duration_seconds",
     "file_size_bytes", "file_size_mb", "sample_rate", "channels", "sha256", "downloaded_at",
     "conversation_created_at", "conversation_updated_at",
 ]  # fmt: skip
-BAR_WIDTH = 40
 RECENT_FAILURES = 5
-FLAGS_SHOWN = 20
-MB = 1024 * 1024
 
 
 # Reading ---------------------------------------------------------------------------------
@@ -91,102 +88,68 @@ def build_report(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Everything the script prints, as a JSON-ready dictionary, and the rows it came from.
 
-    With `speech`, progress counts speech hours, and the pace of the last 24 hours is taken as
-    their audio hours times the collection's speech share.
+    With `speech`, progress counts speech hours, and the rate is the audio rate times the
+    collection's speech share (diarization_audio.progress says how the target date is projected).
     """
-    rows, totals = tracker.snapshot()
+    rows, _ = tracker.snapshot()
     on_disk = wav_files(storage_dir)
     problems = consistency(rows, on_disk)
     if any(problems.values()):
         problems = _look_again(tracker, storage_dir)
-    summary = tracker.speech_summary()
-    spoken = sum(summary["speaker_micros"].values())
-    stamp = now.isoformat(timespec="seconds")
-    stats = statistics_of(totals, target, stamp, spoken if speech else None)
-    speech_report = speech_statistics(summary, totals.micros)
-    progress = stats["progress"]
-    rate = _rate(rows, now, tracker.tz)
-    if speech:
-        rate["hours_last_24h"] = round(rate["hours_last_24h"] * speech_report["speech_share"], 4)
-    rate["measured_in"] = progress["measured_in"]
+    today = now.date()
+    start = progress.first_day(today, 1)
+    figures = tracker.report(start.isoformat(), RECENT_FAILURES)
+    totals = figures.totals
+    spoken = sum(figures.speech["speaker_micros"].values())
+    stats = progress.statistics_of(
+        totals, target, now.isoformat(timespec="seconds"), spoken if speech else None
+    )
+    toward = stats["progress"]
+    share = progress.speech_share(spoken, totals.micros) if speech else 1.0
+    trend = progress.daily({d.day: d.seconds for d in figures.days}, start, today, totals.first)[-1]
+    projection = progress.project(toward, trend.trend * share, now)
     report = {
         "generated_at": stats["timestamp"],
         "metadata_store": tracker.name,
         "storage_directory": str(storage_dir),
         "summary": stats["summary"],
-        "progress": progress,
-        "rate": {**rate, **_projection(progress, rate["hours_last_24h"], now)},
-        "speakers": _speakers(rows),
-        "speech": speech_report,
+        "progress": toward,
+        "rate": {
+            "window_hours": LAST_DAY_SECONDS / 3600,
+            "hours_last_24h": progress.hours(figures.last_day_micros * share),
+            "measured_in": toward["measured_in"],
+            "hours_per_day": projection.hours_per_day,
+            "rate_days": trend.trend_days,
+            "rate_rule": progress.rate_rule(trend.trend_days),
+            "days_to_target": projection.days_to_target,
+            "projected_target_date": projection.projected_date,
+        },
+        "speakers": _speakers(figures.speakers),
+        "speech": speech_statistics(figures.speech, totals.micros),
         "flagged": [
             {"conversation_id": cid, "reason": reason, "detail": detail}
             for cid, reason, detail in tracker.flags()
         ],
-        "durations": _durations(rows),
+        "durations": {"conversations": figures.lengths.conversations}
+        | {key: figures.lengths.quantiles.get(key) for key in ("min", "median", "p90", "max")},
         "storage": _storage(rows, on_disk, storage_dir),
-        "failures": tracker.failure_summary(recent=RECENT_FAILURES),
+        "failures": figures.failures,
         "consistency": {"ok": not any(problems.values()), **problems},
     }
     return report, rows
 
 
-def _rate(rows: list[dict[str, Any]], now: datetime, tz: tzinfo) -> dict[str, Any]:
-    cutoff = now - RATE_WINDOW
-    seconds = 0.0
-    for row in rows:
-        moment = datetime.fromisoformat(row["downloaded_at"])
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=tz)
-        if cutoff <= moment <= now:
-            seconds += float(row["duration_seconds"])
+def _speakers(speakers: list[SpeakerTotal]) -> dict[str, dict[str, Any]]:
+    """Files and audio hours of the agents, the customers, and every other label together."""
+    groups = {name: {"files": 0, "micros": 0} for name in SPEAKER_GROUPS}
+    for speaker in speakers:
+        label = speaker.speaker_label
+        group = groups[label if label in groups else "other"]
+        group["files"] += speaker.files
+        group["micros"] += speaker.audio_micros
     return {
-        "window_hours": RATE_WINDOW.total_seconds() / 3600,
-        "hours_last_24h": round(seconds / 3600, 4),
-    }
-
-
-def _projection(progress: dict[str, Any], per_day: float, now: datetime) -> dict[str, Any]:
-    """When the target is reached if collection goes on at the last 24 hours' pace."""
-    if progress["target_reached"]:
-        return {"days_to_target": 0.0, "projected_target_date": now.date().isoformat()}
-    if per_day <= 0:
-        return {"days_to_target": None, "projected_target_date": None}
-    days = progress["remaining_hours"] / per_day
-    try:
-        date = (now + timedelta(days=days)).date().isoformat()
-    except OverflowError:
-        date = None
-    return {"days_to_target": round(days, 2), "projected_target_date": date}
-
-
-def _speakers(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    groups = {name: {"files": 0, "hours": 0.0} for name in SPEAKER_GROUPS}
-    for row in rows:
-        group = groups[row["speaker_label"] if row["speaker_label"] in groups else "other"]
-        group["files"] += 1
-        group["hours"] += float(row["duration_seconds"]) / 3600
-    for group in groups.values():
-        group["hours"] = round(group["hours"], 4)
-    return groups
-
-
-def _durations(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Distribution of conversation lengths (all speakers together), in seconds."""
-    per_conversation: dict[str, float] = {}
-    for row in rows:
-        cid = row["conversation_id"]
-        per_conversation[cid] = per_conversation.get(cid, 0.0) + float(row["duration_seconds"])
-    seconds = sorted(per_conversation.values())
-    if not seconds:
-        return {"conversations": 0, "min": None, "median": None, "p90": None, "max": None}
-    # quantiles() needs two values; one conversation is its own 90th percentile.
-    p90 = statistics.quantiles(seconds, n=10, method="inclusive")[8] if seconds[1:] else seconds[0]
-    return {
-        "conversations": len(seconds),
-        "min": round(seconds[0], 3),
-        "median": round(statistics.median(seconds), 3),
-        "p90": round(p90, 3),
-        "max": round(seconds[-1], 3),
+        name: {"files": group["files"], "hours": progress.hours(group["micros"])}
+        for name, group in groups.items()
     }
 
 
@@ -205,154 +168,18 @@ def _storage(
     }
 
 
-# Output ----------------------------------------------------------------------------------
-
-
-def render(report: dict[str, Any]) -> str:
-    """The report for a person."""
-    p, rate, sizes = report["progress"], report["rate"], report["storage"]
-    filled = round(BAR_WIDTH * p["progress_percentage"] / 100)
-    lines = [
-        f"Storage report {report['generated_at']}",
-        f"  metadata {report['metadata_store']}, storage {report['storage_directory']}",
-        "",
-        f"Progress toward {p['target_hours']:g} h of {p['measured_in']}",
-        f"  [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {p['progress_percentage']:.2f}%"
-        + ("  TARGET REACHED" if p["target_reached"] else ""),
-        f"  collected  {_hours(p['current_hours'])} in "
-        f"{report['summary']['total_conversations']} conversations",
-        f"  remaining  {_hours(p['remaining_hours'])}, about "
-        f"{p['estimated_conversations_needed']} more conversations",
-        f"  last 24 h  {_hours(rate['hours_last_24h'])} collected; {_eta(rate, p)}",
-        "",
-        "Hours by speaker",
-    ]
-    for name, group in report["speakers"].items():
-        lines.append(f"  {name:<9} {_hours(group['hours'])} in {group['files']} files")
-    lines += ["", *_speech(report["speech"], report["flagged"])]
-    d = report["durations"]
-    lines += ["", f"Conversation durations ({d['conversations']} conversations)"]
-    if d["conversations"]:
-        lines.append(
-            "  " + "   ".join(f"{key} {_clock(d[key])}" for key in ("min", "median", "p90", "max"))
-        )
-    free = "unknown" if sizes["free_bytes"] is None else _size(sizes["free_bytes"])
-    lines += [
-        "",
-        "Storage",
-        f"  {sizes['wav_files']} .wav files, {_size(sizes['wav_bytes'])} on disk "
-        f"(metadata records {_size(sizes['recorded_bytes'])}); {free} free",
-        "",
-        *_failures(report["failures"]),
-        "",
-        "Consistency",
-        *_problems(report["consistency"]),
-    ]
-    return "\n".join(lines)
-
-
-def _speech(speech: dict[str, Any], flagged: list[dict[str, str]]) -> list[str]:
-    lines = [
-        f"Speech ({speech['labelled_files']} files labelled, {speech['unlabelled_files']} waiting)",
-        f"  speech     {_hours(speech['speech_hours'])}, {speech['speech_share']:.1%} of the "
-        f"audio; both talking {_hours(speech['overlap_hours'])}",
-    ]
-    lines += [f"  {name:<9}  {_hours(hours)}"
-              for name, hours in speech["speech_hours_by_speaker"].items()]  # fmt: skip
-    quality = speech["quality"]
-    median = quality["snr_median_db"]
-    unknown = speech["labelled_files"] - quality["snr_measured_legs"]
-    lines.append(
-        f"  SNR        median {'unknown' if median is None else f'{median:.1f} dB'} over "
-        f"{quality['snr_measured_legs']} legs ({unknown} without speech or measured before); "
-        f"{speech['flags'].get('low_snr', 0)} conversations low_snr"
-    )
-    lines.append(
-        f"  music      {quality['legs_with_music']} legs with music or tones; "
-        f"{speech['flags'].get('music', 0)} conversations music"
-    )
-    lines += ["", f"Flagged conversations: {speech['flagged_conversations']} (left out of "
-              "dataset exports unless asked for)"]  # fmt: skip
-    lines += [f"  {reason:<22} {count}" for reason, count in speech["flags"].items()]
-    lines += [f"  {f['conversation_id']}: {f['reason']}: {f['detail']}"
-              for f in flagged[:FLAGS_SHOWN]]  # fmt: skip
-    if len(flagged) > FLAGS_SHOWN:
-        lines.append(f"  ... {len(flagged) - FLAGS_SHOWN} more (--json lists every one)")
-    return lines
-
-
-def _failures(failures: dict[str, Any]) -> list[str]:
-    lines = [f"Failed attempts: {failures['total']} in all, {failures['last_24_hours']} in the "
-             "last 24 h"]  # fmt: skip
-    lines += [f"  {code:<22} {count}" for code, count in failures["by_error_last_24_hours"].items()]
-    lines += [f"  latest: {f['failed_at']} {f['conversation_id']}_{f['speaker_label']} "
-              f"{f['error_code']}: {f['detail']}" for f in failures.get("recent", [])]  # fmt: skip
-    return lines
-
-
-def summary_line(report: dict[str, Any]) -> str:
-    """The report in one line, for logs (hourly_monitor.sh)."""
-    p, rate, c = report["progress"], report["rate"], report["consistency"]
-    problems = sum(len(c[k]) for k in ("missing_files", "size_mismatches", "unknown_files"))
-    of_speech = " of speech" if p["measured_in"] == "speech" else ""
-    return (
-        f"{p['current_hours']:.4f}/{p['target_hours']:g} h{of_speech} "
-        f"({p['progress_percentage']:.2f}%), "
-        f"{report['summary']['total_conversations']} conversations, "
-        f"{p['remaining_hours']:.4f} h to go (~{p['estimated_conversations_needed']} "
-        f"conversations), last 24 h +{rate['hours_last_24h']:.4f} h, "
-        f"projected {rate['projected_target_date'] or 'unknown'}, "
-        f"{report['storage']['wav_files']} files {_size(report['storage']['wav_bytes'])}, "
-        f"{problems} consistency problems"
-    )
-
-
-def _problems(check: dict[str, Any]) -> list[str]:
-    if check["ok"]:
-        return ["  OK: every entry has its file and every .wav file has an entry"]
-    lines = [f"  missing  {name} (in metadata, not on disk)" for name in check["missing_files"]]
-    lines += [
-        f"  size     {m['file']} recorded {m['recorded_bytes']} bytes, on disk {m['actual_bytes']}"
-        for m in check["size_mismatches"]
-    ]
-    lines += [f"  unknown  {name} (on disk, not in metadata)" for name in check["unknown_files"]]
-    return [f"  {len(lines)} problems:", *lines]
-
-
-def _eta(rate: dict[str, Any], progress: dict[str, Any]) -> str:
-    if progress["target_reached"]:
-        return "target reached"
-    if rate["projected_target_date"] is None:
-        return "no projection (nothing collected in the last 24 h)"
-    days, date = rate["days_to_target"], rate["projected_target_date"]
-    return f"at this pace the target is reached in {days:g} days, around {date}"
-
-
-def _hours(hours: float) -> str:
-    return f"{hours:.4f} h ({_clock(hours * 3600)})"
-
-
-def _clock(seconds: float) -> str:
-    whole = round(seconds)
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
-
-
-def _size(size: int) -> str:
-    return f"{size / MB / 1024:.2f} GB" if size >= 1024 * MB else f"{size / MB:.2f} MB"
-
-
 def export_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """Write the rows to `path` atomically, the known columns first, then any others."""
     extra = sorted({key for row in rows for key in row} - set(EXPORT_COLUMNS))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+    def write(handle: IO[str]) -> None:
+        writer = csv.DictWriter(handle, fieldnames=EXPORT_COLUMNS + extra)
+        writer.writeheader()
+        writer.writerows(rows)
+
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=EXPORT_COLUMNS + extra)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        write_atomically(path, write, newline="")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write {path}: {exc}") from exc
 
 
@@ -402,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             written.append(f"metadata exported to {args.export_csv}")
         if args.save:
             saved = Path(f"storage_report_{now.strftime('%Y%m%d_%H%M%S')}.json")
-            saved.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            write_atomically(
+                saved, lambda handle: handle.write(json.dumps(report, indent=2) + "\n")
+            )
             written.append(f"report saved to {saved}")
     except ValidationError as exc:
         return fail(EXIT_USAGE, invalid_settings(exc))

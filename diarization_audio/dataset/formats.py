@@ -11,13 +11,14 @@ import gzip
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
+from diarization_audio.atomic import write_atomically
 from diarization_audio.wav import SAMPLE_RATE, SAMPLE_WIDTH, pcm_chunks, wav_writer
 
 CHUNK_SAMPLES = SAMPLE_RATE * 60
@@ -55,20 +56,6 @@ class Item:
     flags: tuple[str, ...]  # the conversation's quality flag reasons, sorted
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _temporary(target: Path) -> tuple[int, str]:
-    """A new file beside `target` with the permissions a plain open() would give it (mkstemp
-    alone makes it private to its owner)."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())
-    return fd, name
-
-
 def write_if_changed(path: Path, data: bytes) -> bool:
     """Write `data` to `path` atomically unless it already holds exactly that; True if written."""
     try:
@@ -77,14 +64,7 @@ def write_if_changed(path: Path, data: bytes) -> bool:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = _temporary(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda handle: handle.write(data), binary=True)
     return True
 
 
@@ -116,20 +96,17 @@ def write_mix(first: Path, second: Path, target: Path) -> int:
     )
     scale = min(1.0, 32767 / peak) if peak else 1.0
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = _temporary(target)
-    os.close(fd)
-    samples = 0
-    try:
-        with wav_writer(temporary) as out:
+
+    def write(handle: IO[bytes]) -> int:
+        samples = 0
+        with wav_writer(handle) as out:
             for chunk in _summed(first, second):
                 mixed = chunk if scale == 1.0 else np.round(chunk * scale)
                 out.writeframes(mixed.astype("<i2").tobytes())
                 samples += len(chunk)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return samples
+        return samples
+
+    return write_atomically(target, write, binary=True)
 
 
 def rttm_text(uri: str, turns: Sequence[Turn]) -> str:

@@ -20,8 +20,8 @@ from diarization_audio import metrics
 from diarization_audio.errors import AudioError, SourceError, SourceTimeout, TooLarge
 from diarization_audio.ingest.growing_file import GrowingFile
 from diarization_audio.ingest.url_policy import GuardedTransport, UrlPolicy
+from diarization_audio.progress import MB
 from diarization_audio.settings import Settings
-from diarization_audio.store.schema import MB
 
 MAX_REDIRECTS = 5
 RATE_COALESCE_SECONDS = 0.25

@@ -26,9 +26,10 @@ from diarization_audio.errors import (
     StorageError,
     UrlConflict,
 )
+from diarization_audio.progress import MB
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import remove_leftovers, stored_name, temporary_stem
-from diarization_audio.store.schema import MB, StoredFile
+from diarization_audio.store.schema import StoredFile
 from diarization_audio.store.tracker import MetadataTracker
 from diarization_audio.url_secrets import scrub, shown, source_sha256
 from diarization_audio.wav import HASH_CHUNK_BYTES, pcm_chunks, read_wav_info, sha256_of

@@ -7,16 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_standalone_docs import StandaloneDocs
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from diarization_audio import errors, metrics
-from diarization_audio.cli.common import EXIT_OK, EXIT_USAGE, fail, invalid_settings
+from diarization_audio import __version__, errors, metrics
 from diarization_audio.ingest.downloader import AudioDownloader
 from diarization_audio.ingest.ffmpeg import ffmpeg_version
 from diarization_audio.logs import setup_logging
@@ -24,7 +21,7 @@ from diarization_audio.names import NAME_RULE
 from diarization_audio.service.dashboard_routes import router as dashboard_router
 from diarization_audio.service.graceful import on_termination, stop_with_supervisor
 from diarization_audio.service.metrics_routes import router as metrics_router
-from diarization_audio.service.routes import VERSION, Services, protected_router, public_router
+from diarization_audio.service.routes import Services, protected_router, public_router
 from diarization_audio.settings import Settings, get_settings
 from diarization_audio.store.tracker import JsonExporter, MetadataTracker
 from diarization_audio.url_secrets import scrub
@@ -70,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Diarization audio downloader",
-        version=VERSION,
+        version=__version__,
         description=(
             "Downloads conversation audio from URLs, stores it as 16 kHz mono 16-bit WAV named "
             "`{conversation_id}_{speaker_label}.wav`, and records every stored hour in its "
@@ -161,12 +158,3 @@ def __getattr__(name: str) -> object:
     if _app is None:
         _app = create_app()
     return _app
-
-
-def main() -> int:
-    try:
-        settings = get_settings()
-    except ValidationError as exc:  # one line naming the setting, as the scripts say it
-        return fail(EXIT_USAGE, invalid_settings(exc))
-    uvicorn.run(f"{__name__}:app", host=settings.host, port=settings.port, log_level="info")
-    return EXIT_OK

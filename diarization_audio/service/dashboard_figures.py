@@ -3,29 +3,33 @@ and the projected date of the target, speakers, conversation lengths, failures a
 
 The store is read once (MetadataTracker.report); everything here is arithmetic on that.
 
-The rate is the mean of the last RATE_DAYS days' hours (today included, days with nothing
-stored counted as zero), or of the days since the first file if the collection is younger.
-The projected date is today plus the remaining hours over that rate. Speech hours are
-projected at that rate times the speech share so far (speech hours / audio hours).
+The rate, the trend of each day and the projected date are diarization_audio.progress's, the
+same as the storage report's and the hourly monitor's.
 """
 
 from __future__ import annotations
 
-import math
-from datetime import date, datetime, timedelta
+from dataclasses import asdict
+from datetime import date, datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from diarization_audio.progress import (
+    daily,
+    first_day,
+    hours,
+    project,
+    rate_rule,
+    speech_share,
+    statistics_of,
+)
 from diarization_audio.service.api_models import LegQualityPublic, ProgressPublic, SummaryPublic
-from diarization_audio.store.json_export import statistics_of
 from diarization_audio.store.reports import Report
 from diarization_audio.store.tracker import MetadataTracker
 
 DAYS_SHOWN = 30
-RATE_DAYS = 7
 RECENT_FAILURES = 10
-HOUR_MICROS = 3.6e9
 
 
 class ProjectionPublic(BaseModel):
@@ -124,12 +128,8 @@ class DashboardPublic(BaseModel):
 def dashboard(tracker: MetadataTracker, target_hours: float) -> DashboardPublic:
     """Read the store once and compute every figure of the dashboard."""
     now = tracker.now()
-    return figures(tracker.report(_first_day(now).isoformat(), RECENT_FAILURES), target_hours, now)
-
-
-def _first_day(now: str) -> date:
-    """The first day read: DAYS_SHOWN days are shown, each with a whole trend window."""
-    return date.fromisoformat(now[:10]) - timedelta(days=DAYS_SHOWN + RATE_DAYS - 2)
+    start = first_day(date.fromisoformat(now[:10]), DAYS_SHOWN)
+    return figures(tracker.report(start.isoformat(), RECENT_FAILURES), target_hours, now)
 
 
 def figures(report: Report, target_hours: float, now: str) -> DashboardPublic:
@@ -138,9 +138,16 @@ def figures(report: Report, target_hours: float, now: str) -> DashboardPublic:
     spoken = sum(report.speech["speaker_micros"].values())
     audio_stats = statistics_of(totals, target_hours, now)
     speech_stats = statistics_of(totals, target_hours, now, spoken)
-    share = spoken / totals.micros if totals.micros else 0.0
-    days, rate_days = _daily(report, now)
-    rate = days[-1].trend_hours if days else 0.0
+    share = speech_share(spoken, totals.micros)
+    today = date.fromisoformat(now[:10])
+    days = daily(
+        {d.day: d.seconds for d in report.days},
+        first_day(today, DAYS_SHOWN),
+        today,
+        totals.first,
+    )
+    files = {d.day: d.files for d in report.days}
+    rate, rate_days = days[-1].trend, days[-1].trend_days
     moment = datetime.fromisoformat(now)
     lengths = report.lengths
     return DashboardPublic(
@@ -152,16 +159,24 @@ def figures(report: Report, target_hours: float, now: str) -> DashboardPublic:
         labelled_files=report.speech["labelled_files"],
         unlabelled_files=report.speech["unlabelled_files"],
         per_day=DailyPublic(
-            days=days[-DAYS_SHOWN:],
+            days=[
+                DayPublic(
+                    day=d.day.isoformat(),
+                    files=files.get(d.day.isoformat(), 0),
+                    hours=round(d.hours, 4),
+                    trend_hours=round(d.trend, 4),
+                )
+                for d in days[-DAYS_SHOWN:]
+            ],
             rate_days=rate_days,
-            rate_rule=f"mean of the last {rate_days} days' hours, today included",
+            rate_rule=rate_rule(rate_days),
         ),
         speakers=[
             SpeakerPublic(
                 speaker_label=s.speaker_label,
                 files=s.files,
-                audio_hours=round(s.audio_micros / HOUR_MICROS, 4),
-                speech_hours=round(s.speech_micros / HOUR_MICROS, 4),
+                audio_hours=hours(s.audio_micros),
+                speech_hours=hours(s.speech_micros),
             )
             for s in report.speakers
         ],
@@ -189,53 +204,8 @@ def figures(report: Report, target_hours: float, now: str) -> DashboardPublic:
     )
 
 
-def _daily(report: Report, now: str) -> tuple[list[DayPublic], int]:
-    """Each day read, up to today, zeros filled in, with its trend: the mean over the RATE_DAYS
-    days ending that day, none before the first file. Also how many days today's trend
-    averages. Days after today (a writer's clock ahead) are left out."""
-    today = date.fromisoformat(now[:10])
-    first_file = date.fromisoformat(report.totals.first[:10]) if report.totals.first else today
-    stored = {d.day: d for d in report.days}
-    start = _first_day(now)
-    hours: list[tuple[date, int, float]] = []
-    for n in range((today - start).days + 1):
-        day = start + timedelta(days=n)
-        found = stored.get(day.isoformat())
-        hours.append((day, found.files if found else 0, found.seconds / 3600 if found else 0.0))
-    days, window_days = [], 1
-    for i, (day, files, amount) in enumerate(hours):
-        window_days = max(1, min(RATE_DAYS, (day - first_file).days + 1))
-        window = [h for _, _, h in hours[max(0, i - window_days + 1) : i + 1]]
-        days.append(
-            DayPublic(
-                day=day.isoformat(),
-                files=files,
-                hours=round(amount, 4),
-                trend_hours=round(sum(window) / window_days, 4),
-            )
-        )
-    return days, window_days
-
-
 def _target(progress: dict[str, object], per_day: float, now: datetime) -> TargetPublic:
-    shown = ProgressPublic.model_validate(progress)
-    if shown.target_reached:
-        projection = ProjectionPublic(
-            state="reached", hours_per_day=round(per_day, 4), days_to_target=0.0,
-            projected_date=now.date().isoformat(),
-        )  # fmt: skip
-    elif per_day <= 0:
-        projection = ProjectionPublic(
-            state="not moving", hours_per_day=0.0, days_to_target=None, projected_date=None
-        )
-    else:
-        days = shown.remaining_hours / per_day
-        try:
-            when: str | None = (now + timedelta(days=days)).date().isoformat()
-        except OverflowError:
-            when = None
-        projection = ProjectionPublic(
-            state="projected", hours_per_day=round(per_day, 4),
-            days_to_target=round(days, 2) if math.isfinite(days) else None, projected_date=when,
-        )  # fmt: skip
-    return TargetPublic(progress=shown, projection=projection)
+    return TargetPublic(
+        progress=ProgressPublic.model_validate(progress),
+        projection=ProjectionPublic(**asdict(project(progress, per_day, now))),
+    )

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Cookie, Depends, Form, Header, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from diarization_audio import errors
+from diarization_audio.progress import MAX_TARGET_HOURS
 from diarization_audio.service.dashboard_figures import DashboardPublic, dashboard
 from diarization_audio.service.dashboard_page import key_form, page
 from diarization_audio.service.routes import (
@@ -31,7 +32,6 @@ from diarization_audio.service.routes import (
     error_responses,
     require_api_key,
 )
-from diarization_audio.store.json_export import MAX_TARGET_HOURS
 
 SESSION_COOKIE = "dashboard_session"
 SESSION_SECONDS = 12 * 3600

@@ -13,9 +13,10 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Form, Header, Query, Request
 from fastapi import Path as PathParam
 
-from diarization_audio import errors
+from diarization_audio import __version__, errors
 from diarization_audio.ingest.downloader import AudioDownloader, StoredAudio
 from diarization_audio.names import NAME_PATTERN, NAME_RULE
+from diarization_audio.progress import MB
 from diarization_audio.service.api_models import (
     ConversationPublic,
     ConversationsPagePublic,
@@ -31,11 +32,9 @@ from diarization_audio.service.api_models import (
 )
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import stored_name, wav_files
-from diarization_audio.store.schema import MB
 from diarization_audio.store.tracker import MetadataTracker
 from diarization_audio.url_secrets import scrub, shown
 
-VERSION = "1.0.0"
 MAX_URL_CHARS = 8192
 
 
@@ -116,7 +115,7 @@ AgentIdForm = Annotated[
 async def root() -> RootPublic:
     return RootPublic(
         name="Diarization audio downloader",
-        version=VERSION,
+        version=__version__,
         endpoints={
             "GET /health": "service, storage and ffmpeg status",
             "POST /download/single": "store one speaker's audio",
@@ -145,7 +144,7 @@ async def health(services: ServicesDep) -> HealthPublic:
         free_mb = 0.0
     return HealthPublic(
         status="healthy" if writable else "degraded",
-        version=VERSION,
+        version=__version__,
         storage_directory=str(storage),
         storage_writable=writable,
         metadata_file=str(settings.metadata_file),

@@ -1,6 +1,6 @@
-"""The JSON document `conversations_metadata.json`: its entries, the statistics, its one writer.
+"""The JSON document `conversations_metadata.json`: its entries, reading it, its one writer.
 
-The database (metadata_tracker.py) is the record; this document is an export of it that people,
+The database (store/tracker.py) is the record; this document is an export of it that people,
 `jq` and pandas read directly:
 
     {"schema_version": 2, "updated_at": "...", "conversation_count": 2,
@@ -14,28 +14,23 @@ recent changes at its head. `read_document` reads either version, for the one-ti
 from __future__ import annotations
 
 import logging
-import math
-import os
-import threading
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any
 
 import orjson
-from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
-from diarization_audio.errors import AudioError, InvalidInput, MetadataCorrupt, StorageError
-from diarization_audio.store.schema import MB, StoredFile, size_mb
+from diarization_audio.atomic import write_atomically
+from diarization_audio.errors import MetadataCorrupt, StorageError
+from diarization_audio.progress import MB
+from diarization_audio.store.schema import StoredFile, size_mb
 
 FILE_FIELDS = list(StoredFile.model_fields)
 
 log = logging.getLogger(__name__)
-BUSY_TIMEOUT_SECONDS = 120
-EXPORT_REST_FACTOR = 4
 
 DOCUMENT_VERSION = 2
 
@@ -78,73 +73,6 @@ def file_dict(row: Mapping[Any, Any]) -> dict[str, Any]:
     return found
 
 
-@dataclass(frozen=True)
-class Totals:
-    """What `/statistics` needs of the whole collection."""
-
-    conversations: int = 0
-    micros: int = 0
-    size_bytes: int = 0
-    first: str | None = None
-    last: str | None = None
-
-
-MAX_TARGET_HOURS = 1e9  # beyond any collection; keeps the arithmetic finite
-
-
-def check_target(target_hours: float) -> float:
-    if not (isinstance(target_hours, (int, float)) and math.isfinite(target_hours)):
-        raise InvalidInput(f"target_hours must be a positive number, got {target_hours!r}")
-    if not 0 < target_hours <= MAX_TARGET_HOURS:
-        raise InvalidInput(
-            f"target_hours must be a positive number up to {MAX_TARGET_HOURS:g}, "
-            f"got {target_hours!r}"
-        )
-    return float(target_hours)
-
-
-def statistics_of(
-    totals: Totals, target_hours: float, now: str, speech_micros: int | None = None
-) -> dict[str, Any]:
-    """The `/statistics` answer from the collection's totals.
-
-    With `speech_micros`, progress toward the target is counted in speech hours rather than
-    audio hours (`progress.measured_in` says which).
-    """
-    target_hours = check_target(target_hours)
-    count = totals.conversations
-    seconds = totals.micros / 1_000_000
-    size_bytes = totals.size_bytes
-    measured = seconds if speech_micros is None else speech_micros / 1_000_000
-    hours = measured / 3600
-    remaining = max(target_hours - hours, 0.0)
-    average_hours = hours / count if count else 0.0
-    needed = math.ceil(round(remaining / average_hours, 9)) if average_hours > 0 else 0
-    return {
-        "summary": {
-            "total_conversations": count,
-            "total_hours": round(hours, 4),
-            "total_minutes": round(seconds / 60, 2),
-            "total_size_mb": round(size_bytes / MB, 2),
-            "total_size_gb": round(size_bytes / MB / 1024, 3),
-            "average_duration_minutes": round(seconds / 60 / count, 2) if count else 0.0,
-            "average_size_mb": round(size_bytes / MB / count, 2) if count else 0.0,
-            "first_download": totals.first,
-            "last_download": totals.last,
-        },
-        "progress": {
-            "measured_in": "audio" if speech_micros is None else "speech",
-            "target_hours": target_hours,
-            "current_hours": round(hours, 4),
-            "remaining_hours": round(remaining, 4),
-            "progress_percentage": round(min(hours / target_hours * 100, 100.0), 2),
-            "estimated_conversations_needed": needed,
-            "target_reached": hours >= target_hours,
-        },
-        "timestamp": now,
-    }
-
-
 # Reading (the one-time import) and writing ------------------------------------------------
 
 
@@ -185,29 +113,25 @@ def write_document(
         {"schema_version": DOCUMENT_VERSION, "updated_at": updated_at, "conversation_count": count},
         option=orjson.OPT_INDENT_2,
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+    def write(handle: IO[bytes]) -> int:
+        handle.write(head[:-2] + b',\n  "conversations": {')
+        separator = b"\n    "
+        for conversation_id, entry in entries:
+            body = orjson.dumps(entry, option=orjson.OPT_INDENT_2)
+            handle.write(separator + orjson.dumps(conversation_id) + b": ")
+            handle.write(body.replace(b"\n", b"\n    "))
+            separator = b",\n    "
+        handle.write(b"\n  }\n}\n" if separator != b"\n    " else b"}\n}\n")
+        return handle.tell()
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            handle.write(head[:-2] + b',\n  "conversations": {')
-            separator = b"\n    "
-            for conversation_id, entry in entries:
-                body = orjson.dumps(entry, option=orjson.OPT_INDENT_2)
-                handle.write(separator + orjson.dumps(conversation_id) + b": ")
-                handle.write(body.replace(b"\n", b"\n    "))
-                separator = b",\n    "
-            handle.write(b"\n  }\n}\n" if separator != b"\n    " else b"}\n}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-            size = handle.tell()
-        os.replace(tmp, path)
-        _fsync_directory(path.parent)
+        return write_atomically(path, write, binary=True)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StorageError(
             f"cannot write the metadata file: {exc.strerror}", log_detail=str(path)
         ) from exc
-    return size
 
 
 def document_rows(
@@ -266,71 +190,3 @@ class Export:
     size_bytes: int
     seconds: float
     revision: int
-
-
-class Exportable(Protocol):
-    """What the exporter needs of the store (metadata_tracker.MetadataTracker)."""
-
-    export_path: Path
-
-    def export_due(self) -> bool: ...
-
-    def export_json(self, force: bool = False, path: Path | None = None) -> Export | None: ...
-
-
-class JsonExporter:
-    """Keeps the JSON document at most `interval` seconds behind the store, off request paths
-    (or, for a store so large that one export takes longer than a fifth of that, four times the
-    export's own duration).
-
-    Every process of the service runs one; a lock beside the document lets one process at a
-    time write it, and the store's exported revision tells the others there is nothing to do.
-    """
-
-    def __init__(self, tracker: Exportable, interval: float) -> None:
-        self.tracker = tracker
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="json-export", daemon=True)
-        self._lock = FileLock(str(tracker.export_path) + ".lock", timeout=0)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop, after one last export so the document is current when the service ends."""
-        self._stop.set()
-        self._thread.join()
-        self.export(wait=True)
-
-    def _run(self) -> None:
-        pause = self.interval
-        while not self._stop.wait(pause):
-            done = self.export(wait=False)
-            # A large store takes seconds to export: rest long enough after each export that
-            # exporting takes at most a fifth of one core, however often the store changes.
-            pause = max(self.interval, EXPORT_REST_FACTOR * done.seconds) if done else self.interval
-
-    def export(self, wait: bool) -> Export | None:
-        try:
-            if not self.tracker.export_due():
-                return None
-            with self._lock.acquire(timeout=BUSY_TIMEOUT_SECONDS if wait else 0):
-                done = self.tracker.export_json()
-        except Timeout:
-            return None  # another process is writing it
-        except (AudioError, OSError) as exc:
-            log.warning("JSON export failed: %s", getattr(exc, "message", exc))
-            return None
-        if done is not None:
-            log.debug("exported %d conversations to %s (%.2f s)", done.conversations,
-                      done.path, done.seconds)  # fmt: skip
-        return done
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

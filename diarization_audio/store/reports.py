@@ -1,12 +1,15 @@
-"""Read-only reports on the metadata store: hours per day, conversation lengths, speakers, failures.
+"""Read-only reports on the metadata store: hours per day and in the last 24 hours,
+conversation lengths, speakers, speech and quality, failures.
 
-The functions here run inside the read transactions metadata_tracker.py hands them (as those of
-speech_labels.py do). Each reads an index or a small table rather than every stored file, so
+The storage report (cli/report.py), the dashboard and `/statistics` all take their figures from
+here, computed in SQL once. The functions run inside the read transactions store/tracker.py
+hands them. Each reads an index or a small table rather than every stored file, so
 the dashboard costs about the same at 100,000 conversations as at a hundred:
 
 - hours per day sum `files_by_day` (the date part of `downloaded_at` with each duration), over
   the days asked for only;
-- conversation lengths come from `conversations_by_duration`: quantiles by offset in the index,
+- conversation lengths come from `conversations_by_duration`: quantiles by offset in the index
+  (interpolated between neighbours, as Python's statistics.quantiles(method="inclusive")),
   then one range count per bin;
 - speakers come from `speaker_totals`, failures from `failures_by_time`.
 
@@ -18,14 +21,23 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from diarization_audio.store import speech_labels
-from diarization_audio.store.json_export import Totals
-from diarization_audio.store.schema import conversations, day_of, failures, files, speaker_totals
+from diarization_audio.progress import Totals, hours, speech_share
+from diarization_audio.store.schema import (
+    conversation_flags,
+    conversations,
+    day_of,
+    failures,
+    files,
+    speaker_totals,
+    speech,
+    store_info,
+)
 
 MAX_BINS = 20
 # Bin widths a person reads at a glance, in seconds: 1 s ... 30 min, then whole hours.
@@ -33,6 +45,7 @@ NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 108
 # The regular bins span the lengths up to this quantile; longer outliers share one last bin,
 # so a single all-day call does not squeeze every other conversation into the first bar.
 SPAN_QUANTILE = 0.99
+LAST_DAY_SECONDS = 24 * 3600  # "the last 24 hours" of failures and of collected audio
 
 
 @dataclass(frozen=True)
@@ -71,27 +84,27 @@ class Lengths:
 
 @dataclass(frozen=True)
 class Report:
-    """Everything the dashboard shows, read from one view of the store."""
+    """Everything the dashboard and the storage report show, read from one view of the store."""
 
     totals: Totals
-    speech: dict[str, Any]  # speech_labels.speech_summary
+    speech: dict[str, Any]  # speech_summary
     days: list[DayTotal]
+    last_day_micros: int  # audio stored in the last 24 hours
     speakers: list[SpeakerTotal]
     lengths: Lengths
     failures: dict[str, Any]
 
 
-def report(
-    conn: Connection, totals: Totals, since_day: str, failures_since: float, recent: int
-) -> Report:
-    """The dashboard's figures: days from `since_day`, failures since the epoch given."""
+def report(conn: Connection, totals: Totals, since_day: str, now: float, recent: int) -> Report:
+    """The figures: days from `since_day`, the last 24 hours before the epoch `now`."""
     return Report(
         totals=totals,
-        speech=speech_labels.speech_summary(conn),
+        speech=speech_summary(conn),
         days=hours_per_day(conn, since_day),
+        last_day_micros=audio_between(conn, now - LAST_DAY_SECONDS, now),
         speakers=speakers(conn),
         lengths=lengths(conn, totals.conversations),
-        failures=failure_summary(conn, failures_since, recent),
+        failures=failure_summary(conn, now - LAST_DAY_SECONDS, recent),
     )
 
 
@@ -105,6 +118,17 @@ def hours_per_day(conn: Connection, since_day: str) -> list[DayTotal]:
         .order_by(day)
     )
     return [DayTotal(str(d), int(count), float(seconds or 0.0)) for d, count, seconds in rows]
+
+
+def audio_between(conn: Connection, start: float, end: float) -> int:
+    """Microseconds of audio downloaded between two epochs (both included)."""
+    epoch = files.c.downloaded_epoch
+    seconds = conn.execute(
+        select(func.coalesce(func.sum(files.c.duration_seconds), 0.0)).where(
+            epoch >= start, epoch <= end
+        )
+    ).scalar_one()
+    return round(float(seconds) * 1_000_000)
 
 
 def speakers(conn: Connection) -> list[SpeakerTotal]:
@@ -122,6 +146,16 @@ def _length_at(conn: Connection, rank: int) -> int:
     """The `rank`-th shortest conversation's length in microseconds (0 = the shortest)."""
     d = conversations.c.duration_micros
     return int(conn.execute(select(d).order_by(d).limit(1).offset(rank)).scalar_one())
+
+
+def _quantile(conn: Connection, count: int, q: float) -> float:
+    """The q-quantile of the `count` lengths, interpolated between the two nearest ranks."""
+    position = q * (count - 1)
+    low = math.floor(position)
+    below = _length_at(conn, low)
+    if position == low:
+        return below
+    return below + (position - low) * (_length_at(conn, low + 1) - below)
 
 
 def nice_step(low: float, high: float, max_bins: int = MAX_BINS) -> float:
@@ -144,7 +178,7 @@ def lengths(conn: Connection, count: int) -> Lengths:
     if count == 0:
         return Lengths(0, {}, [])
     at = {
-        name: _length_at(conn, min(count - 1, math.floor(q * (count - 1))))
+        name: _quantile(conn, count, q)
         for name, q in (("min", 0.0), ("median", 0.5), ("p90", 0.9), ("span", SPAN_QUANTILE))
     }
     at["max"] = _length_at(conn, count - 1)
@@ -195,3 +229,86 @@ def failure_summary(conn: Connection, since_epoch: float, recent: int = 0) -> di
             for row in latest.mappings()
         ]
     return summary
+
+
+# Speech and quality ---------------------------------------------------------------------
+
+
+def speech_summary(conn: Connection) -> dict[str, Any]:
+    """Speech and overlap totals per speaker and overall, labelled files, flags by reason."""
+    per_speaker = {
+        row.speaker_label: int(row.speech_micros)
+        for row in conn.execute(
+            select(speaker_totals.c.speaker_label, speaker_totals.c.speech_micros)
+        )
+    }
+    overlap = int(conn.execute(select(store_info.c.overlap_micros)).scalar() or 0)
+    labelled = int(conn.execute(select(func.count()).select_from(speech)).scalar_one())
+    stored = int(
+        conn.execute(select(func.coalesce(func.sum(speaker_totals.c.files), 0))).scalar_one()
+    )
+    flags: dict[str, int] = dict(
+        conn.execute(
+            select(conversation_flags.c.reason, func.count()).group_by(conversation_flags.c.reason)
+        ).all()
+    )
+    flagged = int(
+        conn.execute(
+            select(func.count(func.distinct(conversation_flags.c.conversation_id)))
+        ).scalar_one()
+    )
+    return {
+        "speaker_micros": per_speaker,
+        "overlap_micros": overlap,
+        "labelled_files": labelled,
+        "unlabelled_files": max(stored - labelled, 0),
+        "flags": {reason: int(count) for reason, count in sorted(flags.items())},
+        "flagged_conversations": flagged,
+        "quality": _quality_summary(conn),
+    }
+
+
+def _quality_summary(conn: Connection) -> dict[str, Any]:
+    """Legs with each measure, the median SNR (read from its index) and legs with music."""
+    s = speech.c
+    measured_snr, measured_music, with_music = conn.execute(
+        select(
+            func.count(s.snr_db),
+            func.count(s.music_share),
+            func.count().filter(s.music_share > 0),
+        )
+    ).one()
+    median = None
+    if measured_snr:
+        middle = conn.execute(
+            select(s.snr_db)
+            .where(s.snr_db.is_not(None))
+            .order_by(s.snr_db)
+            .offset((measured_snr - 1) // 2)
+            .limit(2 - measured_snr % 2)
+        ).scalars()
+        values = list(middle)
+        median = round(sum(values) / len(values), 1)
+    return {
+        "snr_measured_legs": int(measured_snr),
+        "snr_median_db": median,
+        "music_measured_legs": int(measured_music),
+        "legs_with_music": int(with_music),
+    }
+
+
+def speech_statistics(summary: Mapping[str, Any], audio_micros: int) -> dict[str, Any]:
+    """The `speech` section of `/statistics`: hours of speech beside the hours of audio."""
+    per_speaker = summary["speaker_micros"]
+    total = sum(per_speaker.values())
+    return {
+        "labelled_files": summary["labelled_files"],
+        "unlabelled_files": summary["unlabelled_files"],
+        "speech_hours": hours(total),
+        "speech_hours_by_speaker": {k: hours(v) for k, v in sorted(per_speaker.items())},
+        "overlap_hours": hours(summary["overlap_micros"]),
+        "speech_share": round(speech_share(total, audio_micros), 4),
+        "flagged_conversations": summary["flagged_conversations"],
+        "flags": summary["flags"],
+        "quality": summary["quality"],
+    }

@@ -2,7 +2,7 @@
 
 One definition serves SQLite and PostgreSQL (SQLAlchemy Core). `SCHEMA_VERSION` is the version
 these tables describe; a store of any other version that `MIGRATIONS` cannot bring up to date,
-one step each, is refused. metadata_tracker.py opens every connection and transaction; the
+one step each, is refused. store/database.py opens every connection and transaction; the
 functions here run inside the ones it hands them.
 
 Tables:
@@ -70,13 +70,13 @@ from sqlalchemy import (
 
 from diarization_audio.errors import MetadataCorrupt
 from diarization_audio.names import NAME_MAX_LENGTH
+from diarization_audio.progress import MB
 from diarization_audio.url_secrets import source_sha256
 from diarization_audio.wav import CHANNELS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 5
-MB = 1024 * 1024
 STAMP_LENGTH = 40  # ISO 8601 with microseconds and offset fits in 32
 DAY_LENGTH = 10  # YYYY-MM-DD at the head of every stored timestamp
 

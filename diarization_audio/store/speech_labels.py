@@ -1,9 +1,10 @@
-"""Speech labels in the metadata store: who spoke when on each leg, quality flags, speech totals.
+"""Speech labels in the metadata store: who spoke when on each leg, and quality flags.
 
-The functions here run inside the transactions metadata_tracker.py hands them (as those of
-store/schema.py do); nothing else reads or writes these tables. Labels belong to one
-version of a file: a row names the file's checksum, and a replaced file loses its labels in
-the transaction that records the replacement, so stale labels are never read as current.
+The functions here run inside the transactions store/tracker.py hands them (as those of
+store/schema.py do); nothing else writes these tables (store/reports.py sums them). Labels
+belong to one version of a file: a row names the file's checksum, and a replaced file loses
+its labels in the transaction that records the replacement, so stale labels are never read as
+current.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, delete, select, update
 
 from diarization_audio.store.schema import (
     conversation_flags,
@@ -224,69 +225,6 @@ def save_labels(
     return gained
 
 
-def speech_summary(conn: Connection) -> dict[str, Any]:
-    """Speech and overlap totals per speaker and overall, labelled files, flags by reason."""
-    per_speaker = {
-        row.speaker_label: int(row.speech_micros)
-        for row in conn.execute(
-            select(speaker_totals.c.speaker_label, speaker_totals.c.speech_micros)
-        )
-    }
-    overlap = int(conn.execute(select(store_info.c.overlap_micros)).scalar() or 0)
-    labelled = int(conn.execute(select(func.count()).select_from(speech)).scalar_one())
-    stored = int(
-        conn.execute(select(func.coalesce(func.sum(speaker_totals.c.files), 0))).scalar_one()
-    )
-    flags: dict[str, int] = dict(
-        conn.execute(
-            select(conversation_flags.c.reason, func.count()).group_by(conversation_flags.c.reason)
-        ).all()
-    )
-    flagged = int(
-        conn.execute(
-            select(func.count(func.distinct(conversation_flags.c.conversation_id)))
-        ).scalar_one()
-    )
-    return {
-        "speaker_micros": per_speaker,
-        "overlap_micros": overlap,
-        "labelled_files": labelled,
-        "unlabelled_files": max(stored - labelled, 0),
-        "flags": {reason: int(count) for reason, count in sorted(flags.items())},
-        "flagged_conversations": flagged,
-        "quality": _quality_summary(conn),
-    }
-
-
-def _quality_summary(conn: Connection) -> dict[str, Any]:
-    """Legs with each measure, the median SNR (read from its index) and legs with music."""
-    s = speech.c
-    measured_snr, measured_music, with_music = conn.execute(
-        select(
-            func.count(s.snr_db),
-            func.count(s.music_share),
-            func.count().filter(s.music_share > 0),
-        )
-    ).one()
-    median = None
-    if measured_snr:
-        middle = conn.execute(
-            select(s.snr_db)
-            .where(s.snr_db.is_not(None))
-            .order_by(s.snr_db)
-            .offset((measured_snr - 1) // 2)
-            .limit(2 - measured_snr % 2)
-        ).scalars()
-        values = list(middle)
-        median = round(sum(values) / len(values), 1)
-    return {
-        "snr_measured_legs": int(measured_snr),
-        "snr_median_db": median,
-        "music_measured_legs": int(measured_music),
-        "legs_with_music": int(with_music),
-    }
-
-
 def unlabelled(conn: Connection) -> list[str]:
     """Conversations with a file whose current version has no labels."""
     missing = (
@@ -393,20 +331,3 @@ def _stored_conversation(rows: Sequence[Any], flags: dict[str, str]) -> StoredCo
         labeller=first.provenance,
         labelled=all(current),
     )
-
-
-def speech_statistics(summary: Mapping[str, Any], audio_micros: int) -> dict[str, Any]:
-    """The `speech` section of `/statistics`: hours of speech beside the hours of audio."""
-    per_speaker = summary["speaker_micros"]
-    total = sum(per_speaker.values())
-    return {
-        "labelled_files": summary["labelled_files"],
-        "unlabelled_files": summary["unlabelled_files"],
-        "speech_hours": round(total / 3.6e9, 4),
-        "speech_hours_by_speaker": {k: round(v / 3.6e9, 4) for k, v in sorted(per_speaker.items())},
-        "overlap_hours": round(summary["overlap_micros"] / 3.6e9, 4),
-        "speech_share": round(total / audio_micros, 4) if audio_micros else 0.0,
-        "flagged_conversations": summary["flagged_conversations"],
-        "flags": summary["flags"],
-        "quality": summary["quality"],
-    }
