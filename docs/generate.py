@@ -37,11 +37,18 @@ class Command:
 # The commands of docs/cli.md, in the order a newcomer meets them. Extend here.
 COMMANDS: tuple[Command, ...] = (
     Command(
+        "diarization-audio",
+        "Every command below under one name, installed on PATH by `pip install .` (and into"
+        " `.venv/bin` by `make install`); `python -m diarization_audio` runs it too. Each"
+        " subcommand takes the same options as the script named beside it.",
+        (PYTHON, "-m", "diarization_audio", "--help"),
+    ),
+    Command(
         "main.py",
         "The service. `python main.py` (what `make run` runs) serves it on `HOST:PORT` from the"
         " settings; `uvicorn main:app --host 0.0.0.0 --port 8888 --workers 4` runs several"
-        " processes. It takes no options: everything comes from the settings.",
-        None,
+        " processes. Everything else comes from the settings.",
+        (PYTHON, "main.py", "--help"),
     ),
     Command(
         "test_single_download.py",
@@ -99,8 +106,10 @@ def help_text(command: Command) -> str:
     """The command's --help as a fresh checkout prints it, at 100 columns."""
     assert command.help_argv is not None
     argv = [sys.executable if part == PYTHON else part for part in command.help_argv]
-    argv[1] = str(ROOT / argv[1])
+    if argv[1] != "-m":
+        argv[1] = str(ROOT / argv[1])
     env = {k: v for k, v in os.environ.items() if k not in _setting_names()}
+    env["PYTHONPATH"] = str(ROOT)  # `-m diarization_audio` from the checkout, installed or not
     env.update(COLUMNS="100", LINES="50", NO_COLOR="1", PYTHON_COLORS="0", TERM="dumb")
     # An empty working directory: no .env of the developer's, nothing written beside the code.
     with tempfile.TemporaryDirectory() as cwd:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from support.cli_helpers import use_settings
@@ -82,5 +83,5 @@ def test_the_default_csv_is_the_checkouts_example() -> None:
     """Run without a CSV argument, the batch script reads examples/conversations.csv."""
     from diarization_audio.cli.conversations_csv import DEFAULT_CSV
 
-    assert DEFAULT_CSV == Path(__file__).resolve().parents[1] / "examples" / "conversations.csv"
+    assert Path(__file__).resolve().parents[1] / "examples" / "conversations.csv" == DEFAULT_CSV
     assert DEFAULT_CSV.is_file()
