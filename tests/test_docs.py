@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -138,8 +139,13 @@ def test_no_file_mentions_the_merged_guides() -> None:
     """USAGE_GUIDE.md and TRACKING_GUIDE.md became docs/workflow.md; nothing points at them."""
     assert not any((ROOT / name).exists() for name in GONE)
     mentions = []
-    for path in ROOT.rglob("*"):
-        relative = path.relative_to(ROOT)
+    # The repository's files, tracked or new, never what git ignores (caches, the venv).
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")  # fmt: skip
+    for relative in map(Path, filter(None, listed)):
+        path = ROOT / relative
         if (
             path.is_file()
             and not SKIPPED_DIRS.intersection(relative.parts)

@@ -51,8 +51,11 @@ def _imports(path: Path) -> set[str]:
 
 
 def _part(module: str) -> str:
-    """The subpackage a module belongs to ("" for the package's own root modules)."""
+    """The subpackage a module belongs to ("" for the package's own root modules; its
+    `python -m` entry point counts as a command)."""
     parts = module.split(".")
+    if parts[-1] == "__main__":
+        return "cli"
     return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ALLOWED) else ""
 
 
