@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -149,3 +149,10 @@ def settings_under(base: Path, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type,call-arg]
+
+
+def invalid_settings(exc: ValidationError) -> str:
+    """`invalid settings: NAME: message` for the first problem, NAME as its environment variable."""
+    problem = exc.errors()[0]
+    name = str(problem["loc"][0]).upper() if problem["loc"] else "settings"
+    return f"invalid settings: {name}: {problem['msg']}"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support import ROOT
 from support.cli_helpers import use_settings
 
 from diarization_audio.cli import batch as batch_download_from_csv
@@ -13,6 +17,7 @@ from diarization_audio.cli import check as test_single_download
 from diarization_audio.cli import report as analyze_storage
 from diarization_audio.cli import serve as main
 from diarization_audio.cli import store as metadata_tracker
+from diarization_audio.service.process import free_port
 from diarization_audio.settings import Settings, get_settings
 
 SCRIPTS: dict[str, Callable[[list[str] | None], int]] = {
@@ -85,3 +90,27 @@ def test_the_default_csv_is_the_checkouts_example() -> None:
 
     assert Path(__file__).resolve().parents[1] / "examples" / "conversations.csv" == DEFAULT_CSV
     assert DEFAULT_CSV.is_file()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_uvicorn_with_an_invalid_setting_says_one_line_and_stops(
+    workers: int, tmp_path: Path
+) -> None:
+    """`uvicorn main:app` (with or without --workers) and a bad setting: the error line naming
+    it, no traceback, and the server stops instead of starting workers again and again."""
+    env = {k: v for k, v in os.environ.items() if k not in {"API_KEY", "PORT", "HOST"}}
+    env["DOWNLOAD_RETRIES"] = "99"
+    port = str(free_port())
+    command = [sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(ROOT),
+               "--host", "127.0.0.1", "--port", port, "--workers", str(workers)]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    line = "error: invalid settings: DOWNLOAD_RETRIES: Input should be less than or equal to 20"
+    assert "Traceback" not in done.stderr
+    assert line in done.stderr.splitlines()
+    if workers == 1:
+        assert done.returncode == 2
+        assert done.stderr.splitlines() == [line]
+    else:  # each worker says it once; the supervisor is stopped, not restarting them
+        assert done.stderr.count(line) == workers

@@ -7,9 +7,8 @@ import math
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from diarization_audio.settings import Settings, get_settings
+from diarization_audio.settings import invalid_settings as invalid_settings  # the scripts' line
 
 # Every script means the same by these; 3 and above are each script's own (see its --help).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -29,13 +28,6 @@ def fail(code: int, message: str) -> int:
 def warn(message: str) -> None:
     """Something the user should know that does not stop the script, in one line on stderr."""
     print(f"warning: {message}", file=sys.stderr)
-
-
-def invalid_settings(exc: ValidationError) -> str:
-    """`invalid settings: NAME: message` for the first problem, NAME as its environment variable."""
-    problem = exc.errors()[0]
-    name = str(problem["loc"][0]).upper() if problem["loc"] else "settings"
-    return f"invalid settings: {name}: {problem['msg']}"
 
 
 def positive_int(text: str) -> int:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_standalone_docs import StandaloneDocs
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from diarization_audio import __version__, errors, metrics
@@ -22,7 +27,7 @@ from diarization_audio.service.dashboard_routes import router as dashboard_route
 from diarization_audio.service.graceful import on_termination, stop_with_supervisor
 from diarization_audio.service.metrics_routes import router as metrics_router
 from diarization_audio.service.routes import Services, protected_router, public_router
-from diarization_audio.settings import Settings, get_settings
+from diarization_audio.settings import Settings, get_settings, invalid_settings
 from diarization_audio.store.tracker import JsonExporter, MetadataTracker
 from diarization_audio.url_secrets import scrub
 
@@ -148,6 +153,15 @@ def _answer(exc: errors.AudioError) -> JSONResponse:
 _app: FastAPI | None = None
 
 
+def _stop_supervisor() -> None:
+    """Under `uvicorn --workers N` each worker is a multiprocessing child of uvicorn's
+    supervisor, which starts a worker that exits again, forever: a worker that cannot start
+    because of the settings asks it to stop instead (SIGTERM, its graceful stop)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid is not None:
+        os.kill(parent.pid, signal.SIGTERM)
+
+
 def __getattr__(name: str) -> object:
     """`app`, built on first use: where uvicorn imports it (`main:app`, or this module's
     `app`), once per process, and never as a side effect of importing this module (a second
@@ -156,5 +170,11 @@ def __getattr__(name: str) -> object:
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if _app is None:
+        try:
+            get_settings()  # a bad setting is one line, not a traceback from inside uvicorn
+        except ValidationError as exc:
+            print(f"error: {invalid_settings(exc)}", file=sys.stderr)
+            _stop_supervisor()
+            raise SystemExit(2) from None
         _app = create_app()
     return _app
