@@ -7,15 +7,20 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from support.source_server import SourceServer
 from support.stores import make_settings, stored
 
 from diarization_audio.errors import StorageError
+from diarization_audio.service.app import create_app
+from diarization_audio.settings import Settings
 from diarization_audio.store.layout import stored_name, wav_files
 from diarization_audio.store.schema import SCHEMA_VERSION, StoredFile
 from diarization_audio.store.speech_labels import LegLabels
 from diarization_audio.store.tracker import MetadataTracker
 
 PROVENANCE: dict[str, object] = {"detector": "test", "version": 1}
+KEY = "s3cret"
 
 
 def keep(tracker: MetadataTracker, directory: Path, cid: str, label: str, n: int) -> StoredFile:
@@ -158,3 +163,73 @@ def test_a_version_5_store_gets_an_empty_tombstone_table(tmp_path: Path) -> None
     assert version == SCHEMA_VERSION == 6
     assert after == before[1:]
     assert erased == [("c1", "consent withdrawn", 1)]
+
+
+def test_delete_erases_a_conversation_behind_the_api_key(
+    tmp_path: Path, source: SourceServer
+) -> None:
+    """DELETE /conversations/{id} needs the key, removes the WAVs and the record, answers what
+    it removed, and answers the same again; GET then answers 404."""
+    settings = make_settings(tmp_path, api_key=KEY)
+    with TestClient(create_app(settings), headers={"X-API-Key": KEY}) as client:
+        posted = client.post("/download/dual", data={
+            "conversation_id": "c1", "audio_url_agent": source.file_url("mp3.mp3"),
+            "audio_url_customer": source.file_url("flac.flac"),
+        })  # fmt: skip
+        assert posted.status_code == 200, posted.text
+        wav = source.file_url("wav.wav")
+        client.post("/download/single", data={"conversation_id": "c2", "audio_url": wav})
+        seconds = client.get("/conversations/c1").json()["total"]["duration_seconds"]
+        refused = client.delete("/conversations/c1", headers={"X-API-Key": "wrong"})
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+        assert client.get("/conversations/c1").status_code == 200
+
+        answer = client.delete("/conversations/c1", params={"reason": "consent withdrawn"})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert set(body) == {"conversation_id", "erased_at", "reason", "files",
+                             "duration_seconds"}  # fmt: skip
+        assert (body["conversation_id"], body["reason"], body["files"]) == (
+            "c1", "consent withdrawn", 2,
+        )  # fmt: skip
+        assert body["duration_seconds"] == pytest.approx(seconds, abs=1e-5)
+        assert sorted(wav_files(Path(settings.audio_storage_dir))) == ["c2_speaker.wav"]
+        assert client.get("/conversations/c1").json()["error"] == "not_found"
+        assert client.delete("/conversations/c1", params={"reason": "again"}).json() == body
+        stats = client.get("/statistics").json()
+        assert stats["erased_conversations"] == 1
+        assert stats["summary"]["total_conversations"] == 1
+        bad = client.delete("/conversations/a b")
+        assert bad.status_code == 400 and bad.json()["error"] == "invalid_input"
+
+
+def test_an_erased_id_is_refused_with_410_unless_allowed(
+    client: TestClient, source: SourceServer, settings: Settings
+) -> None:
+    """Every download route refuses an erased id with 410 `erased` (no failure row naming it,
+    nothing fetched); allow_erased=true stores it again."""
+    url = source.file_url("mp3.mp3")
+    assert client.post("/download/single", data={"conversation_id": "c1",
+                                                  "audio_url": url}).status_code == 200  # fmt: skip
+    assert client.delete("/conversations/c1").status_code == 200
+    source.reset()
+    attempts = [
+        ("/download/single", {"audio_url": url}),
+        ("/download/dual", {"audio_url_agent": url, "audio_url_customer": url}),
+        ("/download/stereo", {"audio_url": url}),
+    ]
+    for path, fields in attempts:
+        refused = client.post(path, data={"conversation_id": "c1", **fields})
+        assert refused.status_code == 410, (path, refused.text)
+        assert refused.json()["error"] == "erased"
+        assert "c1" in refused.json()["detail"]
+    assert source.hits["/files/mp3.mp3"] == 0  # refused before anything was fetched
+    stats = client.get("/statistics").json()
+    assert stats["failures"]["total"] == 0 and stats["summary"]["total_conversations"] == 0
+    assert wav_files(Path(settings.audio_storage_dir)) == {}
+    allowed = client.post(
+        "/download/single", data={"conversation_id": "c1", "audio_url": url, "allow_erased": "true"}
+    )
+    assert allowed.status_code == 200, allowed.text
+    assert allowed.json()["status"] == "success"
+    assert sorted(wav_files(Path(settings.audio_storage_dir))) == ["c1_speaker.wav"]

@@ -12,6 +12,7 @@ of seconds after changes (and by `--export-json`).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import tzinfo
@@ -41,6 +42,7 @@ from diarization_audio.store.schema import (
 from diarization_audio.store.speech_labels import LegLabels, StoredConversation
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _OLD_FILE = select(files.c.file_size_bytes, files.c.duration_seconds).where(*queries.ONE_FILE)
 
 
@@ -179,6 +181,8 @@ class MetadataTracker(Database):
             labels = erasure.stored_labels(conn, conversation_id)
             done = erasure.erase(conn, conversation_id, reason, now)
             remove_stored(storage_dir, conversation_id, labels)
+        log.info("erased conversation=%s files=%d duration=%.2fs reason=%r", conversation_id,
+                 done.files, done.duration_seconds, reason)  # fmt: skip
         return done
 
     def erased(self, conversation_id: str) -> Erasure | None:
