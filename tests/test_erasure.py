@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from support.source_server import SourceServer
 from support.stores import make_settings, stored
 
+from diarization_audio.cli.store import main as store_main
 from diarization_audio.errors import StorageError
 from diarization_audio.service.app import create_app
 from diarization_audio.settings import Settings
@@ -233,3 +234,72 @@ def test_an_erased_id_is_refused_with_410_unless_allowed(
     assert allowed.status_code == 200, allowed.text
     assert allowed.json()["status"] == "success"
     assert sorted(wav_files(Path(settings.audio_storage_dir))) == ["c1_speaker.wav"]
+
+
+def stored_three(settings: Settings) -> MetadataTracker:
+    """A store of `settings` holding c1, c2 and c3, each with an agent WAV on disk."""
+    tracker = MetadataTracker.from_settings(settings)
+    for n in (1, 2, 3):
+        keep(tracker, Path(settings.audio_storage_dir), f"c{n}", "agent", n)
+    return tracker
+
+
+def test_script_erases_one_id_and_answers_the_same_again(
+    script_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`metadata_tracker.py --erase ID --reason TEXT` erases it (file and record) and prints what
+    it removed; run again it prints the same line and changes nothing."""
+    tracker = stored_three(script_settings)
+    assert store_main(["--erase", "c2", "--reason", "consent withdrawn"]) == 0
+    first = capsys.readouterr().out
+    erased = tracker.erased("c2")
+    assert erased is not None and erased.reason == "consent withdrawn"
+    assert first == (f"erased c2: 1 files, {stored(2).duration_seconds:.2f} s "
+                     f"(at {erased.erased_at})\nerased 1 conversations (1 files)\n")  # fmt: skip
+    assert sorted(wav_files(Path(script_settings.audio_storage_dir))) == [
+        "c1_agent.wav", "c3_agent.wav",
+    ]  # fmt: skip
+    assert tracker.get_conversation("c2") is None
+    assert store_main(["--erase", "c2"]) == 0
+    assert capsys.readouterr().out == first
+    tracker.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["conversation_id,agent_audio_url\nc1,http://127.0.0.1/1.mp3\n\nc3,http://127.0.0.1/3.mp3\n",
+     "c1\nc3\nc1\n"],
+    ids=["conversations-csv", "bare-ids"],
+)  # fmt: skip
+def test_script_erases_every_id_of_a_csv(
+    script_settings: Settings, tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--erase-file takes a conversations CSV's conversation_id column, or bare ids one a line,
+    each once; the ids it names are erased and the others kept."""
+    tracker = stored_three(script_settings)
+    ids = tmp_path / "ids.csv"
+    ids.write_text(text)
+    assert store_main(["--erase-file", str(ids)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "erased 2 conversations (2 files)"
+    assert sorted(wav_files(Path(script_settings.audio_storage_dir))) == ["c2_agent.wav"]
+    assert [c.conversation_id for c in tracker.stored_conversations()] == ["c2"]
+    assert tracker.statistics()["erased_conversations"] == 2
+    tracker.close()
+
+
+def test_script_refuses_a_malformed_id_before_erasing_any(
+    script_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A malformed id in the file stops the script with its line number; nothing is erased."""
+    tracker = stored_three(script_settings)
+    ids = tmp_path / "ids.csv"
+    ids.write_text("c1\nc2\nnot an id\n")
+    assert store_main(["--erase-file", str(ids)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "line 3" in err and err.count("\n") == 1
+    assert tracker.statistics()["erased_conversations"] == 0
+    assert len(wav_files(Path(script_settings.audio_storage_dir))) == 3
+    with pytest.raises(SystemExit) as usage:
+        store_main(["--reason", "why"])
+    assert usage.value.code == 2
+    tracker.close()
