@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from support.source_server import SourceServer
-from support.stores import make_settings, stored
+from support.stores import exported_document, make_settings, stored
 
 from diarization_audio.cli.store import main as store_main
 from diarization_audio.errors import StorageError
@@ -197,6 +197,11 @@ def test_delete_erases_a_conversation_behind_the_api_key(
         assert sorted(wav_files(Path(settings.audio_storage_dir))) == ["c2_speaker.wav"]
         assert client.get("/conversations/c1").json()["error"] == "not_found"
         assert client.delete("/conversations/c1", params={"reason": "again"}).json() == body
+        # c2 was stored after c1: an export holding c2 but not c1 was written after the erase.
+        exported = exported_document(
+            settings, lambda d: "c2" in d["conversations"] and "c1" not in d["conversations"]
+        )
+        assert "c1_" not in json.dumps(exported)
         stats = client.get("/statistics").json()
         assert stats["erased_conversations"] == 1
         assert stats["summary"]["total_conversations"] == 1
