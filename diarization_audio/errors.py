@@ -6,6 +6,7 @@ AudioError
 ├── UrlRefused
 ├── NotFound
 ├── UrlConflict
+├── Erased
 ├── TooLarge
 ├── NotAudio
 ├── NotStereo
@@ -76,6 +77,12 @@ class UrlConflict(AudioError):
     code = "url_conflict"
     status = 409
     description = "the same file is already stored from another URL"
+
+
+class Erased(AudioError):
+    code = "erased"
+    status = 410
+    description = "the conversation was erased; allow_erased=true stores it again"
 
 
 class TooLarge(AudioError):

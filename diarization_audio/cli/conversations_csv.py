@@ -81,6 +81,29 @@ def read_csv(path: Path, columns: Columns) -> CsvInput:
     return CsvInput(fieldnames, rows, invalid)
 
 
+def read_ids(path: Path, column: str = "conversation_id") -> list[str]:
+    """The conversation ids of a CSV, in order and each once: its `column` when the header has
+    one (a conversations CSV works as it is), else the first cell of every line. A malformed
+    id is refused with its line number, before any is used."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            lines = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInput(f"cannot read CSV {path}: {exc}") from exc
+    header = [cell.strip() for cell in lines[0]] if lines else []
+    at, first = (header.index(column), 2) if column in header else (0, 1)
+    ids: dict[str, None] = {}
+    for number, cells in enumerate(lines[first - 1 :], start=first):
+        value = cells[at].strip() if len(cells) > at else ""
+        if not value:
+            continue
+        try:
+            ids[validate_name("conversation_id", value)] = None
+        except InvalidInput as exc:
+            raise InvalidInput(f"{path} line {number}: {exc.message}") from exc
+    return list(ids)
+
+
 def _check_header(path: Path, fieldnames: list[str], columns: Columns) -> None:
     required = [columns.conversation_id, columns.agent]
     if columns.customer_required:

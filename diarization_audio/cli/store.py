@@ -1,4 +1,5 @@
-"""`metadata_tracker.py`: the store's statistics, its JSON export, and labelling what it holds."""
+"""`metadata_tracker.py`: the store's statistics, its JSON export, labelling what it holds,
+and erasing conversations."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from diarization_audio.cli.common import (
     invalid_settings,
     script_settings,
 )
+from diarization_audio.cli.conversations_csv import read_ids
 from diarization_audio.errors import AudioError
 from diarization_audio.labels.labeller import (
     label_unlabelled,
     relabel_other_detectors,
     thresholds_of,
 )
+from diarization_audio.names import validate_name
 from diarization_audio.store.tracker import MetadataTracker
 
 
@@ -50,12 +53,33 @@ def main(argv: list[str] | None = None) -> int:
         help="with --label: also label again every conversation whose labels another detector, "
         "or another version of it, made than the current default",
     )  # fmt: skip
+    parser.add_argument(
+        "--erase", metavar="ID",
+        help="erase one conversation: its stored WAVs, records, speech labels, flags and failure "
+        "rows; a tombstone refuses its download from then on (410 erased)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--erase-file", metavar="IDS.csv", type=Path,
+        help="erase every conversation of a CSV (its conversation_id column, or without that "
+        "header the first column)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reason", default="", help="with --erase or --erase-file: why, kept in the tombstone"
+    )
     args = parser.parse_args(argv)
     if args.relabel and not args.label:
         parser.error("--relabel goes with --label")
+    if args.reason and not (args.erase or args.erase_file):
+        parser.error("--reason goes with --erase or --erase-file")
     try:
         settings = script_settings(args.metadata_file)
         tracker = MetadataTracker.from_settings(settings)
+        if args.erase or args.erase_file:
+            ids = [validate_name("conversation_id", args.erase)] if args.erase else []
+            if args.erase_file:
+                ids += read_ids(args.erase_file)
+            erase(tracker, list(dict.fromkeys(ids)), args.reason, settings.audio_storage_dir)
+            return EXIT_OK
         if args.export_json:
             done = tracker.export_json(force=True)
             assert done is not None
@@ -77,6 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         return fail(EXIT_FAILED, exc.full_message)
     print(json.dumps(stats, indent=2))
     return EXIT_OK
+
+
+def erase(tracker: MetadataTracker, ids: list[str], reason: str, storage_dir: Path) -> None:
+    """Erase each conversation in turn, one line each; stops at the first that fails."""
+    files = 0
+    for conversation_id in ids:
+        done = tracker.erase(conversation_id, reason, Path(storage_dir))
+        files += done.files
+        print(f"erased {conversation_id}: {done.files} files, {done.duration_seconds:.2f} s "
+              f"(at {done.erased_at})")  # fmt: skip
+    print(f"erased {len(ids)} conversations ({files} files)")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from diarization_audio.errors import (
     AudioError,
     Busy,
     ConversionTimeout,
+    Erased,
     InvalidInput,
     NotAudio,
     ShuttingDown,
@@ -145,14 +146,19 @@ class AudioDownloader:
         url: str,
         overwrite: bool = False,
         agent_id: str | None = None,
+        *,
+        allow_erased: bool = False,
     ) -> StoredAudio:
         """Store one speaker's audio of a conversation; logs the outcome and records failures.
 
-        Malformed input is refused before anything is attempted; every failure after that is
-        kept in the store, so reports can say what fails and how often.
+        Malformed input, and an erased conversation unless `allow_erased`, are refused before
+        anything is attempted; every failure after that is kept in the store, so reports can
+        say what fails and how often.
         """
         validate_name("speaker_label", speaker_label)
-        stored = await self._logged(conversation_id, [speaker_label], url, overwrite, agent_id)
+        stored = await self._logged(
+            conversation_id, [speaker_label], url, overwrite, agent_id, allow_erased
+        )
         return stored[0]
 
     async def download_stereo(
@@ -163,6 +169,8 @@ class AudioDownloader:
         right_label: str = "customer",
         overwrite: bool = False,
         agent_id: str | None = None,
+        *,
+        allow_erased: bool = False,
     ) -> list[StoredAudio]:
         """Store the two channels of one stereo call as two speakers' files, as `download` does."""
         validate_name("left_label", left_label)
@@ -170,7 +178,7 @@ class AudioDownloader:
         if left_label == right_label:
             raise InvalidInput(f"left_label and right_label must differ; both are {left_label!r}")
         return await self._logged(
-            conversation_id, [left_label, right_label], url, overwrite, agent_id
+            conversation_id, [left_label, right_label], url, overwrite, agent_id, allow_erased
         )
 
     async def _logged(
@@ -180,11 +188,15 @@ class AudioDownloader:
         url: str,
         overwrite: bool,
         agent_id: str | None,
+        allow_erased: bool,
     ) -> list[StoredAudio]:
         validate_name("conversation_id", conversation_id)
         validate_url("audio_url", url)
         if agent_id is not None:
             validate_name("agent_id", agent_id)
+        if not allow_erased:
+            # Refused before the try below: a failure row would name the erased conversation.
+            await anyio.to_thread.run_sync(self._refuse_erased, conversation_id)
         started = time.monotonic()
         speakers = "+".join(labels)
         try:
@@ -217,6 +229,8 @@ class AudioDownloader:
         urls: dict[str, str],
         overwrite: bool = False,
         agent_id: str | None = None,
+        *,
+        allow_erased: bool = False,
     ) -> list[StoredAudio | AudioError]:
         """Several speakers of one conversation at once; each outcome is a result or its error."""
         for label, url in urls.items():
@@ -225,11 +239,21 @@ class AudioDownloader:
 
         async def one(label: str, url: str) -> StoredAudio | AudioError:
             try:
-                return await self.download(conversation_id, label, url, overwrite, agent_id)
+                return await self.download(
+                    conversation_id, label, url, overwrite, agent_id, allow_erased=allow_erased
+                )
             except AudioError as exc:
                 return exc
 
         return list(await asyncio.gather(*(one(lb, u) for lb, u in urls.items())))
+
+    def _refuse_erased(self, conversation_id: str) -> None:
+        erased = self.tracker.erased(conversation_id)
+        if erased is not None:
+            raise Erased(
+                f"conversation {conversation_id!r} was erased at {erased.erased_at}; "
+                "allow_erased=true stores it again"
+            )
 
     @contextlib.contextmanager
     def _labelled_after(self, conversation_id: str) -> Iterator[None]:

@@ -58,7 +58,12 @@ def label_conversation(
     legs = tracker.legs(conversation_id)
     if not legs:
         return None
-    analyses = analyse_call({label: Path(path) for label, (path, _) in legs.items()}, params)
+    try:
+        analyses = analyse_call({label: Path(path) for label, (path, _) in legs.items()}, params)
+    except FileNotFoundError:
+        if tracker.legs(conversation_id) != legs:  # erased or replaced meanwhile
+            return None
+        raise
     labels = label_legs(analyses, params)
     qualities = {label: leg_quality(leg, labels[label], params) for label, leg in analyses.items()}
     flags = {

@@ -161,6 +161,9 @@ class StatisticsPublic(BaseModel):
     speech: SpeechPublic
     failures: FailuresPublic
     timestamp: str
+    erased_conversations: int = Field(
+        description="Conversations erased (each leaves a tombstone that refuses its download)."
+    )
 
 
 class StoredFilePublic(StoredFile):
@@ -189,3 +192,13 @@ class ConversationsPagePublic(BaseModel):
     limit: int
     offset: int
     conversations: list[ConversationPublic]
+
+
+class ErasurePublic(BaseModel):
+    """What erasing a conversation removed; erasing it again answers the same."""
+
+    conversation_id: str
+    erased_at: str = Field(description="When it was first erased.")
+    reason: str = Field(description="The reason given when it was first erased.")
+    files: int = Field(description="Stored files removed (their records and WAVs).")
+    duration_seconds: float = Field(description="Seconds of audio removed from the totals.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
 import shutil
@@ -23,6 +24,7 @@ from diarization_audio.service.api_models import (
     DownloadResultPublic,
     DualDownloadPublic,
     DualItemPublic,
+    ErasurePublic,
     ErrorPublic,
     FfmpegPublic,
     HealthPublic,
@@ -56,7 +58,8 @@ def _sentence(text: str) -> str:
 # What the metadata can fail with on any read or write.
 METADATA_ERRORS = (errors.StorageError, errors.MetadataCorrupt)
 DOWNLOAD_ERROR_CLASSES = (
-    errors.InvalidInput, errors.UrlRefused, errors.UrlConflict, errors.TooLarge, errors.NotAudio,
+    errors.InvalidInput, errors.UrlRefused, errors.UrlConflict, errors.Erased, errors.TooLarge,
+    errors.NotAudio,
     errors.AudioTooLong, *METADATA_ERRORS, errors.SourceError, errors.ConversionTimeout,
     errors.Busy, errors.ShuttingDown, errors.SourceTimeout, errors.InsufficientStorage,
 )  # fmt: skip
@@ -109,6 +112,10 @@ AgentIdForm = Annotated[
         description="The agent's id (optional): an export keeps one agent's calls in one split",
     ),
 ]
+AllowErasedForm = Annotated[
+    bool,
+    Form(description="Store it even if the conversation was erased (default: refused, 410)"),
+]
 
 
 @public_router.get("/", response_model=RootPublic, summary="Service name, version and endpoints")
@@ -125,6 +132,7 @@ async def root() -> RootPublic:
             "GET /statistics": "hours collected and progress toward target_hours",
             "GET /conversations": "recorded conversations, paged",
             "GET /conversations/{conversation_id}": "one recorded conversation",
+            "DELETE /conversations/{conversation_id}": "erase a conversation everywhere",
             "GET /metrics": "Prometheus metrics of every worker process",
             "GET /dashboard": "progress, hours per day, speakers, lengths, failures: one page",
             "GET /dashboard/data": "the dashboard's figures as JSON",
@@ -169,9 +177,10 @@ async def download_single(
     speaker_label: Annotated[str, Form(pattern=NAME_PATTERN, description=NAME_RULE)] = "speaker",
     overwrite: Annotated[bool, Form(description="Download again even if stored")] = False,
     agent_id: AgentIdForm = None,
+    allow_erased: AllowErasedForm = False,
 ) -> DownloadResultPublic:
     stored = await services.downloader.download(
-        conversation_id, speaker_label, audio_url, overwrite, agent_id
+        conversation_id, speaker_label, audio_url, overwrite, agent_id, allow_erased=allow_erased
     )
     return DownloadResultPublic(**_public_fields(stored))
 
@@ -195,11 +204,14 @@ async def download_dual(
     ] = None,
     overwrite: Annotated[bool, Form(description="Download again even if stored")] = False,
     agent_id: AgentIdForm = None,
+    allow_erased: AllowErasedForm = False,
 ) -> DualDownloadPublic:
     urls = {"agent": audio_url_agent}
     if audio_url_customer:
         urls["customer"] = audio_url_customer
-    outcomes = await services.downloader.download_many(conversation_id, urls, overwrite, agent_id)
+    outcomes = await services.downloader.download_many(
+        conversation_id, urls, overwrite, agent_id, allow_erased=allow_erased
+    )
     failures = [o for o in outcomes if isinstance(o, errors.AudioError)]
     if len(failures) == len(outcomes):
         raise failures[0]
@@ -236,10 +248,12 @@ async def download_stereo(
     ] = "customer",
     overwrite: Annotated[bool, Form(description="Download again even if stored")] = False,
     agent_id: AgentIdForm = None,
+    allow_erased: AllowErasedForm = False,
 ) -> DualDownloadPublic:
     stored = await services.downloader.download_stereo(
-        conversation_id, audio_url, left_label, right_label, overwrite, agent_id
-    )
+        conversation_id, audio_url, left_label, right_label, overwrite, agent_id,
+        allow_erased=allow_erased,
+    )  # fmt: skip
     return DualDownloadPublic(
         conversation_id=conversation_id,
         status="success",
@@ -304,6 +318,22 @@ async def conversation(
     if entry is None:
         raise errors.NotFound(f"conversation {conversation_id!r} is not recorded")
     return entry
+
+
+@protected_router.delete(
+    "/conversations/{conversation_id}",
+    response_model=ErasurePublic,
+    responses=error_responses(errors.InvalidInput, *METADATA_ERRORS),
+    summary="Erase a conversation: its files, records, labels, flags and failures",
+)
+async def erase_conversation(
+    services: ServicesDep,
+    conversation_id: Annotated[str, PathParam(pattern=NAME_PATTERN, description=NAME_RULE)],
+    reason: Annotated[str, Query(max_length=1000, description="Why (kept in its tombstone)")] = "",
+) -> ErasurePublic:
+    storage = Path(services.settings.audio_storage_dir)
+    done = await anyio.to_thread.run_sync(services.tracker.erase, conversation_id, reason, storage)
+    return ErasurePublic(**dataclasses.asdict(done))
 
 
 def _public_fields(stored: StoredAudio) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import re
 import uuid
 from pathlib import Path
 
+from diarization_audio.atomic import fsync_directory
 from diarization_audio.errors import StorageError
 from diarization_audio.processes import running
 
@@ -41,6 +42,29 @@ def wav_files(directory: Path) -> dict[str, int]:
         raise StorageError(
             f"cannot list the storage directory: {exc.strerror}", log_detail=str(directory)
         ) from exc
+
+
+def remove_stored(directory: Path, conversation_id: str, speaker_labels: list[str]) -> int:
+    """Delete the conversation's stored files of these speakers; returns how many were there.
+
+    A file already gone counts as removed; any other failure is a StorageError, with nothing
+    after it deleted. The directory is synced, so the deletions survive a power cut.
+    """
+    removed = 0
+    for label in speaker_labels:
+        path = directory / stored_name(conversation_id, label)
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(
+                f"cannot delete the stored file {path.name}: {exc.strerror}", log_detail=str(path)
+            ) from exc
+    if removed:
+        fsync_directory(directory)
+    return removed
 
 
 def temporary_stem(conversation_id: str, speaker_label: str) -> str:

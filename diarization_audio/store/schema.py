@@ -40,6 +40,11 @@ Since version 5, the measures a training team filters on (labels/quality.py):
 - `speech.snr_db` (the leg's speech-band SNR; NULL when it has no speech) and
   `speech.music_share` (its share of music or tones), indexed by SNR for the median. Legs
   labelled before version 5 hold NULL in both until they are labelled again: unknown.
+
+Since version 6, erasure (store/erasure.py):
+- `tombstones`: one row per erased conversation: its id, when, the reason given, and what the
+  erase removed (files, microseconds of audio), so a repeated erase answers the same and a
+  download of the same id is refused unless explicitly allowed.
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ from diarization_audio.wav import CHANNELS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 STAMP_LENGTH = 40  # ISO 8601 with microseconds and offset fits in 32
 DAY_LENGTH = 10  # YYYY-MM-DD at the head of every stored timestamp
 
@@ -192,6 +197,16 @@ conversation_flags = Table(
     Column("flagged_at", String(STAMP_LENGTH), nullable=False),
 )
 
+tombstones = Table(
+    "tombstones",
+    metadata,
+    Column("conversation_id", String(NAME_MAX_LENGTH), primary_key=True),
+    Column("erased_at", String(STAMP_LENGTH), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("files", Integer, nullable=False),
+    Column("duration_micros", BigInteger, nullable=False),
+)
+
 
 def _add_speech(conn: Connection) -> None:
     """Version 1 -> 2: the speech tables, agent ids and the speech totals' columns."""
@@ -241,12 +256,18 @@ def _add_leg_quality(conn: Connection) -> None:
     next(i for i in speech.indexes if i.name == "speech_by_snr").create(conn, checkfirst=True)
 
 
+def _add_tombstones(conn: Connection) -> None:
+    """Version 5 -> 6: the tombstones of erased conversations (none yet)."""
+    metadata.create_all(conn, tables=[tombstones])
+
+
 # MIGRATIONS[n] brings a store of version n to version n + 1 inside one write transaction.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_speech,
     2: _add_source_hash,
     3: _add_report_indexes,
     4: _add_leg_quality,
+    5: _add_tombstones,
 }
 
 

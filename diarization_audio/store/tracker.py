@@ -12,6 +12,7 @@ of seconds after changes (and by `--export-json`).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import tzinfo
@@ -21,11 +22,13 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, select, update
 
 from diarization_audio.progress import Totals, statistics_of
-from diarization_audio.store import queries, reports, speech_labels
-from diarization_audio.store.database import BATCH_ROWS, Database
+from diarization_audio.store import erasure, queries, reports, speech_labels
+from diarization_audio.store.database import BATCH_ROWS, BUMP_REVISION, Database
 from diarization_audio.store.database import database_url as database_url
+from diarization_audio.store.erasure import Erasure
 from diarization_audio.store.exporter import JsonExporter as JsonExporter
 from diarization_audio.store.json_export import Entry, Export, entries_from_rows, write_document
+from diarization_audio.store.layout import remove_stored
 from diarization_audio.store.schema import (
     StoredFile,
     conversations,
@@ -39,6 +42,7 @@ from diarization_audio.store.schema import (
 from diarization_audio.store.speech_labels import LegLabels, StoredConversation
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _OLD_FILE = select(files.c.file_size_bytes, files.c.duration_seconds).where(*queries.ONE_FILE)
 
 
@@ -161,6 +165,31 @@ class MetadataTracker(Database):
                 )
             )  # fmt: skip
 
+    def erase(self, conversation_id: str, reason: str, storage_dir: Path) -> Erasure:
+        """Erase a conversation: its rows, its totals and its stored WAVs, leaving a tombstone.
+
+        The files are deleted inside the transaction, before it commits: if one cannot be, the
+        erase fails and nothing is recorded as erased (run it again). Erasing an id again
+        answers the first erase and changes nothing.
+        """
+        now = self.now()
+        with self._writing(bump=False) as conn:
+            earlier = erasure.tombstone(conn, conversation_id)
+            if earlier is not None:
+                return earlier
+            conn.execute(BUMP_REVISION)
+            labels = erasure.stored_labels(conn, conversation_id)
+            done = erasure.erase(conn, conversation_id, reason, now)
+            remove_stored(storage_dir, conversation_id, labels)
+        log.info("erased conversation=%s files=%d duration=%.2fs reason=%r", conversation_id,
+                 done.files, done.duration_seconds, reason)  # fmt: skip
+        return done
+
+    def erased(self, conversation_id: str) -> Erasure | None:
+        """The conversation's tombstone, if it was erased."""
+        with self._reading() as conn:
+            return erasure.tombstone(conn, conversation_id)
+
     def _upsert_conversations(
         self,
         conn: Connection,
@@ -228,10 +257,12 @@ class MetadataTracker(Database):
         with self._reading() as conn:
             totals = queries.totals(conn)
             summary = reports.speech_summary(conn)
+            erased = erasure.erased_count(conn)
         spoken = sum(summary["speaker_micros"].values())
         result = statistics_of(totals, target_hours, self.now(), spoken if speech else None)
         result["speech"] = reports.speech_statistics(summary, totals.micros)
         result["failures"] = self.failure_summary()
+        result["erased_conversations"] = erased
         return result
 
     def failure_summary(self, recent: int = 0) -> dict[str, Any]:
