@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from support.source_server import SourceServer
 from support.stores import exported_document, make_settings, stored
 
 from diarization_audio.cli.store import main as store_main
-from diarization_audio.errors import StorageError
+from diarization_audio.errors import Erased, StorageError
 from diarization_audio.service.app import create_app
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import stored_name, wav_files
@@ -239,6 +241,88 @@ def test_an_erased_id_is_refused_with_410_unless_allowed(
     assert allowed.status_code == 200, allowed.text
     assert allowed.json()["status"] == "success"
     assert sorted(wav_files(Path(settings.audio_storage_dir))) == ["c1_speaker.wav"]
+
+
+def test_recording_a_file_of_an_erased_id_is_refused_unless_allowed(
+    tracker: MetadataTracker, tmp_path: Path
+) -> None:
+    """Recording a file of an erased conversation raises Erased without publishing it; allowed
+    explicitly, it is recorded and the tombstone is gone (the erasure count drops)."""
+    tracker.erase("c1", "consent withdrawn", tmp_path)
+    published: list[str] = []
+    with pytest.raises(Erased, match="'c1' was erased"):
+        tracker.record_file("c1", "agent", stored(1), lambda: published.append("c1"))
+    assert published == [] and tracker.get_conversation("c1") is None
+    assert tracker.statistics()["erased_conversations"] == 1
+    tracker.record_file("c1", "agent", stored(1), lambda: published.append("c1"),
+                        allow_erased=True)  # fmt: skip
+    assert published == ["c1"] and tracker.erased("c1") is None
+    recorded = tracker.get_file("c1", "agent")
+    assert recorded is not None and recorded.sha256 == stored(1).sha256
+    assert tracker.statistics()["erased_conversations"] == 0
+    tracker.record_file("c1", "customer", stored(2))  # stored like any other now
+
+
+@pytest.mark.parametrize("stored_before", [False, True], ids=["new", "replacing"])
+def test_an_erase_during_a_download_wins(
+    client: TestClient, source: SourceServer, settings: Settings, stored_before: bool
+) -> None:
+    """A DELETE that lands while a download of the same id is fetching from a slow source ends
+    with the conversation erased: the download answers 410 erased, and no WAV, temporary file,
+    record or failure row is left."""
+    directory = Path(settings.audio_storage_dir)
+    if stored_before:
+        first = client.post(
+            "/download/single",
+            data={"conversation_id": "c1", "audio_url": source.file_url("wav.wav")},
+        )
+        assert first.status_code == 200, first.text  # fmt: skip
+    slow = "/slow/2/mp3.mp3"
+    answers: list[tuple[int, dict[str, object]]] = []
+    fields = {"conversation_id": "c1", "audio_url": source.url(slow), "overwrite": "true"}
+
+    def download() -> None:
+        answer = client.post("/download/single", data=fields)
+        answers.append((answer.status_code, answer.json()))
+
+    downloading = threading.Thread(target=download)
+    downloading.start()
+    try:
+        assert source.wait_for_hits(slow, timeout=30)
+        erased = client.delete("/conversations/c1", params={"reason": "consent withdrawn"})
+    finally:
+        downloading.join(timeout=60)
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["files"] == (1 if stored_before else 0)
+    assert [(status, body["error"]) for status, body in answers] == [(410, "erased")]
+    assert os.listdir(directory) == []  # no WAV, no temporary download or conversion
+    assert client.get("/conversations/c1").status_code == 404
+    stats = client.get("/statistics").json()
+    assert stats["erased_conversations"] == 1 and stats["failures"]["total"] == 0
+    assert stats["summary"]["total_conversations"] == 0
+
+
+def test_an_allowed_download_lifts_the_tombstone(
+    client: TestClient, source: SourceServer, settings: Settings
+) -> None:
+    """Once allow_erased=true has stored an erased conversation it is like any stored one: a
+    later POST without the override answers `exists`, and the erasure count drops to 0."""
+    url = source.file_url("mp3.mp3")
+    fields = {"conversation_id": "c1", "audio_url": url}
+    assert client.post("/download/single", data=fields).status_code == 200
+    assert client.delete("/conversations/c1").status_code == 200
+    assert client.get("/statistics").json()["erased_conversations"] == 1
+    allowed = client.post("/download/single", data={**fields, "allow_erased": "true"})
+    assert allowed.status_code == 200 and allowed.json()["status"] == "success"
+    assert client.get("/statistics").json()["erased_conversations"] == 0
+    again = client.post("/download/single", data=fields)
+    assert again.status_code == 200, again.text
+    assert again.json()["status"] == "exists"
+    other = client.post("/download/single", data={**fields, "speaker_label": "customer"})
+    assert other.status_code == 200 and other.json()["status"] == "success"
+    assert sorted(wav_files(Path(settings.audio_storage_dir))) == [
+        "c1_customer.wav", "c1_speaker.wav",
+    ]  # fmt: skip
 
 
 def stored_three(settings: Settings) -> MetadataTracker:

@@ -38,6 +38,7 @@ from diarization_audio.ingest.url_policy import UrlPolicy
 from diarization_audio.labels.labeller import LabelWorker
 from diarization_audio.names import validate_name, validate_url
 from diarization_audio.settings import Settings
+from diarization_audio.store.erasure import refusal
 from diarization_audio.store.layout import stored_name
 from diarization_audio.store.schema import StoredFile
 from diarization_audio.store.tracker import MetadataTracker
@@ -201,7 +202,9 @@ class AudioDownloader:
         speakers = "+".join(labels)
         try:
             with self._labelled_after(conversation_id):
-                results = await self._download(conversation_id, labels, url, overwrite, agent_id)
+                results = await self._download(
+                    conversation_id, labels, url, overwrite, agent_id, allow_erased
+                )
         except AudioError as exc:
             log.warning(
                 "conversation=%s speaker=%s url=%s outcome=%s error=%s took=%.2fs",
@@ -209,6 +212,8 @@ class AudioDownloader:
                 time.monotonic() - started,
             )  # fmt: skip
             metrics.download_failed(exc.code, len(labels))
+            if isinstance(exc, Erased):
+                raise  # erased while it ran: a failure row would name the conversation again
             for label in labels:
                 await anyio.to_thread.run_sync(self.storage.record_failure, conversation_id,
                                                label, url, exc)  # fmt: skip
@@ -250,10 +255,7 @@ class AudioDownloader:
     def _refuse_erased(self, conversation_id: str) -> None:
         erased = self.tracker.erased(conversation_id)
         if erased is not None:
-            raise Erased(
-                f"conversation {conversation_id!r} was erased at {erased.erased_at}; "
-                "allow_erased=true stores it again"
-            )
+            raise refusal(erased)
 
     @contextlib.contextmanager
     def _labelled_after(self, conversation_id: str) -> Iterator[None]:
@@ -280,6 +282,7 @@ class AudioDownloader:
         url: str,
         overwrite: bool,
         agent_id: str | None,
+        allow_erased: bool,
     ) -> list[StoredAudio]:
         self.policy.check_host(httpx.URL(url))
         existing = [
@@ -304,7 +307,9 @@ class AudioDownloader:
             async with self._job_slot():
                 if self._stopping:
                     raise self._stop_answer()
-                return await self._fetch_convert_store(conversation_id, labels, url, agent_id)
+                return await self._fetch_convert_store(
+                    conversation_id, labels, url, agent_id, allow_erased
+                )
         except asyncio.CancelledError:
             if task not in self._stopped:
                 raise  # the client went away
@@ -332,10 +337,16 @@ class AudioDownloader:
             self._jobs.release()
 
     async def _fetch_convert_store(
-        self, conversation_id: str, labels: Sequence[str], url: str, agent_id: str | None
+        self,
+        conversation_id: str,
+        labels: Sequence[str],
+        url: str,
+        agent_id: str | None,
+        allow_erased: bool,
     ) -> list[StoredAudio]:
         """Fetch once, convert, store and record: one label (every channel mixed down), or two
-        (the first and second channel of a stereo file, one speaker each)."""
+        (the first and second channel of a stereo file, one speaker each). An erase of the
+        conversation that commits before the record refuses it with Erased."""
         source, converted = self.storage.temporaries(conversation_id, labels)
         try:
             await fetch_and_convert(
@@ -346,6 +357,7 @@ class AudioDownloader:
             self._cancellable.discard(asyncio.current_task())
             records = await anyio.to_thread.run_sync(
                 self.storage.publish, conversation_id, labels, source, converted, url, agent_id,
+                allow_erased,
             )  # fmt: skip
             self._stored_unlabelled.add(conversation_id)
         except NotAudio as exc:

@@ -118,8 +118,13 @@ class Storage:
         converted: Sequence[Path],
         url: str,
         agent_id: str | None,
+        allow_erased: bool = False,
     ) -> list[StoredFile]:
-        """Read the converted files back, then publish and record each with its transaction."""
+        """Read the converted files back, then publish and record each with its transaction.
+
+        An erase that committed meanwhile refuses it with Erased (the converted files stay
+        where they are, for the caller to remove).
+        """
         source.unlink(missing_ok=True)  # a large file can take a while to free: not in the loop
         finals = [self.target_path(conversation_id, label) for label in labels]
         records = [self._describe(c, f, url) for c, f in zip(converted, finals, strict=True)]
@@ -136,7 +141,7 @@ class Storage:
         for label, record, temporary, final in zip(labels, records, converted, finals, strict=True):
             self.tracker.record_file(
                 conversation_id, label, record, functools.partial(os.replace, temporary, final),
-                agent_id,
+                agent_id, allow_erased=allow_erased,
             )  # fmt: skip
         return records
 

@@ -162,7 +162,8 @@ class StatisticsPublic(BaseModel):
     failures: FailuresPublic
     timestamp: str
     erased_conversations: int = Field(
-        description="Conversations erased (each leaves a tombstone that refuses its download)."
+        description="Erased conversations whose tombstone is present (it refuses their download;"
+        " a download with allow_erased=true lifts it)."
     )
 
 

@@ -4,7 +4,9 @@ The functions here run inside the write transaction store/tracker.py hands them 
 store/speech_labels.py do). An erase removes the conversation's files, speech labels, flags and
 failure rows, takes its audio, speech and overlap off the running totals, and writes a tombstone
 (id, time, reason, what was removed). The tombstone is what a repeated erase answers with, and
-what refuses a later download of the same id unless it is explicitly allowed.
+what refuses a later download of the same id unless it is explicitly allowed: it is checked
+again where a downloaded file is recorded, so an erase that lands while a download is in flight
+wins. A download explicitly allowed lifts the tombstone when its file is recorded.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, update
 
+from diarization_audio.errors import Erased
 from diarization_audio.store.schema import (
     conversation_flags,
     conversations,
@@ -51,6 +54,25 @@ def tombstone(conn: Connection, conversation_id: str) -> Erasure | None:
         files=row.files,
         duration_seconds=row.duration_micros / 1_000_000,
     )
+
+
+def refusal(found: Erasure) -> Erased:
+    """The error that refuses storing an erased conversation again."""
+    return Erased(
+        f"conversation {found.conversation_id!r} was erased at {found.erased_at}; "
+        "allow_erased=true stores it again"
+    )
+
+
+def check_or_lift(conn: Connection, conversation_id: str, allow_erased: bool) -> None:
+    """Refuse recording a file of an erased conversation, or, when that is explicitly allowed,
+    remove its tombstone: the conversation is then stored like any other."""
+    found = tombstone(conn, conversation_id)
+    if found is None:
+        return
+    if not allow_erased:
+        raise refusal(found)
+    conn.execute(delete(tombstones).where(tombstones.c.conversation_id == conversation_id))
 
 
 def erased_count(conn: Connection) -> int:

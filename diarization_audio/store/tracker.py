@@ -110,14 +110,20 @@ class MetadataTracker(Database):
         stored: StoredFile,
         publish: Callable[[], None] | None = None,
         agent_id: str | None = None,
+        *,
+        allow_erased: bool = False,
     ) -> None:
         """Add or replace one speaker's file of a conversation.
 
         `publish` runs inside the write transaction, after the rows are written and before the
         commit: if it raises, nothing is recorded. A replaced file loses its speech labels.
+        An erased conversation is refused with Erased (nothing published) unless
+        `allow_erased`, which lifts its tombstone.
         """
         now = self.now()
         with self._writing() as conn:
+            # Checked in the transaction that publishes: an erase commits before or after it.
+            erasure.check_or_lift(conn, conversation_id, allow_erased)
             old = conn.execute(
                 _OLD_FILE, {"the_conversation": conversation_id, "the_label": speaker_label}
             ).first()
