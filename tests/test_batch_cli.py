@@ -6,6 +6,7 @@ import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from support.cli_helpers import (
     audio_hits,
@@ -292,3 +293,35 @@ def test_a_failed_rows_file_that_cannot_be_written_whole_is_not_written(tmp_path
     with pytest.raises(UnicodeEncodeError):
         write_failed_rows(tmp_path, ["conversation_id", "agent_url"], rows)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_erased_conversations_are_counted_not_failed_until_allowed(
+    tmp_path: Path,
+    settings: Settings,
+    server_process: ServerProcess,
+    source: SourceServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A conversation the service answers 410 erased is counted as erased: not failed, not in a
+    failed-rows file, nothing fetched for it, exit 0; --allow-erased stores it again."""
+    rows = conversation_rows(source, 3)
+    csv_path = write_csv(tmp_path / "batch.csv", rows)
+    with httpx.Client(base_url=server_process.base_url, trust_env=False) as http:
+        for cid in ("conv_000", "conv_002"):
+            assert http.delete(f"/conversations/{cid}").status_code == 200
+
+    assert run_batch(csv_path, server_process.base_url) == 0
+    out = capsys.readouterr().out
+    assert "succeeded 1, partial 0, failed 0, skipped 0 (already stored), invalid rows 0" in out
+    assert "  erased 2 (refused by the service; --allow-erased stores them again)" in out
+    assert "ERASED line 2 conv_000: conversation 'conv_000' was erased at" in out
+    assert failed_files(tmp_path) == []
+    assert stored_conversations(settings) == {"conv_001"}
+    assert audio_hits(source) == 2  # conv_001's two legs only
+
+    assert run_batch(csv_path, server_process.base_url, extra=("--allow-erased",)) == 0
+    out = capsys.readouterr().out
+    assert "succeeded 2, partial 0, failed 0, skipped 1 (already stored)" in out
+    assert "  erased 0 (" in out
+    assert stored_conversations(settings) == {"conv_000", "conv_001", "conv_002"}
+    assert failed_files(tmp_path) == []

@@ -2,17 +2,19 @@
 
 The service decides what is already stored: a conversation whose files it answers as `exists`
 is counted as skipped and nothing is downloaded, so running the same command again resumes
-where the last run stopped. Rows that failed are written to `failed_rows_<timestamp>.csv` with
-the input's header, ready to be passed back as the CSV.
+where the last run stopped. A conversation the service refuses with 410 `erased` is counted
+as erased, neither failed nor retried (--allow-erased stores it again). Rows that failed are
+written to `failed_rows_<timestamp>.csv` with the input's header, ready to be passed back as
+the CSV.
 
 With several --server options the rows are spread over those services (of one store): each row
 goes to the one with the fewest rows in flight. A service that does not answer at the start is
 left out with a warning; one that stops answering during the run leaves the rotation and its
 row is sent to another. Only when none is left does the run stop.
 
-Exit codes: 0 every row stored or skipped (or the target was reached); 1 some rows failed or
-were invalid; 2 the CSV or an option is unusable; 3 no service could be reached, or one refused
-the API key.
+Exit codes: 0 every row stored, skipped or erased (or the target was reached); 1 some rows
+failed or were invalid; 2 the CSV or an option is unusable; 3 no service could be reached, or
+one refused the API key.
 """
 
 from __future__ import annotations
@@ -51,13 +53,14 @@ from diarization_audio.cli.conversations_csv import (
     read_csv,
     write_failed_rows,
 )
-from diarization_audio.errors import AudioError, Busy, Unauthorized
+from diarization_audio.errors import AudioError, Busy, Erased, Unauthorized
 from diarization_audio.settings import get_settings
 
 EXIT_UNREACHABLE = 3
 BUSY_ATTEMPTS = 4  # a service with every job slot taken says when to come back
 BUSY_MAX_WAIT_SECONDS = 60.0
 COLUMNS = Columns()  # the default column names
+OUTCOMES = ("succeeded", "partial", "failed", "skipped", "erased")
 
 
 # The service -----------------------------------------------------------------------------
@@ -65,7 +68,7 @@ COLUMNS = Columns()  # the default column names
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one row: succeeded, partial, failed or skipped."""
+    """What happened to one row: succeeded, partial, failed, skipped or erased."""
 
     row: Row
     status: str
@@ -74,7 +77,7 @@ class Outcome:
     server: str = ""  # the service that answered
 
 
-def send(client: ServiceClient, row: Row, overwrite: bool) -> Outcome:
+def send(client: ServiceClient, row: Row, overwrite: bool, allow_erased: bool = False) -> Outcome:
     """One conversation through the service; raises only when the service itself is unusable."""
     retrying = Retrying(
         retry=retry_if_exception_type(Busy),
@@ -86,10 +89,13 @@ def send(client: ServiceClient, row: Row, overwrite: bool) -> Outcome:
         for attempt in retrying:
             with attempt:
                 body = client.download_dual(
-                    row.conversation_id, row.agent_url, row.customer_url, overwrite, row.agent_id
-                )
+                    row.conversation_id, row.agent_url, row.customer_url, overwrite, row.agent_id,
+                    allow_erased=allow_erased,
+                )  # fmt: skip
     except (ServiceUnreachable, Unauthorized):
         raise
+    except Erased as exc:
+        return Outcome(row, "erased", message=exc.message, server=client.base_url)
     except AudioError as exc:
         return Outcome(row, "failed", message=f"{exc.code}: {exc.message}", server=client.base_url)
     return replace(classify(row, body), server=client.base_url)
@@ -106,6 +112,9 @@ def classify(row: Row, body: dict[str, Any]) -> Outcome:
     stored = [item for item in items if item.get("status") == "success"]
     added = sum(float(item.get("duration_seconds") or 0.0) for item in stored) / 3600
     failed = [f"{i['speaker']}: {i.get('error')}" for i in items if i.get("status") == "failed"]
+    if any(item.get("error_code") == Erased.code for item in items):
+        # Erased while its other leg was stored: the erase removed that one too.
+        return Outcome(row, "erased", message="; ".join(failed))
     if failed:
         return Outcome(row, "partial", added, "; ".join(failed))
     if all(item.get("status") == "exists" for item in items):
@@ -121,9 +130,7 @@ class Summary:
     """Counts and rows to retry, kept as rows finish."""
 
     started: float = field(default_factory=time.monotonic)
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("succeeded", "partial", "failed", "skipped"), 0)
-    )
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     hours_added: float = 0.0
     sent: int = 0
     retry: list[Row] = field(default_factory=list)
@@ -145,6 +152,7 @@ class Summary:
             "Summary:",
             f"  succeeded {c['succeeded']}, partial {c['partial']}, failed {c['failed']}, "
             f"skipped {c['skipped']} (already stored), invalid rows {invalid}",
+            f"  erased {c['erased']} (refused by the service; --allow-erased stores them again)",
             f"  hours added {self.hours_added:.4f} ({self.hours_added * 60:.1f} min of audio)",
             f"  elapsed {elapsed:.1f} s, throughput {sum(c.values()) * per_minute:.1f} "
             f"conversations/min, {self.hours_added * 60 * per_minute:.2f} min of audio per min",
@@ -175,7 +183,9 @@ def run_batch(
                 row = next(queue, None)
                 if row is None:
                     break
-                request = partial(send, row=row, overwrite=args.overwrite)
+                request = partial(
+                    send, row=row, overwrite=args.overwrite, allow_erased=args.allow_erased
+                )
                 in_flight[pool.submit(services.call, request)] = row
                 summary.sent += 1
             if not in_flight:
@@ -219,8 +229,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Download every conversation of a CSV through the running service "
         "(POST /download/dual). Conversations the service already stores are skipped, so the "
         "same command resumes an interrupted batch.",
-        epilog="Exit codes: 0 all stored or skipped (or target reached), 1 some rows failed "
-        "or were invalid, 2 unusable CSV or settings, 3 no service reachable or API key refused.",
+        epilog="Exit codes: 0 all stored, skipped or erased (or target reached), 1 some rows "
+        "failed or were invalid, 2 unusable CSV or settings, 3 no service reachable or API key "
+        "refused.",
     )
     add = parser.add_argument
     add("csv", nargs="?", type=Path, default=DEFAULT_CSV, help="default: %(default)s")
@@ -238,6 +249,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--agent-id-column", default=COLUMNS.agent_id, metavar="NAME",
         help="optional column of agent ids (default: %(default)s)")  # fmt: skip
     add("--overwrite", action="store_true", help="download again what is already stored")
+    add("--allow-erased", action="store_true",
+        help="store conversations that were erased again (by default the service refuses "
+        "them and they are counted as erased)")  # fmt: skip
     add("--stop-at-target", type=positive_float, metavar="HOURS",
         help="send no more rows once the service reports HOURS collected")  # fmt: skip
     add("--failed-rows-dir", type=Path, default=Path("."), metavar="DIR",

@@ -92,6 +92,8 @@ class ServiceClient:
         customer_url: str | None,
         overwrite: bool,
         agent_id: str | None = None,
+        *,
+        allow_erased: bool = False,
     ) -> dict[str, Any]:
         """The /download/dual answer (status success or partial); raises if nothing was stored."""
         data = {"conversation_id": conversation_id, "audio_url_agent": agent_url}
@@ -101,6 +103,8 @@ class ServiceClient:
             data["agent_id"] = agent_id
         if overwrite:
             data["overwrite"] = "true"
+        if allow_erased:
+            data["allow_erased"] = "true"
         return self._json(self._send("POST", "/download/dual", data=data), "/download/dual")
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
