@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from support.source_server import SourceServer
 from support.stores import exported_document, make_settings, stored
 
+from diarization_audio.cli.report import main as report_main
 from diarization_audio.cli.store import main as store_main
 from diarization_audio.errors import Erased, StorageError
 from diarization_audio.service.app import create_app
@@ -392,3 +393,29 @@ def test_script_refuses_a_malformed_id_before_erasing_any(
         store_main(["--reason", "why"])
     assert usage.value.code == 2
     tracker.close()
+
+
+def test_the_storage_report_and_the_dashboard_count_erasures(
+    script_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """analyze_storage.py's report (JSON and text) and the dashboard show the erased
+    conversations, and the consistency check finds no file or record the erase left behind."""
+    tracker = stored_three(script_settings)
+    for cid in ("c1", "c3"):
+        tracker.erase(cid, "consent withdrawn", Path(script_settings.audio_storage_dir))
+    tracker.close()
+    assert report_main(["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["erased_conversations"] == 2
+    assert report["summary"]["total_conversations"] == 1
+    # (the fixture's WAVs are stubs, so sizes differ; no file or record of c1, c3 is left)
+    assert (report["consistency"]["missing_files"], report["consistency"]["unknown_files"]) == (
+        [], [],
+    )  # fmt: skip
+    assert report_main([]) == 0
+    assert "  erased     2 conversations (refused from now on)\n" in capsys.readouterr().out
+    with TestClient(create_app(script_settings)) as client:
+        data = client.get("/dashboard/data").json()
+        assert data["erased_conversations"] == 2
+        page = client.get("/dashboard").text
+    assert '<b id="erased" data-value="2">2</b><span>erased conversations</span>' in page

@@ -134,6 +134,7 @@ def build_report(
         | {key: figures.lengths.quantiles.get(key) for key in ("min", "median", "p90", "max")},
         "storage": _storage(rows, on_disk, storage_dir),
         "failures": figures.failures,
+        "erased_conversations": figures.erased,
         "consistency": {"ok": not any(problems.values()), **problems},
     }
     return report, rows

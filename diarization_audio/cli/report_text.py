@@ -23,6 +23,7 @@ def render(report: dict[str, Any]) -> str:
         + ("  TARGET REACHED" if p["target_reached"] else ""),
         f"  collected  {_hours(p['current_hours'])} in "
         f"{report['summary']['total_conversations']} conversations",
+        f"  erased     {report['erased_conversations']} conversations (refused from now on)",
         f"  remaining  {_hours(p['remaining_hours'])}, about "
         f"{p['estimated_conversations_needed']} more conversations",
         f"  last 24 h  {_hours(rate['hours_last_24h'])} collected",

@@ -123,6 +123,9 @@ class DashboardPublic(BaseModel):
     lengths: LengthsPublic
     failures: DashboardFailuresPublic
     flags: FlagsPublic
+    erased_conversations: int = Field(
+        description="Erased conversations whose tombstone is present, as /statistics."
+    )
 
 
 def dashboard(tracker: MetadataTracker, target_hours: float) -> DashboardPublic:
@@ -196,6 +199,7 @@ def figures(report: Report, target_hours: float, now: str) -> DashboardPublic:
             ],
         ),
         failures=DashboardFailuresPublic(**report.failures),
+        erased_conversations=report.erased,
         flags=FlagsPublic(
             flagged_conversations=report.speech["flagged_conversations"],
             by_reason=report.speech["flags"],

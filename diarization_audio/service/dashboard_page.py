@@ -97,10 +97,11 @@ def page(data: DashboardPublic, target_hours: float) -> str:
         ("speech-share", f"{data.speech_share:.1%}", data.speech_share),
         ("failures-24h", f"{data.failures.last_24_hours:,}", data.failures.last_24_hours),
         ("size-gb", f"{s.total_size_gb:,.2f} GB", s.total_size_gb),
+        ("erased", f"{data.erased_conversations:,}", data.erased_conversations),
     ]  # fmt: skip
     names = {"conversations": "conversations", "audio-hours": "audio", "speech-hours": "speech",
              "speech-share": "speech share", "failures-24h": "failures, last 24 h",
-             "size-gb": "stored"}  # fmt: skip
+             "size-gb": "stored", "erased": "erased conversations"}  # fmt: skip
     tile_html = "".join(
         f'<div class="tile"><b id="{key}" data-value="{value}">{_e(text)}</b>'
         f"<span>{names[key]}</span></div>"

@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from diarization_audio.progress import Totals, hours, speech_share
+from diarization_audio.store.erasure import erased_count
 from diarization_audio.store.schema import (
     conversation_flags,
     conversations,
@@ -93,6 +94,7 @@ class Report:
     speakers: list[SpeakerTotal]
     lengths: Lengths
     failures: dict[str, Any]
+    erased: int  # erased conversations whose tombstone is present
 
 
 def report(conn: Connection, totals: Totals, since_day: str, now: float, recent: int) -> Report:
@@ -105,6 +107,7 @@ def report(conn: Connection, totals: Totals, since_day: str, now: float, recent:
         speakers=speakers(conn),
         lengths=lengths(conn, totals.conversations),
         failures=failure_summary(conn, now - LAST_DAY_SECONDS, recent),
+        erased=erased_count(conn),
     )
 
 
