@@ -430,3 +430,27 @@ def test_each_format_carries_the_legs_measures_and_the_flags(
             "music_share": entry[f"music_share_{s['speaker']}"],
             "flags": entry["flags"],
         }
+
+
+def test_a_rerun_takes_an_erased_conversation_out_and_says_so(
+    collection: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After an erase, the next export into the same folder removes the conversation's audio,
+    labels and manifest lines, and its summary counts it as erased."""
+    out = tmp_path / "set"
+    export(out)
+    assert (out / "audio" / "call-b.wav").exists()
+    capsys.readouterr()
+    tracker = MetadataTracker.from_settings(collection)
+    tracker.erase("call-b", "consent withdrawn", Path(collection.audio_storage_dir))
+    tracker.close()
+    export(out)
+    printed = capsys.readouterr().out
+    assert ", 1 removed (1 erased); " in printed
+    assert not any(out.rglob("call-b*"))
+    manifests = [p for p in out.rglob("*") if p.is_file() and p.suffix in {".txt", ".json",
+                 ".jsonl", ".csv", ".lst", ".yml", ".yaml"}]  # fmt: skip
+    assert manifests
+    assert [p for p in manifests if "call-b" in p.read_text()] == []
+    export(out)  # nothing more to take out
+    assert ", 0 removed; " in capsys.readouterr().out

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             args.output_dir, formats=args.formats, split=args.split,
             include_flagged=args.include_flagged, progress=not args.no_progress,
         )  # fmt: skip
+        erased = len(tracker.erased_among(done.removed_ids))
     except ValidationError as exc:
         return fail(EXIT_USAGE, invalid_settings(exc))
     except AudioError as exc:
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"exported {done.exported} conversations to {args.output_dir} ({hours}; "
         f"{done.speech_hours:.3f} h of speech): {done.written} written, {done.unchanged} "
-        f"unchanged, {done.removed} removed; {done.left_out_text()}"
-        + (f"; labelled {labelled} first" if labelled else "")
+        f"unchanged, {done.removed} removed{f' ({erased} erased)' if erased else ''}; "
+        f"{done.left_out_text()}" + (f"; labelled {labelled} first" if labelled else "")
     )
     return EXIT_OK
 

@@ -61,6 +61,7 @@ class ExportSummary:
     written: int = 0  # conversations whose audio and labels were (re)written
     unchanged: int = 0
     removed: int = 0
+    removed_ids: list[str] = field(default_factory=list)  # conversations taken out of the folder
     left_out: int = 0  # conversations not exported, each counted once
     # Why, by reason: each quality flag's name, LABELS_MISSING, NOT_TWO_LEGS. A conversation
     # left out for several reasons counts under each of them.
@@ -149,11 +150,12 @@ def _export(
         item, fingerprint = _export_one(conversation, out, split, previous, summary)
         items.append(item)
         state[item.uri] = fingerprint
-    for uri in set(previous) - set(state):
+    for uri in sorted(set(previous) - set(state)):
         for path in (out / "audio" / f"{uri}.wav", out / "rttm" / f"{uri}.rttm",
                      out / "uem" / f"{uri}.uem"):  # fmt: skip
             path.unlink(missing_ok=True)
         summary.removed += 1
+        summary.removed_ids.append(uri)
     _write_indexes(out, items, formats)
     fmt.write_if_changed(state_path, json.dumps(state, indent=1, sort_keys=True).encode())
     summary.exported = len(items)

@@ -241,6 +241,11 @@ class MetadataTracker(Database):
             found = queries.entries(conn, [conversation_id])
         return found[0] if found else None
 
+    def erased_among(self, conversation_ids: Iterable[str]) -> list[str]:
+        """Those of `conversation_ids` that have been erased (a tombstone stands for them)."""
+        with self._reading() as conn:
+            return [cid for cid in conversation_ids if erasure.tombstone(conn, cid) is not None]
+
     def list_conversations(self, limit: int, offset: int) -> tuple[int, list[Entry]]:
         """One page of conversations in the order they were first stored, and the total."""
         with self._reading() as conn:
