@@ -34,6 +34,11 @@ def test_demo_runs_every_step_and_cleans_up(tmp_path: Path) -> None:
                      "stereo-call-1: music: agent: ",
                      "exported 11 conversations to",
                      "left out 3 (music 1, without two legs 2)",
+                     "--erase conv_20251016_002 --reason 'consent withdrawn'",
+                     "erased 1 conversations (2 files)",
+                     "erased 1 (refused by the service; --allow-erased stores them again)",
+                     "exported 10 conversations to",
+                     "1 removed (1 erased); left out 3",
                      "Demo finished in"):  # fmt: skip
         assert expected in run.stdout
     assert list(tmp_path.iterdir()) == []

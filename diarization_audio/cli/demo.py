@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import csv
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -192,7 +193,7 @@ SCRIPTS: dict[Callable[[list[str] | None], int], str] = {
 
 def step(title: str, script: Callable[[list[str] | None], int], args: list[str]) -> int:
     """Print the command a user would type, then run it in this process."""
-    print(f"\n=== {title}\n$ python3 {SCRIPTS[script]} {' '.join(args)}", flush=True)
+    print(f"\n=== {title}\n$ python3 {SCRIPTS[script]} {shlex.join(args)}", flush=True)
     code = script(args)
     print(f"(exit code {code})", flush=True)
     return code
@@ -224,6 +225,9 @@ def wait_for_labels() -> int:
     return 0
 
 
+ERASED_ID = "conv_20251016_002"  # a two-leg conversation of the example CSV
+
+
 def walk_through(demo_csv: Path, work: Path, stereo_url: str) -> list[int]:
     """The user's workflow, one command after the other; returns their exit codes."""
     target, batch = ["--target", str(TARGET_HOURS)], [str(demo_csv), "--failed-rows-dir", str(work)]
@@ -241,6 +245,12 @@ def walk_through(demo_csv: Path, work: Path, stereo_url: str) -> list[int]:
         hourly_monitor(work),
         step("A training set for NeMo, pyannote, Hugging Face and lhotse", export_dataset.main,
              [str(work / "training_set"), "--no-progress"]),
+        step("A customer withdraws consent: erase the conversation everywhere",
+             metadata_tracker.main, ["--erase", ERASED_ID, "--reason", "consent withdrawn"]),
+        step("The same CSV again: the erased conversation is refused, not stored again",
+             batch_download_from_csv.main, batch),
+        step("The training set again: the erased conversation is taken out of it",
+             export_dataset.main, [str(work / "training_set"), "--no-progress"]),
     ]  # fmt: skip
 
 
