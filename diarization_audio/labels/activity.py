@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from diarization_audio.labels.analysis import Leg, LegAudio, listened, measured, source_of
-from diarization_audio.labels.params import DEFAULT_PARAMS, Frames, Mask, VadParams
+from diarization_audio.labels.params import DEFAULT_PARAMS, Frames, Mask, VadParams, widened
 from diarization_audio.wav import Segment
 
 
@@ -108,26 +108,12 @@ def _above_second_voice(heard: Mask, own: Mask, leg: LegAudio, params: VadParams
     `second_voice_smoothing` seconds: otherwise the second voice, talking into the party's
     pauses, lengthens every turn of the party's that it touches."""
     reach = round(params.second_voice_away / leg.frame_seconds)
-    alone = heard & ~own & ~_widened(own, reach)
+    alone = heard & ~own & ~widened(own, reach)
     if not own.any() or np.count_nonzero(alone) < params.second_voice_share * np.count_nonzero(own):
         return own
     second = float(np.median(leg.frame_db[alone]))
     width = max(1, round(params.second_voice_smoothing / leg.frame_seconds))
     return own & (_mean_db(leg.frame_db, width) >= second + params.second_voice_margin_db)
-
-
-def _widened(mask: Mask, frames: int) -> Mask:
-    """`mask` grown by `frames` frames on each side (doubling shifts: no index arrays)."""
-    out = mask.copy()
-    span = 1
-    while span <= frames:
-        step = min(span, frames + 1 - span)
-        grown = out.copy()
-        grown[step:] |= out[:-step]
-        grown[:-step] |= out[step:]
-        out = grown
-        span += step
-    return out
 
 
 def _mean_db(levels: Frames, frames: int) -> Frames:

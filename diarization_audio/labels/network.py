@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from diarization_audio.labels.params import Frames, Mask, VadParams
+from diarization_audio.labels.params import Frames, Mask, VadParams, widened
 from diarization_audio.wav import SAMPLE_RATE
 
 WINDOW = 512  # samples at 16 kHz: the network's 32 ms window
@@ -76,15 +76,6 @@ def _running_min(values: Frames, reach: int) -> Frames:
     return out
 
 
-def _dilate(mask: Mask, reach: int) -> Mask:
-    """`mask` widened by `reach` windows on each side."""
-    out = mask.copy()
-    for shift in range(1, reach + 1):
-        out[shift:] |= mask[:-shift]
-        out[:-shift] |= mask[shift:]
-    return out
-
-
 def _flatness(block: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     """Spectral flatness (geometric over arithmetic mean of the power) in the telephone band."""
     spectrum = np.abs(np.fft.rfft(block * np.hanning(WINDOW).astype(np.float32), axis=1)) ** 2
@@ -128,14 +119,14 @@ def network_pass(
     floor_here = np.maximum(local, np.float32(floor))
     del local
     context = round(params.gate_context * SAMPLE_RATE / WINDOW)
-    shown = _dilate(level >= floor_here + params.gate_above_floor_db, context)
+    shown = widened(level >= floor_here + params.gate_above_floor_db, context)
     loud = level >= floor_here + params.music_above_floor_db
     del floor_here, level  # one leg's window arrays at a time: memory stays small
     if skip is not None and windows:
         centres = (np.arange(windows, dtype=np.int32) * WINDOW + WINDOW // 2) // frame
         # kept: the context before and after what is shown, so the network is warmed up
         # when the leg's own voice follows (or comes through) the other's
-        shown &= _dilate(~skip[np.minimum(centres, skip.size - 1)], context)
+        shown &= widened(~skip[np.minimum(centres, skip.size - 1)], context)
     probability = np.zeros(windows, np.float32)
     flat = np.ones(windows, np.float32)
     model, index, pending = _model(), 0, b""

