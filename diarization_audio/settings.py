@@ -8,9 +8,10 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -29,6 +30,15 @@ class Settings(BaseSettings):
 
     # Where things live.
     audio_storage_dir: Path = Path("./downloaded_audios")
+    # s3://bucket/prefix: the WAVs go to that bucket (AUDIO_STORAGE_DIR then holds only work in
+    # progress). Unset: they stay in AUDIO_STORAGE_DIR.
+    audio_storage_url: str | None = None
+    # The bucket's endpoint (MinIO, a local S3 server; unset: AWS), region and keys, under the
+    # names every S3 tool reads. Unset keys fall back to boto3's own chain (~/.aws, a role).
+    aws_endpoint_url: str | None = None
+    aws_region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
     metadata_file: Path = Path("./conversations_metadata.json")
     log_dir: Path = Path("./logs")
     # The store: PostgreSQL when DATABASE_URL is set, else SQLite at DATABASE_FILE (default:
@@ -105,10 +115,29 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("ffmpeg_binary", "api_key", "database_url", "database_file", mode="before")
+    @field_validator(
+        "ffmpeg_binary", "api_key", "database_url", "database_file", "audio_storage_url",
+        "aws_endpoint_url", "aws_region", "aws_access_key_id", "aws_secret_access_key",
+        mode="before",
+    )  # fmt: skip
     @classmethod
     def _blank_means_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("audio_storage_url")
+    @classmethod
+    def _bucket_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+            raise PydanticCustomError(
+                "bucket_url",
+                "expected s3://bucket or s3://bucket/prefix, got {url} (a local folder is "
+                "AUDIO_STORAGE_DIR)",
+                {"url": repr(value)},
+            )
+        return value
 
     @field_validator("log_timezone")
     @classmethod
@@ -146,6 +175,7 @@ def settings_under(base: Path, **overrides: object) -> Settings:
         "log_dir": base / "logs",
         "conversion_slots_dir": base / "slots",
         "database_url": None,
+        "audio_storage_url": None,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type,call-arg]

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from support.stores import make_settings
 
 from diarization_audio.cli.report import build_report
+from diarization_audio.objects import Folder
 from diarization_audio.service.app import create_app
 from diarization_audio.service.dashboard_figures import DAYS_SHOWN, DashboardPublic, dashboard
 from diarization_audio.service.dashboard_routes import (
@@ -322,7 +323,7 @@ def test_the_report_and_the_dashboard_project_the_same_date(
     page = dashboard(tracker, 100)
     now = datetime.fromisoformat(page.generated_at)
     for speech, shown in ((False, page.audio), (True, page.speech)):
-        report, _ = build_report(tracker, tmp_path, 100, now, speech)
+        report, _ = build_report(tracker, Folder(tmp_path), 100, now, speech)
         rate = report["rate"]
         assert rate["hours_per_day"] == shown.projection.hours_per_day > 0
         assert rate["days_to_target"] == shown.projection.days_to_target

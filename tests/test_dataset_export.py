@@ -22,6 +22,7 @@ from support.stores import make_settings
 from diarization_audio.cli.export import main
 from diarization_audio.dataset.export import split_of
 from diarization_audio.labels.labeller import label_conversation, thresholds_of
+from diarization_audio.objects import Folder
 from diarization_audio.settings import Settings
 from diarization_audio.store.schema import StoredFile
 from diarization_audio.store.tracker import MetadataTracker
@@ -442,7 +443,7 @@ def test_a_rerun_takes_an_erased_conversation_out_and_says_so(
     assert (out / "audio" / "call-b.wav").exists()
     capsys.readouterr()
     tracker = MetadataTracker.from_settings(collection)
-    tracker.erase("call-b", "consent withdrawn", Path(collection.audio_storage_dir))
+    tracker.erase("call-b", "consent withdrawn", Folder(Path(collection.audio_storage_dir)))
     tracker.close()
     export(out)
     printed = capsys.readouterr().out

@@ -16,6 +16,7 @@ from support.stores import exported_document, make_settings, stored
 from diarization_audio.cli.report import main as report_main
 from diarization_audio.cli.store import main as store_main
 from diarization_audio.errors import Erased, StorageError
+from diarization_audio.objects import Folder
 from diarization_audio.service.app import create_app
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import stored_name, wav_files
@@ -62,14 +63,18 @@ def test_erase_removes_everything_and_keeps_the_totals_exact(
     tracker.record_failure("kept", "agent", "http://127.0.0.1/b.mp3", "source_error", "404")
     kept_before = tracker.get_conversation("kept")
 
-    done = tracker.erase("gone", "consent withdrawn", audio)
+    done = tracker.erase("gone", "consent withdrawn", Folder(audio))
 
     assert (done.conversation_id, done.reason, done.files) == ("gone", "consent withdrawn", 2)
     assert done.duration_seconds == pytest.approx(stored(1).duration_seconds
                                                   + stored(2).duration_seconds)  # fmt: skip
     assert tracker.get_conversation("gone") is None
     assert tracker.get_conversation("kept") == kept_before
-    assert sorted(wav_files(audio)) == ["kept_agent.wav", "kept_customer.wav", "solo_agent.wav"]
+    assert sorted(wav_files(Folder(audio))) == [
+        "kept_agent.wav",
+        "kept_customer.wav",
+        "solo_agent.wav",
+    ]
     assert [row[0] for row in tracker.flags()] == ["kept"]
     assert [c.conversation_id for c in tracker.stored_conversations()] == ["kept", "solo"]
     failures = tracker.failure_summary(recent=10)
@@ -93,10 +98,10 @@ def test_a_second_erase_answers_the_same_and_changes_nothing(
     """Erasing an id again answers the first erase (its time and reason) and writes nothing."""
     audio = tmp_path / "audio"
     keep(tracker, audio, "c1", "agent", 1)
-    first = tracker.erase("c1", "consent withdrawn", audio)
+    first = tracker.erase("c1", "consent withdrawn", Folder(audio))
     tracker.export_json()
     assert not tracker.export_due()
-    again = tracker.erase("c1", "another reason", audio)
+    again = tracker.erase("c1", "another reason", Folder(audio))
     assert again == first and tracker.erased("c1") == first
     assert not tracker.export_due()  # the store's revision did not move
     assert tracker.statistics()["erased_conversations"] == 1
@@ -106,7 +111,7 @@ def test_an_id_never_stored_gets_a_tombstone(tracker: MetadataTracker, tmp_path:
     """Erasing an id the store never held removes nothing and leaves a tombstone, so a later
     download of it is refused."""
     assert tracker.erased("never") is None
-    done = tracker.erase("never", "", tmp_path)
+    done = tracker.erase("never", "", Folder(tmp_path))
     assert (done.files, done.duration_seconds, done.reason) == (0, 0.0, "")
     assert tracker.erased("never") == done
 
@@ -122,7 +127,7 @@ def test_a_file_that_cannot_be_deleted_leaves_nothing_erased(
     tracker.record_file("c1", "customer", stored(2))
     before = tracker.get_conversation("c1")
     with pytest.raises(StorageError, match=r"cannot delete the stored file c1_customer\.wav"):
-        tracker.erase("c1", "consent withdrawn", audio)
+        tracker.erase("c1", "consent withdrawn", Folder(audio))
     assert tracker.erased("c1") is None
     assert tracker.get_conversation("c1") == before
 
@@ -135,7 +140,7 @@ def test_the_json_export_drops_an_erased_conversation(
     keep(tracker, audio, "c1", "agent", 1)
     keep(tracker, audio, "c2", "agent", 2)
     tracker.export_json()
-    tracker.erase("c1", "consent withdrawn", audio)
+    tracker.erase("c1", "consent withdrawn", Folder(audio))
     assert tracker.export_due()
     assert tracker.export_json() is not None
     document = json.loads(tracker.export_path.read_text())
@@ -158,7 +163,7 @@ def test_a_version_5_store_gets_an_empty_tombstone_table(tmp_path: Path) -> None
         before = db.execute("select * from files order by conversation_id").fetchall()
     tracker = MetadataTracker.from_settings(settings)
     assert tracker.statistics()["erased_conversations"] == 0
-    tracker.erase("c1", "consent withdrawn", audio)
+    tracker.erase("c1", "consent withdrawn", Folder(audio))
     tracker.close()
     with sqlite3.connect(path) as db:
         version = db.execute("select schema_version from store_info").fetchone()[0]
@@ -197,7 +202,7 @@ def test_delete_erases_a_conversation_behind_the_api_key(
             "c1", "consent withdrawn", 2,
         )  # fmt: skip
         assert body["duration_seconds"] == pytest.approx(seconds, abs=1e-5)
-        assert sorted(wav_files(Path(settings.audio_storage_dir))) == ["c2_speaker.wav"]
+        assert sorted(wav_files(Folder(Path(settings.audio_storage_dir)))) == ["c2_speaker.wav"]
         assert client.get("/conversations/c1").json()["error"] == "not_found"
         assert client.delete("/conversations/c1", params={"reason": "again"}).json() == body
         # c2 was stored after c1: an export holding c2 but not c1 was written after the erase.
@@ -235,13 +240,13 @@ def test_an_erased_id_is_refused_with_410_unless_allowed(
     assert source.hits["/files/mp3.mp3"] == 0  # refused before anything was fetched
     stats = client.get("/statistics").json()
     assert stats["failures"]["total"] == 0 and stats["summary"]["total_conversations"] == 0
-    assert wav_files(Path(settings.audio_storage_dir)) == {}
+    assert wav_files(Folder(Path(settings.audio_storage_dir))) == {}
     allowed = client.post(
         "/download/single", data={"conversation_id": "c1", "audio_url": url, "allow_erased": "true"}
     )
     assert allowed.status_code == 200, allowed.text
     assert allowed.json()["status"] == "success"
-    assert sorted(wav_files(Path(settings.audio_storage_dir))) == ["c1_speaker.wav"]
+    assert sorted(wav_files(Folder(Path(settings.audio_storage_dir)))) == ["c1_speaker.wav"]
 
 
 def test_recording_a_file_of_an_erased_id_is_refused_unless_allowed(
@@ -249,7 +254,7 @@ def test_recording_a_file_of_an_erased_id_is_refused_unless_allowed(
 ) -> None:
     """Recording a file of an erased conversation raises Erased without publishing it; allowed
     explicitly, it is recorded and the tombstone is gone (the erasure count drops)."""
-    tracker.erase("c1", "consent withdrawn", tmp_path)
+    tracker.erase("c1", "consent withdrawn", Folder(tmp_path))
     published: list[str] = []
     with pytest.raises(Erased, match="'c1' was erased"):
         tracker.record_file("c1", "agent", stored(1), lambda: published.append("c1"))
@@ -321,7 +326,7 @@ def test_an_allowed_download_lifts_the_tombstone(
     assert again.json()["status"] == "exists"
     other = client.post("/download/single", data={**fields, "speaker_label": "customer"})
     assert other.status_code == 200 and other.json()["status"] == "success"
-    assert sorted(wav_files(Path(settings.audio_storage_dir))) == [
+    assert sorted(wav_files(Folder(Path(settings.audio_storage_dir)))) == [
         "c1_customer.wav", "c1_speaker.wav",
     ]  # fmt: skip
 
@@ -346,7 +351,7 @@ def test_script_erases_one_id_and_answers_the_same_again(
     assert erased is not None and erased.reason == "consent withdrawn"
     assert first == (f"erased c2: 1 files, {stored(2).duration_seconds:.2f} s "
                      f"(at {erased.erased_at})\nerased 1 conversations (1 files)\n")  # fmt: skip
-    assert sorted(wav_files(Path(script_settings.audio_storage_dir))) == [
+    assert sorted(wav_files(Folder(Path(script_settings.audio_storage_dir)))) == [
         "c1_agent.wav", "c3_agent.wav",
     ]  # fmt: skip
     assert tracker.get_conversation("c2") is None
@@ -371,7 +376,7 @@ def test_script_erases_every_id_of_a_csv(
     ids.write_text(text)
     assert store_main(["--erase-file", str(ids)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "erased 2 conversations (2 files)"
-    assert sorted(wav_files(Path(script_settings.audio_storage_dir))) == ["c2_agent.wav"]
+    assert sorted(wav_files(Folder(Path(script_settings.audio_storage_dir)))) == ["c2_agent.wav"]
     assert [c.conversation_id for c in tracker.stored_conversations()] == ["c2"]
     assert tracker.statistics()["erased_conversations"] == 2
     tracker.close()
@@ -388,7 +393,7 @@ def test_script_refuses_a_malformed_id_before_erasing_any(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "line 3" in err and err.count("\n") == 1
     assert tracker.statistics()["erased_conversations"] == 0
-    assert len(wav_files(Path(script_settings.audio_storage_dir))) == 3
+    assert len(wav_files(Folder(Path(script_settings.audio_storage_dir)))) == 3
     with pytest.raises(SystemExit) as usage:
         store_main(["--reason", "why"])
     assert usage.value.code == 2
@@ -402,7 +407,7 @@ def test_the_storage_report_and_the_dashboard_count_erasures(
     conversations, and the consistency check finds no file or record the erase left behind."""
     tracker = stored_three(script_settings)
     for cid in ("c1", "c3"):
-        tracker.erase(cid, "consent withdrawn", Path(script_settings.audio_storage_dir))
+        tracker.erase(cid, "consent withdrawn", Folder(Path(script_settings.audio_storage_dir)))
     tracker.close()
     assert report_main(["--json"]) == 0
     report = json.loads(capsys.readouterr().out)

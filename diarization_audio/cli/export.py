@@ -77,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = script_settings(args.metadata_file)
         tracker = MetadataTracker.from_settings(settings)
-        labelled = label_unlabelled(tracker, thresholds_of(settings))
+        labelled = label_unlabelled(tracker, thresholds_of(settings), settings=settings)
         done = export_dataset(
             tracker.stored_conversations(),
             args.output_dir, formats=args.formats, split=args.split,
             include_flagged=args.include_flagged, progress=not args.no_progress,
+            settings=settings,
         )  # fmt: skip
         erased = len(tracker.erased_among(done.removed_ids))
     except ValidationError as exc:

@@ -48,6 +48,7 @@ from diarization_audio.cli.common import (
 from diarization_audio.cli.report import build_report
 from diarization_audio.cli.report_text import summary_line
 from diarization_audio.errors import AudioError
+from diarization_audio.objects import audio_place
 from diarization_audio.settings import Settings, get_settings
 from diarization_audio.store.tracker import MetadataTracker
 
@@ -143,8 +144,7 @@ def check(
     tracker = MetadataTracker.from_settings(settings)
     try:
         now = datetime.now(tracker.tz)
-        storage = Path(settings.audio_storage_dir)
-        report, _ = build_report(tracker, storage, target, now, speech)
+        report, _ = build_report(tracker, audio_place(settings), target, now, speech)
     finally:
         tracker.close()
     log.write(summary_line(report))

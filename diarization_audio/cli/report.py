@@ -14,6 +14,7 @@ Exit codes: 0 done; 1 the metadata or storage could not be read; 2 bad option or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import shutil
@@ -37,6 +38,7 @@ from diarization_audio.cli.common import (
 )
 from diarization_audio.cli.report_text import render, summary_line
 from diarization_audio.errors import AudioError, StorageError
+from diarization_audio.objects import Folder, Place, audio_place
 from diarization_audio.store.layout import wav_files
 from diarization_audio.store.reports import LAST_DAY_SECONDS, SpeakerTotal, speech_statistics
 from diarization_audio.store.tracker import MetadataTracker
@@ -74,9 +76,9 @@ def consistency(rows: list[dict[str, Any]], on_disk: dict[str, int]) -> dict[str
     }
 
 
-def _look_again(tracker: MetadataTracker, storage_dir: Path) -> dict[str, Any]:
+def _look_again(tracker: MetadataTracker, place: Place) -> dict[str, Any]:
     """The check redone with the service's writes held off, so nothing is half-published."""
-    rows, on_disk = tracker.file_rows_locked(lambda: wav_files(storage_dir))
+    rows, on_disk = tracker.file_rows_locked(lambda: wav_files(place))
     return consistency(rows, on_disk)
 
 
@@ -84,7 +86,7 @@ def _look_again(tracker: MetadataTracker, storage_dir: Path) -> dict[str, Any]:
 
 
 def build_report(
-    tracker: MetadataTracker, storage_dir: Path, target: float, now: datetime, speech: bool = False
+    tracker: MetadataTracker, place: Place, target: float, now: datetime, speech: bool = False
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Everything the script prints, as a JSON-ready dictionary, and the rows it came from.
 
@@ -92,10 +94,10 @@ def build_report(
     collection's speech share (diarization_audio.progress says how the target date is projected).
     """
     rows, _ = tracker.snapshot()
-    on_disk = wav_files(storage_dir)
+    on_disk = wav_files(place)
     problems = consistency(rows, on_disk)
     if any(problems.values()):
-        problems = _look_again(tracker, storage_dir)
+        problems = _look_again(tracker, place)
     today = now.date()
     start = progress.first_day(today, 1)
     figures = tracker.report(start.isoformat(), RECENT_FAILURES)
@@ -111,7 +113,7 @@ def build_report(
     report = {
         "generated_at": stats["timestamp"],
         "metadata_store": tracker.name,
-        "storage_directory": str(storage_dir),
+        "storage_directory": place.url,
         "summary": stats["summary"],
         "progress": toward,
         "rate": {
@@ -132,7 +134,7 @@ def build_report(
         ],
         "durations": {"conversations": figures.lengths.conversations}
         | {key: figures.lengths.quantiles.get(key) for key in ("min", "median", "p90", "max")},
-        "storage": _storage(rows, on_disk, storage_dir),
+        "storage": _storage(rows, on_disk, place),
         "failures": figures.failures,
         "erased_conversations": figures.erased,
         "consistency": {"ok": not any(problems.values()), **problems},
@@ -154,13 +156,11 @@ def _speakers(speakers: list[SpeakerTotal]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _storage(
-    rows: list[dict[str, Any]], on_disk: dict[str, int], directory: Path
-) -> dict[str, Any]:
-    try:
-        free: int | None = shutil.disk_usage(directory).free
-    except OSError:
-        free = None
+def _storage(rows: list[dict[str, Any]], on_disk: dict[str, int], place: Place) -> dict[str, Any]:
+    free: int | None = None
+    if isinstance(place, Folder):  # a bucket has no free space to speak of
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(place.directory).free
     return {
         "wav_files": len(on_disk),
         "wav_bytes": sum(on_disk.values()),
@@ -197,7 +197,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--target", type=positive_float, default=100.0, metavar="HOURS", help="default: 100")
     add("--metadata-file", type=Path, help="default: METADATA_FILE from the settings")
-    add("--storage-dir", type=Path, help="default: AUDIO_STORAGE_DIR from the settings")
+    add(
+        "--storage-dir",
+        type=Path,
+        help="a folder to check (default: AUDIO_STORAGE_URL's bucket, else AUDIO_STORAGE_DIR)",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the report as JSON")
     output.add_argument("--summary-line", action="store_true", help="print it as one line")
@@ -221,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = script_settings(args.metadata_file)
         tracker = MetadataTracker.from_settings(settings)
-        storage_dir = Path(args.storage_dir or settings.audio_storage_dir)
+        place = Folder(args.storage_dir) if args.storage_dir else audio_place(settings)
         now = datetime.now(tracker.tz)
-        report, rows = build_report(tracker, storage_dir, args.target, now, args.speech)
+        report, rows = build_report(tracker, place, args.target, now, args.speech)
         written = []
         if args.export_csv:
             export_csv(rows, args.export_csv)

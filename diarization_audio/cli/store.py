@@ -25,6 +25,7 @@ from diarization_audio.labels.labeller import (
     thresholds_of,
 )
 from diarization_audio.names import validate_name
+from diarization_audio.objects import Place, audio_place
 from diarization_audio.store.tracker import MetadataTracker
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             ids = [validate_name("conversation_id", args.erase)] if args.erase else []
             if args.erase_file:
                 ids += read_ids(args.erase_file)
-            erase(tracker, list(dict.fromkeys(ids)), args.reason, settings.audio_storage_dir)
+            erase(tracker, list(dict.fromkeys(ids)), args.reason, audio_place(settings))
             return EXIT_OK
         if args.export_json:
             done = tracker.export_json(force=True)
@@ -88,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.label:
             thresholds = thresholds_of(settings)
-            print(f"labelled {label_unlabelled(tracker, thresholds)} conversations")
+            print(
+                f"labelled {label_unlabelled(tracker, thresholds, settings=settings)} conversations"
+            )
             if args.relabel:
-                count, detector = relabel_other_detectors(tracker, thresholds)
+                count, detector = relabel_other_detectors(tracker, thresholds, settings=settings)
                 print(f"relabelled {count} conversations labelled by another detector than "
                       f"{detector}")  # fmt: skip
             return EXIT_OK
@@ -103,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def erase(tracker: MetadataTracker, ids: list[str], reason: str, storage_dir: Path) -> None:
+def erase(tracker: MetadataTracker, ids: list[str], reason: str, place: Place) -> None:
     """Erase each conversation in turn, one line each; stops at the first that fails."""
     files = 0
     for conversation_id in ids:
-        done = tracker.erase(conversation_id, reason, Path(storage_dir))
+        done = tracker.erase(conversation_id, reason, place)
         files += done.files
         print(f"erased {conversation_id}: {done.files} files, {done.duration_seconds:.2f} s "
               f"(at {done.erased_at})")  # fmt: skip

@@ -33,6 +33,8 @@ from tqdm import tqdm
 
 from diarization_audio.dataset import formats as fmt
 from diarization_audio.dataset.formats import Item, LegMeasures, Turn
+from diarization_audio.objects import local_copy
+from diarization_audio.settings import Settings
 from diarization_audio.store.speech_labels import StoredConversation
 from diarization_audio.wav import SAMPLE_RATE
 
@@ -113,9 +115,11 @@ def export_dataset(
     split: tuple[float, float, float] = (0.8, 0.1, 0.1),
     include_flagged: bool = False,
     progress: bool = True,
+    settings: Settings | None = None,
 ) -> ExportSummary:
     """Write (or bring up to date) the training set in `output_dir` from every stored
-    conversation given; the summary counts those left out, by reason."""
+    conversation given; the summary counts those left out, by reason. Legs stored in a bucket
+    are read through `settings` (the bucket's endpoint and keys)."""
     unknown = set(formats) - set(ALL_FORMATS)
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {', '.join(ALL_FORMATS)}")
@@ -123,7 +127,7 @@ def export_dataset(
     out.mkdir(parents=True, exist_ok=True)
     try:
         with FileLock(out / LOCK_FILE, timeout=0):
-            return _export(conversations, out, formats, split, include_flagged, progress)
+            return _export(conversations, out, formats, split, include_flagged, progress, settings)
     except Timeout:
         raise ExportBusy(f"another export is writing to {out}; try again when it ends") from None
 
@@ -135,6 +139,7 @@ def _export(
     split: tuple[float, float, float],
     include_flagged: bool,
     progress: bool,
+    settings: Settings | None,
 ) -> ExportSummary:
     state_path = out / STATE_FILE
     try:
@@ -147,7 +152,7 @@ def _export(
         if reasons:
             summary.leave_out(reasons)
             continue
-        item, fingerprint = _export_one(conversation, out, split, previous, summary)
+        item, fingerprint = _export_one(conversation, out, split, previous, summary, settings)
         items.append(item)
         state[item.uri] = fingerprint
     for uri in sorted(set(previous) - set(state)):
@@ -168,6 +173,7 @@ def _export_one(
     split: tuple[float, float, float],
     previous: dict[str, str],
     summary: ExportSummary,
+    settings: Settings | None,
 ) -> tuple[Item, str]:
     uri = conversation.conversation_id
     which = split_of(conversation.agent_id or conversation.conversation_id, split)
@@ -183,7 +189,11 @@ def _export_one(
         with wave.open(str(audio), "rb") as written:
             samples = written.getnframes()
     else:
-        samples = fmt.write_mix(Path(first.filepath), Path(second.filepath), audio)
+        with (
+            local_copy(first.filepath, settings) as first_path,
+            local_copy(second.filepath, settings) as second_path,
+        ):
+            samples = fmt.write_mix(first_path, second_path, audio)
         summary.written += 1
     duration = samples / SAMPLE_RATE
     turns = tuple(

@@ -1,15 +1,15 @@
-"""The storage directory as a job sees it: free space, what is already stored, the job's
-temporary names, and publishing converted files into place with their records in the store.
+"""The storage as a job sees it: free space, what is already stored, the job's temporary
+names, and publishing converted files into place (a folder or a bucket) with their records.
 
-Every temporary name starts with a dot and carries the writer's pid, so a restarted server can
-tell an abandoned leftover from another worker's file in progress.
+Jobs write in the storage directory (AUDIO_STORAGE_DIR) under temporary names; the finished WAVs
+go to `objects.audio_place`: that directory, or the bucket of AUDIO_STORAGE_URL. Every temporary
+name starts with a dot and carries the writer's pid, so a restarted server can tell an abandoned
+leftover from another worker's file in progress.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +26,7 @@ from diarization_audio.errors import (
     StorageError,
     UrlConflict,
 )
+from diarization_audio.objects import Pending, audio_place
 from diarization_audio.progress import MB
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import remove_leftovers, stored_name, temporary_stem
@@ -43,15 +44,13 @@ class Storage:
     def __init__(self, settings: Settings, tracker: MetadataTracker) -> None:
         self.settings = settings
         self.tracker = tracker
-        self.directory = Path(settings.audio_storage_dir)
+        self.directory = Path(settings.audio_storage_dir)  # work in progress
+        self.place = audio_place(settings)  # finished files
 
     def prepare(self) -> int:
         """Create the directory and remove leftovers of dead processes; returns their count."""
         self.directory.mkdir(parents=True, exist_ok=True)
         return remove_leftovers(self.directory)
-
-    def target_path(self, conversation_id: str, speaker_label: str) -> Path:
-        return self.directory / stored_name(conversation_id, speaker_label)
 
     def check_free_space(self, incoming_bytes: int) -> None:
         """Refuse a job that would leave less than MIN_FREE_DISK_MB on the storage disk."""
@@ -78,13 +77,12 @@ class Storage:
         record = self.tracker.get_file(conversation_id, speaker_label)
         if record is None:
             return None
-        path = self.target_path(conversation_id, speaker_label)
-        try:
-            intact = path.stat().st_size == record.file_size_bytes
-        except OSError:
-            intact = False
-        if not intact:
-            log.warning("stored file %s is missing or changed; downloading it again", path)
+        name = stored_name(conversation_id, speaker_label)
+        if self.place.size(name) != record.file_size_bytes:
+            log.warning(
+                "stored file %s is missing or changed; downloading it again",
+                self.place.location(name),
+            )
             return None
         if (record.source_sha256 or source_sha256(record.url)) != source_sha256(url):
             elsewhere = (
@@ -93,7 +91,7 @@ class Storage:
                 else shown(record.url)
             )
             raise UrlConflict(
-                f"{path.name} is already stored from {elsewhere}, not {shown(url)}; send "
+                f"{name} is already stored from {elsewhere}, not {shown(url)}; send "
                 "overwrite=true to replace it"
             )
         return record
@@ -126,8 +124,8 @@ class Storage:
         where they are, for the caller to remove).
         """
         source.unlink(missing_ok=True)  # a large file can take a while to free: not in the loop
-        finals = [self.target_path(conversation_id, label) for label in labels]
-        records = [self._describe(c, f, url) for c, f in zip(converted, finals, strict=True)]
+        names = [stored_name(conversation_id, label) for label in labels]
+        records = [self._describe(c, n, url) for c, n in zip(converted, names, strict=True)]
         if len(converted) == 2 and any(all_zero(path) for path in converted):
             raise NotStereo(
                 f"{url} has one channel (or one that is silent throughout), not two speakers; "
@@ -138,14 +136,44 @@ class Storage:
                 f"the two channels of {url} hold the same audio (a mono recording saved as "
                 "stereo); they cannot be labelled as two speakers, so nothing was stored"
             )
-        for label, record, temporary, final in zip(labels, records, converted, finals, strict=True):
-            self.tracker.record_file(
-                conversation_id, label, record, functools.partial(os.replace, temporary, final),
-                agent_id, allow_erased=allow_erased,
-            )  # fmt: skip
+        for label, record, temporary, name in zip(labels, records, converted, names, strict=True):
+            self._publish_one(conversation_id, label, record, temporary, name, agent_id,
+                              allow_erased)  # fmt: skip
         return records
 
-    def _describe(self, converted: Path, final: Path, url: str) -> StoredFile:
+    def _publish_one(
+        self,
+        conversation_id: str,
+        label: str,
+        record: StoredFile,
+        temporary: Path,
+        name: str,
+        agent_id: str | None,
+        allow_erased: bool,
+    ) -> None:
+        """Make the file ready under its name (a bucket: every part uploaded), then show it in
+        the transaction that records it. A record that fails to commit after the file showed
+        takes the file away again: no file is left that the store does not know."""
+        pending: Pending = self.place.upload(temporary, name)
+        shown_now = False
+
+        def publish() -> None:
+            nonlocal shown_now
+            pending.publish()
+            shown_now = True
+
+        try:
+            self.tracker.record_file(
+                conversation_id, label, record, publish, agent_id, allow_erased=allow_erased
+            )
+        except BaseException:
+            if shown_now:
+                self.place.delete(name)
+            else:
+                pending.abandon()
+            raise
+
+    def _describe(self, converted: Path, name: str, url: str) -> StoredFile:
         info = read_wav_info(converted)
         if info.duration_seconds <= 0:
             raise NotAudio("it decoded to no audio at all")
@@ -155,7 +183,7 @@ class Storage:
                 f"{url} is longer than MAX_AUDIO_HOURS={self.settings.max_audio_hours:g}"
             )
         return StoredFile(
-            filepath=str(final),
+            filepath=self.place.location(name),
             url=url if self.settings.store_url_query else shown(url),
             source_sha256=source_sha256(url),
             file_size_bytes=converted.stat().st_size,

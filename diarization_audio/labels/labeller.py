@@ -14,6 +14,7 @@ the store refuses the stale labels and the job that changed it labels again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.forkserver
@@ -33,6 +34,7 @@ from diarization_audio.labels.quality import (
     quality_flags_of,
 )
 from diarization_audio.logs import setup_logging
+from diarization_audio.objects import local_copy
 from diarization_audio.processes import end_with_parent
 from diarization_audio.settings import Settings
 from diarization_audio.store.speech_labels import LegLabels
@@ -50,16 +52,23 @@ def label_conversation(
     conversation_id: str,
     thresholds: QualityThresholds,
     params: VadParams = DEFAULT_PARAMS,
+    settings: Settings | None = None,
 ) -> float | None:
     """Label every stored leg of one conversation, measure each leg's SNR and music share,
     and flag it by `thresholds`. Returns the seconds of speech the store gained (negative when
     labels computed again found less), or None when there was nothing to label or a file
-    changed meanwhile."""
+    changed meanwhile. Legs in a bucket are read from a local copy (`settings` says where the
+    bucket is and where the copy goes)."""
     legs = tracker.legs(conversation_id)
     if not legs:
         return None
     try:
-        analyses = analyse_call({label: Path(path) for label, (path, _) in legs.items()}, params)
+        with contextlib.ExitStack() as copies:
+            paths = {
+                label: copies.enter_context(local_copy(path, settings))
+                for label, (path, _) in legs.items()
+            }
+            analyses = analyse_call(paths, params)
     except FileNotFoundError:
         if tracker.legs(conversation_id) != legs:  # erased or replaced meanwhile
             return None
@@ -99,14 +108,20 @@ def label_conversation(
 
 
 def label_unlabelled(
-    tracker: MetadataTracker, thresholds: QualityThresholds, params: VadParams = DEFAULT_PARAMS
+    tracker: MetadataTracker,
+    thresholds: QualityThresholds,
+    params: VadParams = DEFAULT_PARAMS,
+    settings: Settings | None = None,
 ) -> int:
     """Label every conversation that has a file without labels; returns how many."""
-    return _label_each(tracker, tracker.unlabelled(), thresholds, params)
+    return _label_each(tracker, tracker.unlabelled(), thresholds, params, settings)
 
 
 def relabel_other_detectors(
-    tracker: MetadataTracker, thresholds: QualityThresholds, params: VadParams = DEFAULT_PARAMS
+    tracker: MetadataTracker,
+    thresholds: QualityThresholds,
+    params: VadParams = DEFAULT_PARAMS,
+    settings: Settings | None = None,
 ) -> tuple[int, str]:
     """Label again, with `params`, every conversation whose labels another detector (or another
     version of it) made; returns how many, and the detector and version now used.
@@ -115,7 +130,7 @@ def relabel_other_detectors(
     and the next dataset export rewrites it (its fingerprint names the labeller).
     """
     made = provenance(params)
-    done = _label_each(tracker, tracker.labelled_by_other(made), thresholds, params)
+    done = _label_each(tracker, tracker.labelled_by_other(made), thresholds, params, settings)
     return done, f"{made['detector']} version {made['version']}"
 
 
@@ -124,11 +139,13 @@ def _label_each(
     conversation_ids: list[str],
     thresholds: QualityThresholds,
     params: VadParams,
+    settings: Settings | None,
 ) -> int:
     done = 0
     for conversation_id in conversation_ids:
         try:
-            done += label_conversation(tracker, conversation_id, thresholds, params) is not None
+            labelled = label_conversation(tracker, conversation_id, thresholds, params, settings)
+            done += labelled is not None
         except FileNotFoundError as exc:
             log.warning(
                 "conversation=%s cannot be labelled: %s is missing", conversation_id, exc.filename
@@ -225,16 +242,18 @@ class LabelWorker:
 
 _worker_tracker: MetadataTracker | None = None
 _worker_thresholds: QualityThresholds | None = None
+_worker_settings: Settings | None = None
 
 
 def _start(settings: Settings) -> None:
-    global _worker_tracker, _worker_thresholds
+    global _worker_tracker, _worker_thresholds, _worker_settings
     # Killed when the fork server ends (the kernel) or the service does (a thread watching it):
     # an orphan would wait for jobs forever, ignoring SIGTERM (labels/worker_start.py).
     end_with_parent(signal.SIGKILL, watch=True)
     setup_logging(settings)
     _worker_tracker = MetadataTracker.from_settings(settings)
     _worker_thresholds = thresholds_of(settings)
+    _worker_settings = settings
 
 
 def _ready() -> bool:
@@ -244,4 +263,6 @@ def _ready() -> bool:
 def _label(conversation_id: str) -> float | None:
     assert _worker_tracker is not None, "LabelWorker starts every process with _start"
     assert _worker_thresholds is not None
-    return label_conversation(_worker_tracker, conversation_id, _worker_thresholds)
+    return label_conversation(
+        _worker_tracker, conversation_id, _worker_thresholds, settings=_worker_settings
+    )

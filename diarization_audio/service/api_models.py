@@ -85,10 +85,13 @@ class DualDownloadPublic(BaseModel):
 
 
 class StorageInfoPublic(BaseModel):
-    storage_directory: str
-    total_files: int
+    storage_directory: str = Field(description="The folder, or s3://bucket/prefix.")
+    total_files: int = Field(description="Every stored .wav file, not only this page's.")
     total_size_mb: float
-    files: list[str] = Field(description="Sorted names of the stored .wav files.")
+    files: list[str] = Field(description="Sorted names of the stored .wav files: one page.")
+    next_after: str | None = Field(
+        default=None, description="Pass as `after` for the next page; null on the last page."
+    )
 
 
 class SummaryPublic(BaseModel):

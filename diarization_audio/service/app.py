@@ -56,10 +56,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exporter = JsonExporter(tracker, active.metadata_export_seconds)
         exporter.start()
         restore_signals = on_termination(downloader.begin_shutdown)
-        app.state.services = Services(active, tracker, downloader, version)
+        app.state.services = Services(
+            active, tracker, downloader, version, downloader.storage.place
+        )
         log.info(
             "ready: storage=%s store=%s (%d conversations) export=%s ffmpeg=%s (%s)",
-            active.audio_storage_dir, tracker.name, count, active.metadata_file,
+            downloader.storage.place.url, tracker.name, count, active.metadata_file,
             downloader.ffmpeg, version,
         )  # fmt: skip
         try:

@@ -17,6 +17,7 @@ from fastapi import Path as PathParam
 from diarization_audio import __version__, errors
 from diarization_audio.ingest.downloader import AudioDownloader, StoredAudio
 from diarization_audio.names import NAME_PATTERN, NAME_RULE
+from diarization_audio.objects import Place
 from diarization_audio.progress import MB
 from diarization_audio.service.api_models import (
     ConversationPublic,
@@ -74,6 +75,7 @@ class Services:
     tracker: MetadataTracker
     downloader: AudioDownloader
     ffmpeg_version: str
+    place: Place  # where the finished WAVs are: AUDIO_STORAGE_DIR or AUDIO_STORAGE_URL
 
 
 def get_services(request: Request) -> Services:
@@ -265,9 +267,14 @@ async def download_stereo(
 @protected_router.get(
     "/storage/info", response_model=StorageInfoPublic, summary="Stored .wav files"
 )
-async def storage_info(services: ServicesDep) -> StorageInfoPublic:
-    storage = Path(services.settings.audio_storage_dir)
-    return await anyio.to_thread.run_sync(_storage_listing, storage)
+async def storage_info(
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=10000, description="Names per page")] = 1000,
+    after: Annotated[
+        str, Query(max_length=300, description="Start after this name (a page's next_after)")
+    ] = "",
+) -> StorageInfoPublic:
+    return await anyio.to_thread.run_sync(_storage_listing, services.place, after, limit)
 
 
 @protected_router.get(
@@ -331,8 +338,9 @@ async def erase_conversation(
     conversation_id: Annotated[str, PathParam(pattern=NAME_PATTERN, description=NAME_RULE)],
     reason: Annotated[str, Query(max_length=1000, description="Why (kept in its tombstone)")] = "",
 ) -> ErasurePublic:
-    storage = Path(services.settings.audio_storage_dir)
-    done = await anyio.to_thread.run_sync(services.tracker.erase, conversation_id, reason, storage)
+    done = await anyio.to_thread.run_sync(
+        services.tracker.erase, conversation_id, reason, services.place
+    )
     return ErasurePublic(**dataclasses.asdict(done))
 
 
@@ -360,11 +368,23 @@ def _dual_item(
     )  # fmt: skip
 
 
-def _storage_listing(storage: Path) -> StorageInfoPublic:
-    found = wav_files(storage)
+def _storage_listing(place: Place, after: str, limit: int) -> StorageInfoPublic:
+    """Counts over every stored WAV, names of one page of them (in one pass over the listing:
+    a bucket answers 1,000 names a request)."""
+    count = size = 0
+    page: list[str] = []
+    for name, bytes_ in wav_files(place).items():
+        count += 1
+        size += bytes_
+        if name > after and len(page) <= limit:
+            page.append(name)
+    page.sort()
+    more = len(page) > limit
+    page = page[:limit]
     return StorageInfoPublic(
-        storage_directory=str(storage),
-        total_files=len(found),
-        total_size_mb=round(sum(found.values()) / MB, 2),
-        files=sorted(found),
+        storage_directory=place.url,
+        total_files=count,
+        total_size_mb=round(size / MB, 2),
+        files=page,
+        next_after=page[-1] if more else None,
     )

@@ -1,4 +1,4 @@
-"""The storage directory's layout: stored file names, the listing of stored WAVs, temporary names.
+"""The storage's layout: stored file names, the listing of stored WAVs, temporary names.
 
 A stored file is `{conversation_id}_{speaker_label}.wav`. Work in progress lives beside it under
 dot-names that carry the writing process's id (`.<stem>.<pid>.<hex>.download|.wav`), so a
@@ -14,8 +14,7 @@ import re
 import uuid
 from pathlib import Path
 
-from diarization_audio.atomic import fsync_directory
-from diarization_audio.errors import StorageError
+from diarization_audio.objects import Place
 from diarization_audio.processes import running
 
 log = logging.getLogger(__name__)
@@ -28,43 +27,18 @@ def stored_name(conversation_id: str, speaker_label: str) -> str:
     return f"{conversation_id}_{speaker_label}.wav"
 
 
-def wav_files(directory: Path) -> dict[str, int]:
-    """Name -> size of the stored .wav files (work in progress starts with a dot)."""
-    if not directory.is_dir():
-        return {}
-    try:
-        return {
-            entry.name: entry.stat().st_size
-            for entry in os.scandir(directory)
-            if entry.name.endswith(".wav") and not entry.name.startswith(".") and entry.is_file()
-        }
-    except OSError as exc:
-        raise StorageError(
-            f"cannot list the storage directory: {exc.strerror}", log_detail=str(directory)
-        ) from exc
+def wav_files(place: Place) -> dict[str, int]:
+    """Name -> size of the stored .wav files (work in progress starts with a dot: not listed)."""
+    return {entry.name: entry.size for entry in place.entries() if entry.name.endswith(".wav")}
 
 
-def remove_stored(directory: Path, conversation_id: str, speaker_labels: list[str]) -> int:
+def remove_stored(place: Place, conversation_id: str, speaker_labels: list[str]) -> int:
     """Delete the conversation's stored files of these speakers; returns how many were there.
 
     A file already gone counts as removed; any other failure is a StorageError, with nothing
-    after it deleted. The directory is synced, so the deletions survive a power cut.
+    after it deleted. A folder is synced, so the deletions survive a power cut.
     """
-    removed = 0
-    for label in speaker_labels:
-        path = directory / stored_name(conversation_id, label)
-        try:
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise StorageError(
-                f"cannot delete the stored file {path.name}: {exc.strerror}", log_detail=str(path)
-            ) from exc
-    if removed:
-        fsync_directory(directory)
-    return removed
+    return sum(place.delete(stored_name(conversation_id, label)) for label in speaker_labels)
 
 
 def temporary_stem(conversation_id: str, speaker_label: str) -> str:
@@ -83,8 +57,6 @@ def remove_leftovers(directory: Path) -> int:
     if removed:
         log.info("removed %d leftover temporary file(s) from %s", removed, directory)
     return removed
-
-    return True
 
 
 def _left_over(pid: int) -> bool:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, select, update
 
+from diarization_audio.objects import Place
 from diarization_audio.progress import Totals, statistics_of
 from diarization_audio.store import erasure, queries, reports, speech_labels
 from diarization_audio.store.database import BATCH_ROWS, BUMP_REVISION, Database
@@ -171,8 +172,9 @@ class MetadataTracker(Database):
                 )
             )  # fmt: skip
 
-    def erase(self, conversation_id: str, reason: str, storage_dir: Path) -> Erasure:
-        """Erase a conversation: its rows, its totals and its stored WAVs, leaving a tombstone.
+    def erase(self, conversation_id: str, reason: str, place: Place) -> Erasure:
+        """Erase a conversation: its rows, its totals and its stored WAVs (in `place`, a folder or
+        a bucket), leaving a tombstone.
 
         The files are deleted inside the transaction, before it commits: if one cannot be, the
         erase fails and nothing is recorded as erased (run it again). Erasing an id again
@@ -186,7 +188,7 @@ class MetadataTracker(Database):
             conn.execute(BUMP_REVISION)
             labels = erasure.stored_labels(conn, conversation_id)
             done = erasure.erase(conn, conversation_id, reason, now)
-            remove_stored(storage_dir, conversation_id, labels)
+            remove_stored(place, conversation_id, labels)
         log.info("erased conversation=%s files=%d duration=%.2fs reason=%r", conversation_id,
                  done.files, done.duration_seconds, reason)  # fmt: skip
         return done

@@ -1,0 +1,424 @@
+"""Where finished files live: a local folder or an S3 bucket prefix, behind one small interface.
+
+The stored WAVs (AUDIO_STORAGE_DIR, or AUDIO_STORAGE_URL=s3://bucket/prefix) and the sharded
+training exports both go through a `Place`. A file is first written locally, then `upload`
+makes it ready under its final name without showing it (a folder: nothing to do yet; a bucket:
+every part of a multipart upload sent), and `Pending.publish` shows it at once (a rename; the
+upload's completion). The store publishes inside the transaction that records the file, so a
+crash leaves neither a half file under a final name nor a record without its file.
+
+boto3 talks to the bucket: endpoint, region and keys come from the settings (AWS_ENDPOINT_URL,
+AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), and boto3 is imported only when a bucket
+is used. Its errors become StorageError here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+from diarization_audio.atomic import fsync_directory, write_atomically
+from diarization_audio.errors import AudioError, InsufficientStorage, StorageError
+
+if TYPE_CHECKING:
+    from diarization_audio.settings import Settings
+
+S3_SCHEME = "s3://"
+# Parts of a multipart upload: S3 wants at least 5 MiB for every part but the last. 16 MiB
+# parts keep a 60-minute WAV (115 MB) to 7 requests; PART_THREADS of them are in flight at once,
+# so memory holds at most PART_THREADS parts whatever the file's length.
+PART_BYTES = 16 * 1024 * 1024
+PART_THREADS = 4
+LIST_PAGE = 1000
+
+
+@dataclass(frozen=True, order=True)
+class Entry:
+    """A finished file: its name in the place and its size in bytes."""
+
+    name: str
+    size: int
+
+
+class Pending(Protocol):
+    """A file ready under its final name but not yet visible there."""
+
+    def publish(self) -> None: ...
+
+    def abandon(self) -> None: ...
+
+
+class Place(Protocol):
+    """A folder or a bucket prefix holding finished files by name."""
+
+    url: str
+
+    def location(self, name: str) -> str:
+        """What a record says of the file: a path, or s3://bucket/key."""
+        ...
+
+    def size(self, name: str) -> int | None: ...
+
+    def open(self, name: str) -> IO[bytes]:
+        """The file for reading from its start; FileNotFoundError when it is not there."""
+        ...
+
+    def delete(self, name: str) -> bool:
+        """Remove the file; whether it was there."""
+        ...
+
+    def entries(self, after: str = "", limit: int | None = None) -> Iterator[Entry]:
+        """Finished files by name, after `after`; names starting with a dot are never listed."""
+        ...
+
+    def upload(self, local: Path, name: str) -> Pending: ...
+
+    def read_bytes(self, name: str) -> bytes | None: ...
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Put a small file in place whole (an index, a manifest)."""
+        ...
+
+    def put_file(self, local: Path, name: str) -> None:
+        """Upload and publish at once."""
+        ...
+
+    def download(self, name: str, local: Path) -> None: ...
+
+
+def is_bucket_url(text: str | os.PathLike[str]) -> bool:
+    return isinstance(text, str) and text.startswith(S3_SCHEME)
+
+
+def split_bucket_url(url: str) -> tuple[str, str]:
+    """("bucket", "prefix") of s3://bucket/prefix (the prefix without slashes at either end)."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"expected s3://bucket or s3://bucket/prefix, got {url!r}")
+    return parts.netloc, parts.path.strip("/")
+
+
+def audio_place(settings: Settings) -> Place:
+    """Where the stored WAVs live: AUDIO_STORAGE_URL's bucket, else AUDIO_STORAGE_DIR."""
+    if settings.audio_storage_url:
+        return Bucket(settings.audio_storage_url, settings)
+    return Folder(Path(settings.audio_storage_dir))
+
+
+def place_at(target: str | Path, settings: Settings) -> Place:
+    """A folder path or an s3:// URL as a place (an export's OUTPUT)."""
+    if is_bucket_url(str(target)):
+        return Bucket(str(target), settings)
+    return Folder(Path(target))
+
+
+def open_location(location: str, settings: Settings) -> IO[bytes]:
+    """A record's file (a path, or s3://bucket/key) for reading."""
+    if is_bucket_url(location):
+        bucket, key = split_bucket_url(location)
+        parent, _, name = key.rpartition("/")
+        return Bucket(f"s3://{bucket}/{parent}", settings).open(name)
+    return open(location, "rb")
+
+
+@contextlib.contextmanager
+def local_copy(location: str, settings: Settings | None) -> Iterator[Path]:
+    """A record's file as a local path: itself, or a temporary copy of the object in
+    AUDIO_STORAGE_DIR (removed after)."""
+    if not is_bucket_url(location):
+        yield Path(location)
+        return
+    if settings is None:
+        raise ValueError(f"reading {location} needs the settings (the bucket's endpoint, keys)")
+    work_dir = Path(settings.audio_storage_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    copy = work_dir / f".{Path(location).name}.{os.getpid()}.{os.urandom(16).hex()}.wav"
+    try:
+        with open_location(location, settings) as source, open(copy, "wb") as target:
+            shutil.copyfileobj(source, target, PART_BYTES // 4)
+        yield copy
+    finally:
+        copy.unlink(missing_ok=True)
+
+
+# A folder ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Rename:
+    local: Path
+    final: Path
+
+    def publish(self) -> None:
+        os.replace(self.local, self.final)
+
+    def abandon(self) -> None:
+        pass  # the local file is its writer's to remove
+
+
+class Folder:
+    """Files in a local directory (fsynced: a deletion or a new name survives a power cut)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.url = str(directory)
+
+    def location(self, name: str) -> str:
+        return str(self.directory / name)
+
+    def size(self, name: str) -> int | None:
+        try:
+            return (self.directory / name).stat().st_size
+        except OSError:
+            return None
+
+    def open(self, name: str) -> IO[bytes]:
+        return open(self.directory / name, "rb")
+
+    def delete(self, name: str) -> bool:
+        path = self.directory / name
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(
+                f"cannot delete the stored file {name}: {exc.strerror}", log_detail=str(path)
+            ) from exc
+        fsync_directory(self.directory)
+        return True
+
+    def entries(self, after: str = "", limit: int | None = None) -> Iterator[Entry]:
+        if not self.directory.is_dir():
+            return
+        try:
+            found = sorted(
+                Entry(entry.name, entry.stat().st_size)
+                for entry in os.scandir(self.directory)
+                if not entry.name.startswith(".") and entry.name > after and entry.is_file()
+            )
+        except OSError as exc:
+            raise StorageError(
+                f"cannot list the storage directory: {exc.strerror}", log_detail=self.url
+            ) from exc
+        yield from found[:limit] if limit is not None else found
+
+    def upload(self, local: Path, name: str) -> Pending:
+        return _Rename(local, self.directory / name)
+
+    def read_bytes(self, name: str) -> bytes | None:
+        try:
+            return (self.directory / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        path = self.directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda handle: handle.write(data), binary=True)
+
+    def put_file(self, local: Path, name: str) -> None:
+        path = self.directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local, path)
+        fsync_directory(path.parent)
+
+    def download(self, name: str, local: Path) -> None:
+        shutil.copyfile(self.directory / name, local)
+
+
+# A bucket ------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _client(
+    endpoint: str | None, region: str | None, key_id: str | None, secret: str | None
+) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(
+        aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=region
+    )
+    config = Config(
+        retries={"max_attempts": 5, "mode": "standard"},
+        max_pool_connections=2 * PART_THREADS,
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+def _bucket_error(exc: Exception, what: str, where: str) -> AudioError:
+    """One translation of boto3's errors: the client hears what failed, the log hears where."""
+    code = ""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+    reason = code or type(exc).__name__
+    if code in ("EntityTooLarge", "QuotaExceeded"):
+        return InsufficientStorage(f"the bucket refused {what}: {reason}", log_detail=where)
+    return StorageError(f"object storage: cannot {what}: {reason}", log_detail=f"{where}: {exc}")
+
+
+def _not_found(exc: Exception) -> bool:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("404", "NoSuchKey", "NotFound") or status == 404
+
+
+class _MultipartUpload:
+    """A multipart upload whose parts are all sent: `publish` completes it (the object appears
+    whole at that moment), `abandon` aborts it (nothing appears)."""
+
+    def __init__(self, bucket: Bucket, key: str, upload_id: str, parts: list[dict[str, Any]]):
+        self._bucket, self._key, self._id, self._parts = bucket, key, upload_id, parts
+
+    def publish(self) -> None:
+        try:
+            self._bucket.client.complete_multipart_upload(
+                Bucket=self._bucket.name, Key=self._key, UploadId=self._id,
+                MultipartUpload={"Parts": self._parts},
+            )  # fmt: skip
+        except Exception as exc:
+            raise _bucket_error(exc, "complete an upload", self._bucket.where(self._key)) from exc
+
+    def abandon(self) -> None:
+        with contextlib.suppress(Exception):
+            self._bucket.client.abort_multipart_upload(
+                Bucket=self._bucket.name, Key=self._key, UploadId=self._id
+            )
+
+
+class Bucket:
+    """Files under a prefix of an S3-compatible bucket (AWS, MinIO, GCS's XML API, ...)."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.name, self.prefix = split_bucket_url(url)
+        self.url = f"{S3_SCHEME}{self.name}/{self.prefix}".rstrip("/")
+        secret = settings.aws_secret_access_key
+        self.client = _client(
+            settings.aws_endpoint_url,
+            settings.aws_region,
+            settings.aws_access_key_id,
+            secret.get_secret_value() if secret is not None else None,
+        )
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def where(self, key: str) -> str:
+        return f"{S3_SCHEME}{self.name}/{key}"
+
+    def location(self, name: str) -> str:
+        return self.where(self.key(name))
+
+    def _call(self, what: str, key: str, call: Callable[..., Any], **kwargs: Any) -> Any:
+        try:
+            return call(Bucket=self.name, **kwargs)
+        except Exception as exc:
+            if _not_found(exc):
+                raise FileNotFoundError(self.where(key)) from exc
+            raise _bucket_error(exc, what, self.where(key)) from exc
+
+    def size(self, name: str) -> int | None:
+        key = self.key(name)
+        try:
+            head = self._call("inspect a stored object", key, self.client.head_object, Key=key)
+        except FileNotFoundError:
+            return None
+        return int(head["ContentLength"])
+
+    def open(self, name: str) -> IO[bytes]:
+        key = self.key(name)
+        answer = self._call("read a stored object", key, self.client.get_object, Key=key)
+        body: IO[bytes] = answer["Body"]
+        return body
+
+    def delete(self, name: str) -> bool:
+        # S3 deletes answer the same whether the key was there; asking first tells the caller.
+        there = self.size(name) is not None
+        key = self.key(name)
+        self._call("delete a stored object", key, self.client.delete_object, Key=key)
+        return there
+
+    def entries(self, after: str = "", limit: int | None = None) -> Iterator[Entry]:
+        lead = f"{self.prefix}/" if self.prefix else ""
+        token: str | None = None
+        start = lead + after if after else ""
+        given = 0
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": lead, "Delimiter": "/", "MaxKeys": LIST_PAGE}
+            if token:
+                kwargs["ContinuationToken"] = token
+            elif start:
+                kwargs["StartAfter"] = start
+            page = self._call("list the bucket", lead, self.client.list_objects_v2, **kwargs)
+            for item in page.get("Contents", []):
+                name = item["Key"][len(lead) :]
+                if name and not name.startswith("."):
+                    yield Entry(name, int(item["Size"]))
+                    given += 1
+                    if limit is not None and given >= limit:
+                        return
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    def upload(self, local: Path, name: str) -> Pending:
+        key = self.key(name)
+        where = self.where(key)
+        started = self._call(
+            "start an upload", key, self.client.create_multipart_upload, Key=key,
+            ContentType="audio/wav" if name.endswith(".wav") else "application/octet-stream",
+        )  # fmt: skip
+        upload_id = started["UploadId"]
+        size = local.stat().st_size
+        offsets = list(range(0, max(size, 1), PART_BYTES))
+
+        def send(number: int, offset: int) -> dict[str, Any]:
+            with open(local, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(PART_BYTES)
+            answer = self.client.upload_part(
+                Bucket=self.name, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+            )
+            return {"PartNumber": number, "ETag": answer["ETag"]}
+
+        pending = _MultipartUpload(self, key, upload_id, [])
+        try:
+            with ThreadPoolExecutor(PART_THREADS, thread_name_prefix="s3-part") as pool:
+                pending._parts = list(pool.map(send, range(1, len(offsets) + 1), offsets))
+        except Exception as exc:
+            pending.abandon()
+            raise _bucket_error(exc, "upload a file", where) from exc
+        return pending
+
+    def read_bytes(self, name: str) -> bytes | None:
+        try:
+            with contextlib.closing(self.open(name)) as body:
+                return body.read()
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        key = self.key(name)
+        self._call("write an object", key, self.client.put_object, Key=key, Body=data)
+
+    def put_file(self, local: Path, name: str) -> None:
+        self.upload(local, name).publish()
+
+    def download(self, name: str, local: Path) -> None:
+        with contextlib.closing(self.open(name)) as body, open(local, "wb") as target:
+            shutil.copyfileobj(body, target, PART_BYTES // 4)
