@@ -158,6 +158,7 @@ class _Rename:
     final: Path
 
     def publish(self) -> None:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.local, self.final)
 
     def abandon(self) -> None:

@@ -14,6 +14,7 @@ from support import process_tree
 from support.audio_factory import make_corpus
 from support.cli_helpers import use_settings
 from support.pg_server import PostgresServer, PostgresUnavailable
+from support.s3_server import S3Server
 from support.server_process import ServerProcess
 from support.source_server import SourceServer
 from support.stores import make_settings
@@ -115,6 +116,25 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3-compatible server of the tests' own (moto) on 127.0.0.1, started the first time a
+    test asks for it."""
+    with S3Server(tmp_path_factory.mktemp("s3") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture(params=["folder", "bucket"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """This test's settings with the WAVs in a folder, and again in a fresh bucket of the tests'
+    own S3 server (AUDIO_STORAGE_URL=s3://<bucket>/audio)."""
+    if request.param == "folder":
+        return make_settings(tmp_path)
+    server: S3Server = request.getfixturevalue("s3_server")
+    bucket = server.new_bucket()
+    return make_settings(tmp_path, audio_storage_url=f"s3://{bucket}/audio", **server.settings())
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Self
 
 import httpx
+from pydantic import SecretStr
 
 from diarization_audio.settings import Settings
 
@@ -40,6 +41,8 @@ def service_environment(settings: Settings) -> dict[str, str]:
             env.pop(name.upper(), None)
         elif isinstance(value, list):
             env[name.upper()] = ",".join(str(item) for item in value)
+        elif isinstance(value, SecretStr):
+            env[name.upper()] = value.get_secret_value()
         else:
             env[name.upper()] = str(value)
     env["NO_PROXY"] = "127.0.0.1,localhost"
