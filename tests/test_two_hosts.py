@@ -1,4 +1,5 @@
-"""Several hosts share the work: two service processes, one PostgreSQL store, one storage dir."""
+"""Several hosts share the work: two service processes, one PostgreSQL store, and one storage
+folder or one bucket of a real S3 server."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 from support.cli_helpers import audio_hits
+from support.s3_server import S3Server
 from support.server_process import ServerProcess
 from support.source_server import SourceServer
 from support.stores import make_settings, recorded_conversations
+
+from diarization_audio.objects import audio_place
+from diarization_audio.store.layout import wav_files
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +38,21 @@ async def _post_split(
         return list(await asyncio.gather(*(post(n, cid, url) for n, (cid, url) in enumerate(jobs))))
 
 
+@pytest.mark.parametrize("where", ["folder", "bucket"])
 def test_two_hosts_share_one_postgresql_store(
-    tmp_path: Path, source: SourceServer, database_url: str
+    tmp_path: Path,
+    source: SourceServer,
+    database_url: str,
+    where: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """64 simultaneous downloads split over two hosts: each recorded once, written once, and
-    counted by either host."""
-    settings = make_settings(tmp_path, database_url=database_url, max_concurrent_jobs=32)
+    counted by either host, with the WAVs in one folder or in one bucket."""
+    shared: dict[str, object] = {}
+    if where == "bucket":
+        s3: S3Server = request.getfixturevalue("s3_server")
+        shared = {"audio_storage_url": f"s3://{s3.new_bucket()}/calls", **s3.settings()}
+    settings = make_settings(tmp_path, database_url=database_url, max_concurrent_jobs=32, **shared)
     jobs = [(f"shared{n:02d}", source.file_url(FORMATS[n % len(FORMATS)])) for n in range(64)]
     with ServerProcess(settings) as first, ServerProcess(settings) as second:
         hosts = [first.base_url, second.base_url]
@@ -57,11 +71,17 @@ def test_two_hosts_share_one_postgresql_store(
     assert [c["total_conversations"] for c in counted] == [64, 64]
     assert counted[0] == counted[1]
 
-    stored = sorted(p.name for p in Path(settings.audio_storage_dir).iterdir())
-    assert stored == [f"{cid}_agent.wav" for cid, _ in jobs]
+    place = audio_place(settings)
+    stored = wav_files(place)
+    assert sorted(stored) == [f"{cid}_agent.wav" for cid, _ in jobs]
     for cid, entry in recorded.items():
-        size = (Path(settings.audio_storage_dir) / f"{cid}_agent.wav").stat().st_size
-        assert entry["speakers"]["agent"]["file_size_bytes"] == size
+        assert entry["speakers"]["agent"]["file_size_bytes"] == stored[f"{cid}_agent.wav"]
+        assert entry["speakers"]["agent"]["filepath"] == place.location(f"{cid}_agent.wav")
+    # No work in progress is left in the local storage folder (temporary names start with a dot).
+    work = Path(settings.audio_storage_dir)
+    assert [p.name for p in work.iterdir() if p.name.startswith(".")] == []
+    if where == "bucket":
+        assert list(work.iterdir()) == []  # the WAVs went to the bucket only
     # Written once: one download per job at the source, one success line per file in the log.
     assert audio_hits(source) == 64
     log = (Path(settings.log_dir) / "audio_downloader.log").read_text()
