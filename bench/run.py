@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench import (
     case_batch,
+    case_bucket,
     case_dashboard,
     case_fixed,
     case_labels,
@@ -35,6 +36,7 @@ CASES: dict[str, Callable[[Context], list[Row]]] = {
     "7": case_labels.run,
     "8": case_dashboard.run,
     "9": case_network.run,
+    "10": case_bucket.run,
 }
 
 

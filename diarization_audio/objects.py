@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,11 +33,13 @@ from diarization_audio.errors import AudioError, InsufficientStorage, StorageErr
 if TYPE_CHECKING:
     from diarization_audio.settings import Settings
 
+log = logging.getLogger(__name__)
+
 S3_SCHEME = "s3://"
-# Parts of a multipart upload: S3 wants at least 5 MiB for every part but the last. 16 MiB
-# parts keep a 60-minute WAV (115 MB) to 7 requests; PART_THREADS of them are in flight at once,
-# so memory holds at most PART_THREADS parts whatever the file's length.
-PART_BYTES = 16 * 1024 * 1024
+# Parts of a multipart upload: S3 wants at least 5 MiB for every part but the last. 8 MiB parts
+# keep a 60-minute WAV (115 MB) to 14 requests; at most PART_THREADS are in flight at once, so
+# memory holds at most PART_THREADS parts whatever the file's length.
+PART_BYTES = 8 * 1024 * 1024
 PART_THREADS = 4
 LIST_PAGE = 1000
 
@@ -52,6 +56,18 @@ class Pending(Protocol):
     """A file ready under its final name but not yet visible there."""
 
     def publish(self) -> None: ...
+
+    def abandon(self) -> None: ...
+
+
+class Following(Protocol):
+    """An upload that follows a file while it is written: `restart` when the writer starts the
+    file over, `finish` once it is complete (sends what is left; returns the Pending), or
+    `abandon`."""
+
+    def restart(self) -> None: ...
+
+    def finish(self) -> Pending: ...
 
     def abandon(self) -> None: ...
 
@@ -80,6 +96,10 @@ class Place(Protocol):
         ...
 
     def upload(self, local: Path, name: str) -> Pending: ...
+
+    def follow(self, local: Path, name: str) -> Following:
+        """Start uploading `local` while its writer is still writing it (see Following)."""
+        ...
 
     def read_bytes(self, name: str) -> bytes | None: ...
 
@@ -165,6 +185,23 @@ class _Rename:
         pass  # the local file is its writer's to remove
 
 
+@dataclass
+class _Local:
+    """Following a file into a folder: nothing happens until the file is complete."""
+
+    local: Path
+    final: Path
+
+    def restart(self) -> None:
+        pass
+
+    def finish(self) -> Pending:
+        return _Rename(self.local, self.final)
+
+    def abandon(self) -> None:
+        pass
+
+
 class Folder:
     """Files in a local directory (fsynced: a deletion or a new name survives a power cut)."""
 
@@ -214,6 +251,9 @@ class Folder:
 
     def upload(self, local: Path, name: str) -> Pending:
         return _Rename(local, self.directory / name)
+
+    def follow(self, local: Path, name: str) -> Following:
+        return _Local(local, self.directory / name)
 
     def read_bytes(self, name: str) -> bytes | None:
         try:
@@ -406,6 +446,9 @@ class Bucket:
             raise _bucket_error(exc, "upload a file", where) from exc
         return pending
 
+    def follow(self, local: Path, name: str) -> Following:
+        return _FollowingUpload(self, local, self.key(name))
+
     def read_bytes(self, name: str) -> bytes | None:
         try:
             with contextlib.closing(self.open(name)) as body:
@@ -423,3 +466,112 @@ class Bucket:
     def download(self, name: str, local: Path) -> None:
         with contextlib.closing(self.open(name)) as body, open(local, "wb") as target:
             shutil.copyfileobj(body, target, PART_BYTES // 4)
+
+
+class _FollowingUpload:
+    """A multipart upload of a file that ffmpeg is still writing, so that the upload overlaps
+    the conversion instead of following it.
+
+    A thread sends each whole part as soon as the file has grown past it, except the first: a
+    WAV's header (in the first part) is rewritten once the length is known. `finish` sends the
+    first part, the last (short) one and any the thread has not sent. A writer that starts over
+    (`restart`, before it truncates the file) makes every part sent so far stale: a part counts
+    only if no restart came between reading it and its upload's answer.
+    """
+
+    POLL_SECONDS = 0.05
+
+    def __init__(self, bucket: Bucket, local: Path, key: str) -> None:
+        self._bucket, self._local, self._key = bucket, local, key
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._sent: dict[int, str] = {}  # part number -> ETag, this generation's
+        self._done = threading.Event()
+        self._failure: Exception | None = None
+        self._upload_id: str | None = None
+        self._handed_over = False  # finish gave its Pending to the caller, who owns it now
+        self._thread = threading.Thread(target=self._follow, name="s3-follow", daemon=True)
+        self._thread.start()
+
+    def _start_upload(self) -> str:
+        if self._upload_id is None:
+            started = self._bucket._call(
+                "start an upload", self._key, self._bucket.client.create_multipart_upload,
+                Key=self._key, ContentType="audio/wav",
+            )  # fmt: skip
+            self._upload_id = str(started["UploadId"])
+        return self._upload_id
+
+    def _send(self, number: int) -> None:
+        """Read part `number` as the file is now and upload it; kept if no restart came."""
+        with self._lock:
+            generation = self._generation
+        offset = (number - 1) * PART_BYTES
+        with open(self._local, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(PART_BYTES)
+        answer = self._bucket.client.upload_part(
+            Bucket=self._bucket.name, Key=self._key, UploadId=self._start_upload(),
+            PartNumber=number, Body=data,
+        )  # fmt: skip
+        with self._lock:
+            if generation == self._generation:
+                self._sent[number] = str(answer["ETag"])
+
+    def _follow(self) -> None:
+        try:
+            while not self._done.wait(self.POLL_SECONDS):
+                try:
+                    size = self._local.stat().st_size
+                except FileNotFoundError:
+                    continue
+                # Part n (from 2) is final once the file holds part n + 1's first byte.
+                whole = size // PART_BYTES
+                for number in range(2, whole + 1):
+                    if self._done.is_set():
+                        return
+                    with self._lock:
+                        wanted = number not in self._sent
+                    if wanted:
+                        self._send(number)
+        except Exception as exc:  # reported by finish
+            self._failure = exc
+
+    def restart(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._sent.clear()
+
+    def finish(self) -> Pending:
+        self._done.set()
+        self._thread.join()
+        where = self._bucket.where(self._key)
+        try:
+            if self._failure is not None:
+                raise self._failure
+            size = self._local.stat().st_size
+            numbers = range(1, max(1, -(-size // PART_BYTES)) + 1)
+            last = numbers[-1]
+            # The last part may have been sent while the file was still growing past it.
+            missing = [n for n in numbers if n not in self._sent or n in (1, last)]
+            log.debug(
+                "%s: %d of %d parts sent while the file was written (writer starts: %d)",
+                self._key, len(numbers) - len(missing), len(numbers), self._generation,
+            )  # fmt: skip
+            with ThreadPoolExecutor(PART_THREADS, thread_name_prefix="s3-part") as pool:
+                list(pool.map(self._send, missing))
+            parts = [{"PartNumber": n, "ETag": self._sent[n]} for n in numbers]
+        except Exception as exc:
+            self.abandon()
+            raise _bucket_error(exc, "upload a file", where) from exc
+        self._handed_over = True
+        return _MultipartUpload(self._bucket, self._key, self._start_upload(), parts)
+
+    def abandon(self) -> None:
+        if self._handed_over:
+            return
+        self._done.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+        if self._upload_id is not None:
+            _MultipartUpload(self._bucket, self._key, self._upload_id, []).abandon()

@@ -4,6 +4,7 @@ labelling, the JSON export and the dataset export."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import wave
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from support.audio_factory import make_audio
 from support.cli_helpers import use_settings
 from support.s3_server import S3Server
 from support.source_server import SourceServer
@@ -19,7 +21,7 @@ from support.stores import exported_document
 from diarization_audio.cli.export import main as export_main
 from diarization_audio.cli.report import main as report_main
 from diarization_audio.labels.labeller import label_unlabelled, thresholds_of
-from diarization_audio.objects import Bucket, Place, audio_place, split_bucket_url
+from diarization_audio.objects import PART_BYTES, Bucket, Place, audio_place, split_bucket_url
 from diarization_audio.service.app import create_app
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import wav_files
@@ -240,3 +242,36 @@ def test_labelling_and_the_dataset_export_read_the_stored_legs(
     assert leftovers == []
     if isinstance(leg, Bucket):
         assert not Path(storage.audio_storage_dir, "call_agent.wav").exists()
+
+
+def test_a_long_file_is_stored_whole_even_when_its_download_starts_over(
+    storage: Settings, source: SourceServer, corpus_dir: Path, request: pytest.FixtureRequest
+) -> None:
+    """A 10-minute call (a WAV of several upload parts, sent while ffmpeg writes it) is stored
+    byte for byte as converted, also when the source drops the connection and sends the file
+    again from its start, so that ffmpeg starts over."""
+    name = "ten_minutes.ogg"
+    if not (corpus_dir / name).exists():
+        make_audio(corpus_dir / name, "ogg", seconds=600, channels=1)
+    cut = f"/resumable/ignores/{name}?drop=0.6"
+    with TestClient(create_app(storage)) as client:
+        whole = post(client, "/download/single", conversation_id="long",
+                     audio_url=source.file_url(name))  # fmt: skip
+        again = post(client, "/download/single", conversation_id="restarted",
+                     audio_url=source.url(cut))  # fmt: skip
+    assert whole[0] == again[0] == 200, (whole, again)
+    assert source.hits[cut.split("?")[0]] == 2  # cut off once, then sent whole from the start
+    place = audio_place(storage)
+    tracker = MetadataTracker.from_settings(storage)
+    try:
+        for cid in ("long", "restarted"):
+            record = tracker.get_file(cid, "speaker")
+            assert record is not None
+            assert record.file_size_bytes > 2 * PART_BYTES  # several parts
+            with place.open(f"{cid}_speaker.wav") as handle:
+                data = handle.read()
+            assert len(data) == record.file_size_bytes
+            assert hashlib.sha256(data).hexdigest() == record.sha256
+    finally:
+        tracker.close()
+    assert open_uploads(storage, bucket_server(request, storage)) == []

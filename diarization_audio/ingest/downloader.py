@@ -348,16 +348,22 @@ class AudioDownloader:
         (the first and second channel of a stereo file, one speaker each). An erase of the
         conversation that commits before the record refuses it with Erased."""
         source, converted = self.storage.temporaries(conversation_id, labels)
+        following = self.storage.follow(conversation_id, labels, converted)
+
+        def restarted() -> None:
+            for upload in following:
+                upload.restart()
+
         try:
             await fetch_and_convert(
                 self._fetcher, url, source, converted, self.storage.check_free_space,
-                self._conversion,
+                self._conversion, on_start=restarted,
             )  # fmt: skip
             # From here on the job finishes even when the service is stopping.
             self._cancellable.discard(asyncio.current_task())
             records = await anyio.to_thread.run_sync(
                 self.storage.publish, conversation_id, labels, source, converted, url, agent_id,
-                allow_erased,
+                allow_erased, following,
             )  # fmt: skip
             self._stored_unlabelled.add(conversation_id)
         except NotAudio as exc:
@@ -370,6 +376,8 @@ class AudioDownloader:
         except OSError as exc:
             raise storage_error(exc, self.storage.directory) from exc
         finally:
+            for upload in following:
+                upload.abandon()  # nothing, once published
             source.unlink(missing_ok=True)
             for path in converted:
                 path.unlink(missing_ok=True)

@@ -26,7 +26,7 @@ from diarization_audio.errors import (
     StorageError,
     UrlConflict,
 )
-from diarization_audio.objects import Pending, audio_place
+from diarization_audio.objects import Following, audio_place
 from diarization_audio.progress import MB
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import remove_leftovers, stored_name, temporary_stem
@@ -108,6 +108,16 @@ class Storage:
         ]
         return source, converted
 
+    def follow(
+        self, conversation_id: str, labels: Sequence[str], converted: Sequence[Path]
+    ) -> list[Following]:
+        """Start sending each converted file to its place while it is written (a bucket: a
+        multipart upload overlapping the conversion; a folder: nothing until it is complete)."""
+        return [
+            self.place.follow(path, stored_name(conversation_id, label))
+            for label, path in zip(labels, converted, strict=True)
+        ]
+
     def publish(
         self,
         conversation_id: str,
@@ -117,12 +127,16 @@ class Storage:
         url: str,
         agent_id: str | None,
         allow_erased: bool = False,
+        following: Sequence[Following] | None = None,
     ) -> list[StoredFile]:
         """Read the converted files back, then publish and record each with its transaction.
 
-        An erase that committed meanwhile refuses it with Erased (the converted files stay
-        where they are, for the caller to remove).
+        `following` are the uploads that followed the conversion (else each file is sent
+        now). An erase that committed meanwhile refuses it with Erased (the converted files
+        stay where they are, for the caller to remove; the caller abandons `following`).
         """
+        if following is None:
+            following = self.follow(conversation_id, labels, converted)
         source.unlink(missing_ok=True)  # a large file can take a while to free: not in the loop
         names = [stored_name(conversation_id, label) for label in labels]
         records = [self._describe(c, n, url) for c, n in zip(converted, names, strict=True)]
@@ -136,8 +150,8 @@ class Storage:
                 f"the two channels of {url} hold the same audio (a mono recording saved as "
                 "stereo); they cannot be labelled as two speakers, so nothing was stored"
             )
-        for label, record, temporary, name in zip(labels, records, converted, names, strict=True):
-            self._publish_one(conversation_id, label, record, temporary, name, agent_id,
+        for label, record, name, upload in zip(labels, records, names, following, strict=True):
+            self._publish_one(conversation_id, label, record, name, upload, agent_id,
                               allow_erased)  # fmt: skip
         return records
 
@@ -146,15 +160,15 @@ class Storage:
         conversation_id: str,
         label: str,
         record: StoredFile,
-        temporary: Path,
         name: str,
+        upload: Following,
         agent_id: str | None,
         allow_erased: bool,
     ) -> None:
-        """Make the file ready under its name (a bucket: every part uploaded), then show it in
-        the transaction that records it. A record that fails to commit after the file showed
+        """Make the file ready under its name (a bucket: its last parts uploaded), then show it
+        in the transaction that records it. A record that fails to commit after the file showed
         takes the file away again: no file is left that the store does not know."""
-        pending: Pending = self.place.upload(temporary, name)
+        pending = upload.finish()
         shown_now = False
 
         def publish() -> None:

@@ -53,16 +53,20 @@ async def fetch_and_convert(
     targets: Sequence[Path],
     check_space: Callable[[int], None],
     conversion: Conversion,
+    on_start: Callable[[], None] = lambda: None,
 ) -> None:
     """Fetch `url` into `download` and convert it into `targets` at the same time.
 
-    Raises the download's error when it failed, else NotAudio when ffmpeg could not decode it;
-    cancelling stops both.
+    `on_start` is called before each start of ffmpeg (which writes the targets from their
+    first byte again). Raises the download's error when it failed, else NotAudio when ffmpeg
+    could not decode it; cancelling stops both.
     """
     growing = GrowingFile(download)
     fetching = asyncio.ensure_future(fetcher.fetch(url, growing, check_space))
     try:
-        await _convert(growing, download, targets, conversion, early=starts_early(url))
+        await _convert(
+            growing, download, targets, conversion, early=starts_early(url), on_start=on_start
+        )
         if not growing.done:
             # ffmpeg stopped before the input ended: it reached its length limit (-t), and
             # the rest of the download is not needed to say the audio is too long.
@@ -88,12 +92,14 @@ async def _convert(
     targets: Sequence[Path],
     conversion: Conversion,
     early: bool,
+    on_start: Callable[[], None],
 ) -> None:
     slots = conversion.slots
     ready: Ffmpeg | None = None  # started, not yet given its input
     lock = slots.take_free() if early else None
     try:
         if lock is not None:
+            on_start()
             ready = await _start(conversion, download, targets, piped=True, samples=None)
         await growing.wait_for(SNIFF_BYTES)
         head = growing.head(SNIFF_BYTES)
@@ -121,6 +127,7 @@ async def _convert(
             piped = ready is not None or not growing.done
             try:
                 if ready is None:
+                    on_start()
                     ready = await _start(
                         conversion, download, targets, piped, samples if piped else None
                     )
