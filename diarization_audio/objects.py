@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import shutil
@@ -99,6 +100,10 @@ class Place(Protocol):
 
     def follow(self, local: Path, name: str) -> Following:
         """Start uploading `local` while its writer is still writing it (see Following)."""
+        ...
+
+    def abandon_recorded(self, note: Path) -> None:
+        """Abort the upload a dead process noted in `note` beside its file (see Following)."""
         ...
 
     def read_bytes(self, name: str) -> bytes | None: ...
@@ -255,6 +260,9 @@ class Folder:
     def follow(self, local: Path, name: str) -> Following:
         return _Local(local, self.directory / name)
 
+    def abandon_recorded(self, note: Path) -> None:
+        pass  # a folder has no uploads
+
     def read_bytes(self, name: str) -> bytes | None:
         try:
             return (self.directory / name).read_bytes()
@@ -291,6 +299,10 @@ def _client(
     )
     config = Config(
         retries={"max_attempts": 5, "mode": "standard"},
+        # Checksums only where S3 requires them, as boto3 did before 1.36: some S3-compatible
+        # stores refuse the newer default ones, and skipping them saves CPU on every part.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
         max_pool_connections=2 * PART_THREADS,
         connect_timeout=10,
         read_timeout=60,
@@ -449,6 +461,14 @@ class Bucket:
     def follow(self, local: Path, name: str) -> Following:
         return _FollowingUpload(self, local, self.key(name))
 
+    def abandon_recorded(self, note: Path) -> None:
+        try:
+            recorded = json.loads(note.read_text())
+            key, upload_id = recorded["key"], recorded["upload_id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # cut short by the crash before the upload started: nothing to abort
+        _MultipartUpload(self, key, upload_id, []).abandon()
+
     def read_bytes(self, name: str) -> bytes | None:
         try:
             with contextlib.closing(self.open(name)) as body:
@@ -477,6 +497,10 @@ class _FollowingUpload:
     first part, the last (short) one and any the thread has not sent. A writer that starts over
     (`restart`, before it truncates the file) makes every part sent so far stale: a part counts
     only if no restart came between reading it and its upload's answer.
+
+    The upload's id is noted beside the file (`<file>.upload`, a name of the same process's
+    temporaries), so that after a crash the next start aborts it (store/layout.py): a bucket
+    keeps no parts of an upload nobody will finish.
     """
 
     POLL_SECONDS = 0.05
@@ -490,6 +514,7 @@ class _FollowingUpload:
         self._failure: Exception | None = None
         self._upload_id: str | None = None
         self._handed_over = False  # finish gave its Pending to the caller, who owns it now
+        self._note = local.with_name(local.name + ".upload")
         self._thread = threading.Thread(target=self._follow, name="s3-follow", daemon=True)
         self._thread.start()
 
@@ -500,6 +525,8 @@ class _FollowingUpload:
                 Key=self._key, ContentType="audio/wav",
             )  # fmt: skip
             self._upload_id = str(started["UploadId"])
+            note = {"key": self._key, "upload_id": self._upload_id}
+            self._note.write_text(json.dumps(note))
         return self._upload_id
 
     def _send(self, number: int) -> None:
@@ -568,10 +595,12 @@ class _FollowingUpload:
         return _MultipartUpload(self._bucket, self._key, self._start_upload(), parts)
 
     def abandon(self) -> None:
-        if self._handed_over:
-            return
-        self._done.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join()
-        if self._upload_id is not None:
-            _MultipartUpload(self._bucket, self._key, self._upload_id, []).abandon()
+        """Abort the upload (unless finish handed it over: its Pending is the caller's now);
+        either way the note goes."""
+        if not self._handed_over:
+            self._done.set()
+            if self._thread.is_alive() and threading.current_thread() is not self._thread:
+                self._thread.join()
+            if self._upload_id is not None:
+                _MultipartUpload(self._bucket, self._key, self._upload_id, []).abandon()
+        self._note.unlink(missing_ok=True)

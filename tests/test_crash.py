@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support.audio_factory import make_audio
+from support.s3_server import S3Server
 from support.server_process import ServerProcess
 from support.source_server import SourceServer
 from support.stores import make_settings, recorded_conversations
@@ -176,3 +177,49 @@ def test_two_hundred_hostile_requests_at_once(tmp_path: Path, crash_source: Sour
     assert (after_kb - before_kb) < 150_000, f"server grew by {after_kb - before_kb} kB"
     leftovers = [p.name for p in Path(settings.audio_storage_dir).iterdir()]
     assert leftovers == ["good_speaker.wav"]
+
+
+def test_sigkill_mid_upload_to_a_bucket_leaves_no_object_and_no_record(
+    tmp_path: Path, crash_source: SourceServer, s3_server: S3Server
+) -> None:
+    """SIGKILL while a 60-minute call is converted and its parts go up to the bucket: no object
+    appears under its name and no record is written; the next start aborts the unfinished
+    upload, and the same request then stores it."""
+    bucket = s3_server.new_bucket()
+    settings = make_settings(
+        tmp_path, audio_storage_url=f"s3://{bucket}/calls", **s3_server.settings()
+    )
+    storage = Path(settings.audio_storage_dir)
+    url = crash_source.url("/files/long.mp3")
+    server = ServerProcess(settings).start()
+    client = post_in_background(server.base_url, {"conversation_id": "victim", "audio_url": url})
+    try:
+        # Killed once the upload that follows the conversion has started.
+        wait_for(lambda: s3_server.open_uploads(bucket) == ["calls/victim_speaker.wav"], 60)
+        server.kill()
+    finally:
+        client.wait(30)
+    assert temp_files(storage, ".upload"), "the kill did not land mid-upload"
+    assert s3_server.keys(bucket) == {}
+    assert list(recorded_conversations(settings)) == []
+
+    restarted = ServerProcess(settings).start()
+    try:
+        assert [p.name for p in storage.iterdir()] == []
+        assert s3_server.open_uploads(bucket) == []
+        again = httpx.post(
+            restarted.base_url + "/download/single",
+            data={"conversation_id": "victim", "audio_url": url},
+            timeout=120,
+            trust_env=False,
+        )
+        assert again.status_code == 200, again.text
+    finally:
+        restarted.stop()
+    stored = s3_server.keys(bucket)
+    assert list(stored) == ["calls/victim_speaker.wav"]
+    assert (
+        recorded_conversations(settings)["victim"]["speakers"]["speaker"]["file_size_bytes"]
+        == stored["calls/victim_speaker.wav"]
+    )
+    assert s3_server.open_uploads(bucket) == []

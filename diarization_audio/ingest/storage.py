@@ -50,7 +50,7 @@ class Storage:
     def prepare(self) -> int:
         """Create the directory and remove leftovers of dead processes; returns their count."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        return remove_leftovers(self.directory)
+        return remove_leftovers(self.directory, self.place)
 
     def check_free_space(self, incoming_bytes: int) -> None:
         """Refuse a job that would leave less than MIN_FREE_DISK_MB on the storage disk."""

@@ -19,7 +19,7 @@ from diarization_audio.processes import running
 
 log = logging.getLogger(__name__)
 
-_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.(?:download|wav)$")
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.(?:download|wav|wav\.upload)$")
 
 
 def stored_name(conversation_id: str, speaker_label: str) -> str:
@@ -46,12 +46,15 @@ def temporary_stem(conversation_id: str, speaker_label: str) -> str:
     return f".{conversation_id}_{speaker_label}.{os.getpid()}.{uuid.uuid4().hex}"
 
 
-def remove_leftovers(directory: Path) -> int:
-    """Delete temporary files of processes that are gone; returns how many."""
+def remove_leftovers(directory: Path, place: Place) -> int:
+    """Delete temporary files of processes that are gone, and abort the bucket uploads they
+    noted (`.upload`); returns how many files."""
     removed = 0
     for path in directory.iterdir():
         match = _TEMP_RE.match(path.name)
         if match and _left_over(int(match.group(1))):
+            if path.name.endswith(".upload"):
+                place.abandon_recorded(path)
             path.unlink(missing_ok=True)
             removed += 1
     if removed:
