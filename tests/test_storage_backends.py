@@ -67,7 +67,10 @@ def test_downloads_land_under_the_name_rule_with_their_records(
                       audio_url=source.file_url("mp3.mp3"))  # fmt: skip
         again = post(client, "/download/single", conversation_id="s1",
                      audio_url=source.file_url("mp3.mp3"))  # fmt: skip
+        board = client.get("/dashboard/data").json()
     assert single[0] == dual[0] == 200, (single, dual)
+    assert board["summary"]["total_conversations"] == 3
+    assert board["labelled_files"] + board["unlabelled_files"] == 5
     assert stereo[0] == 200, stereo
     assert again == (200, again[1]) and again[1]["status"] == "exists"
     found = stored(storage)
