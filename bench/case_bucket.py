@@ -66,6 +66,57 @@ def s3_server(log: Path) -> Iterator[dict[str, object]]:
         proc.wait(30)
 
 
+# The same upload of one file by each client library, in a fresh process each (peak RSS is the
+# process's own): boto3's multipart upload, and obstore's (Rust) put from a file.
+_UPLOADERS = {
+    "boto3": """
+import boto3, sys
+from boto3.s3.transfer import TransferConfig
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="bench-key", aws_secret_access_key="bench-secret")
+s3.upload_file(sys.argv[2], "bench-audio", "lib/boto3.wav",
+               Config=TransferConfig(multipart_chunksize=8 * 2**20, max_concurrency=4))
+""",
+    "obstore": """
+import obstore, sys
+from obstore.store import S3Store
+store = S3Store("bench-audio", endpoint=sys.argv[1], allow_http=True, region="us-east-1",
+                access_key_id="bench-key", secret_access_key="bench-secret")
+with open(sys.argv[2], "rb") as f:
+    obstore.put(store, "lib/obstore.wav", f, chunk_size=8 * 2**20, max_concurrency=4)
+""",
+}
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the bench process across exec.
+_MEASURE = """
+import re, sys, time
+started = time.perf_counter()
+exec(compile(sys.argv.pop(1), "upload", "exec"))
+status = open("/proc/self/status").read()
+print(time.perf_counter() - started, int(re.search(r"VmHWM:\\s+(\\d+)", status)[1]) / 1024)
+"""
+
+
+def _library_rows(endpoint: str, file: Path, rounds: int) -> list[Row]:
+    """Each library uploads `file` `rounds` times, alternately: median wall, max peak RSS."""
+    walls: dict[str, list[float]] = {name: [] for name in _UPLOADERS}
+    peaks: dict[str, list[float]] = {name: [] for name in _UPLOADERS}
+    for _ in range(rounds):
+        for name, code in _UPLOADERS.items():
+            out = subprocess.run(
+                [sys.executable, "-c", _MEASURE, code, endpoint, str(file)],
+                capture_output=True, text=True, check=True,
+            ).stdout.split()  # fmt: skip
+            walls[name].append(float(out[0]))
+            peaks[name].append(float(out[1]))
+    size = file.stat().st_size / 2**20
+    return [
+        Row(CASE, f"client library: {name}, one {size:.0f} MB WAV to the bucket (median of "
+            f"{rounds}; peak RSS of its process)",
+            f"{median(walls[name]):.2f} s; {max(peaks[name]):.0f} MB")
+        for name in _UPLOADERS
+    ]  # fmt: skip
+
+
 def run(ctx: Context) -> list[Row]:
     scale = ctx.scale
     name = long_file(ctx.media, scale.long_minutes)
@@ -114,6 +165,12 @@ def run(ctx: Context) -> list[Row]:
                     disk_times.append(on_disk(f"disk{n}"))
             _, longer_growth = in_bucket("longer", longer_name)
             left = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+            post_single(to_disk, "sample", ctx.source_url(name))
+            libraries = _library_rows(
+                str(bucket_settings["aws_endpoint_url"]),
+                base / "disk" / "store" / "sample_agent.wav",
+                scale.rounds,
+            )
     shutil.rmtree(base, ignore_errors=True)
     ratio = paired_ratio(bucket_times, disk_times)
     length, longer = f"{scale.long_minutes:g} min", f"{scale.longer_minutes:g} min"
@@ -133,4 +190,5 @@ def run(ctx: Context) -> list[Row]:
             f"{longer_growth:.1f} MB", f"< {MEMORY_LIMIT_MB:g} MB, not growing with length",
             longer_growth < MEMORY_LIMIT_MB and longer_growth - peak < MEMORY_SLACK_MB),
         Row(CASE, "multipart uploads left open", str(len(left)), "0", not left),
+        *libraries,
     ]  # fmt: skip
