@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 CASES = ("1 one long file", "2 CSV batch", "3 metadata at scale", "4 /health under load",
          "5 many at once", "6 fixed cost per file", "7 speech labels", "8 dashboard",
-         "9 limited-rate link")  # fmt: skip
+         "9 limited-rate link", "10 object storage")  # fmt: skip
 
 
 def test_bench_smoke_prints_every_case() -> None:
@@ -33,7 +33,7 @@ def test_bench_smoke_prints_every_case() -> None:
     # 3: record, /statistics, first /statistics, memory; 4: /health p99; 5: recorded; 6: fixed cost;
     # 7: the default detector's DER in two conditions of the recorded-speech corpus, its
     # labelling cost and its memory at two lengths; 8: /dashboard/data; 9: one long file and a
-    # batch at two link rates.
-    assert len(targets) == 24, done.stdout
+    # batch at two link rates; 10: bucket / disk, memory at two lengths, uploads left open.
+    assert len(targets) == 28, done.stdout
     assert re.search(r"^Machine: \d+ cores", done.stdout, re.M), done.stdout
     assert "yt-dlp" in done.stdout and "bare ffmpeg" in done.stdout
