@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from support.source_server import SourceServer
 from support.stores import exported_document, make_settings, stored
 
@@ -212,16 +213,26 @@ def test_delete_erases_a_conversation_behind_the_api_key(
         assert bad.status_code == 400 and bad.json()["error"] == "invalid_input"
 
 
+def erased_and_failed(client: TestClient) -> tuple[float, float]:
+    """Files /metrics counts as refused because erased, and as failed with any error."""
+    found = [s for f in text_string_to_metric_families(client.get("/metrics").text)
+             for s in f.samples if s.name == "audio_downloads_total"]  # fmt: skip
+    erased = sum(s.value for s in found if s.labels["outcome"] == "erased")
+    return erased, sum(s.value for s in found if s.labels["outcome"] == "failed")
+
+
 def test_an_erased_id_is_refused_with_410_unless_allowed(
     client: TestClient, source: SourceServer, settings: Settings
 ) -> None:
     """Every download route refuses an erased id with 410 `erased` (no failure row naming it,
-    nothing fetched); allow_erased=true stores it again."""
+    nothing fetched, each file counted in /metrics as erased, not failed); allow_erased=true
+    stores it again."""
     url = source.file_url("mp3.mp3")
     assert client.post("/download/single", data={"conversation_id": "c1",
                                                   "audio_url": url}).status_code == 200  # fmt: skip
     assert client.delete("/conversations/c1").status_code == 200
     source.reset()
+    counted = erased_and_failed(client)
     attempts = [
         ("/download/single", {"audio_url": url}),
         ("/download/dual", {"audio_url_agent": url, "audio_url_customer": url}),
@@ -233,6 +244,8 @@ def test_an_erased_id_is_refused_with_410_unless_allowed(
         assert refused.json()["error"] == "erased"
         assert "c1" in refused.json()["detail"]
     assert source.hits["/files/mp3.mp3"] == 0  # refused before anything was fetched
+    now = erased_and_failed(client)
+    assert (now[0] - counted[0], now[1] - counted[1]) == (1 + 2 + 2, 0)  # single, dual, stereo
     stats = client.get("/statistics").json()
     assert stats["failures"]["total"] == 0 and stats["summary"]["total_conversations"] == 0
     assert wav_files(Path(settings.audio_storage_dir)) == {}
@@ -266,41 +279,47 @@ def test_recording_a_file_of_an_erased_id_is_refused_unless_allowed(
 
 @pytest.mark.parametrize("stored_before", [False, True], ids=["new", "replacing"])
 def test_an_erase_during_a_download_wins(
-    client: TestClient, source: SourceServer, settings: Settings, stored_before: bool
+    tmp_path: Path, backend: str | None, source: SourceServer, stored_before: bool
 ) -> None:
     """A DELETE that lands while a download of the same id is fetching from a slow source ends
-    with the conversation erased: the download answers 410 erased, and no WAV, temporary file,
-    record or failure row is left."""
+    with the conversation erased, on SQLite and on PostgreSQL: the download answers 410 erased,
+    and no WAV, temporary file, record or failure row is left; /metrics counts the file as
+    erased, not failed."""
+    settings = make_settings(tmp_path, database_url=backend)
     directory = Path(settings.audio_storage_dir)
-    if stored_before:
-        first = client.post(
-            "/download/single",
-            data={"conversation_id": "c1", "audio_url": source.file_url("wav.wav")},
-        )
-        assert first.status_code == 200, first.text  # fmt: skip
-    slow = "/slow/2/mp3.mp3"
-    answers: list[tuple[int, dict[str, object]]] = []
-    fields = {"conversation_id": "c1", "audio_url": source.url(slow), "overwrite": "true"}
+    with TestClient(create_app(settings)) as client:
+        if stored_before:
+            first = client.post(
+                "/download/single",
+                data={"conversation_id": "c1", "audio_url": source.file_url("wav.wav")},
+            )
+            assert first.status_code == 200, first.text  # fmt: skip
+        slow = "/slow/2/mp3.mp3"
+        answers: list[tuple[int, dict[str, object]]] = []
+        fields = {"conversation_id": "c1", "audio_url": source.url(slow), "overwrite": "true"}
+        counted = erased_and_failed(client)
 
-    def download() -> None:
-        answer = client.post("/download/single", data=fields)
-        answers.append((answer.status_code, answer.json()))
+        def download() -> None:
+            answer = client.post("/download/single", data=fields)
+            answers.append((answer.status_code, answer.json()))
 
-    downloading = threading.Thread(target=download)
-    downloading.start()
-    try:
-        assert source.wait_for_hits(slow, timeout=30)
-        erased = client.delete("/conversations/c1", params={"reason": "consent withdrawn"})
-    finally:
-        downloading.join(timeout=60)
-    assert erased.status_code == 200, erased.text
-    assert erased.json()["files"] == (1 if stored_before else 0)
-    assert [(status, body["error"]) for status, body in answers] == [(410, "erased")]
-    assert os.listdir(directory) == []  # no WAV, no temporary download or conversion
-    assert client.get("/conversations/c1").status_code == 404
-    stats = client.get("/statistics").json()
-    assert stats["erased_conversations"] == 1 and stats["failures"]["total"] == 0
-    assert stats["summary"]["total_conversations"] == 0
+        downloading = threading.Thread(target=download)
+        downloading.start()
+        try:
+            assert source.wait_for_hits(slow, timeout=30)
+            erased = client.delete("/conversations/c1", params={"reason": "consent withdrawn"})
+        finally:
+            downloading.join(timeout=60)
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["files"] == (1 if stored_before else 0)
+        assert [(status, body["error"]) for status, body in answers] == [(410, "erased")]
+        assert os.listdir(directory) == []  # no WAV, no temporary download or conversion
+        assert client.get("/conversations/c1").status_code == 404
+        stats = client.get("/statistics").json()
+        assert stats["erased_conversations"] == 1 and stats["failures"]["total"] == 0
+        assert stats["summary"]["total_conversations"] == 0
+        now = erased_and_failed(client)
+        assert (now[0] - counted[0], now[1] - counted[1]) == (1, 0)
 
 
 def test_an_allowed_download_lifts_the_tombstone(
