@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -17,6 +18,7 @@ from support.stores import exported_document, make_settings, stored
 from diarization_audio.cli.report import main as report_main
 from diarization_audio.cli.store import main as store_main
 from diarization_audio.errors import Erased, StorageError
+from diarization_audio.logs import LOG_FILENAME
 from diarization_audio.service.app import create_app
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import stored_name, wav_files
@@ -213,12 +215,47 @@ def test_delete_erases_a_conversation_behind_the_api_key(
         assert bad.status_code == 400 and bad.json()["error"] == "invalid_input"
 
 
+def log_text(settings: Settings) -> str:
+    return (Path(settings.log_dir) / LOG_FILENAME).read_text()
+
+
 def erased_and_failed(client: TestClient) -> tuple[float, float]:
     """Files /metrics counts as refused because erased, and as failed with any error."""
     found = [s for f in text_string_to_metric_families(client.get("/metrics").text)
              for s in f.samples if s.name == "audio_downloads_total"]  # fmt: skip
     erased = sum(s.value for s in found if s.labels["outcome"] == "erased")
     return erased, sum(s.value for s in found if s.labels["outcome"] == "failed")
+
+
+def test_a_signed_url_in_the_reason_keeps_its_secrets_out_of_the_log_and_the_store(
+    tmp_path: Path, source: SourceServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An erase whose reason names a signed link with a password logs one line, in the log file
+    and in the record itself, naming the link without its query string or user:password; the
+    tombstone and the answers (the first and a repeat) keep the same scrubbed reason."""
+    settings = make_settings(tmp_path, label_speech=False)
+    link = f"{source.file_url('mp3.mp3')}?X-Amz-Credential=CRED42&X-Amz-Signature=SIG42"
+    link = link.replace("://", "://reader:hunter2@")
+    shown_link = source.file_url("mp3.mp3")
+    reason = f"consent withdrawn for {link} (ticket 7)"
+    with caplog.at_level(logging.INFO), TestClient(create_app(settings)) as client:
+        stored = client.post(
+            "/download/single", data={"conversation_id": "c1", "audio_url": link}
+        )  # fmt: skip
+        assert stored.status_code == 200, stored.text
+        first = client.delete("/conversations/c1", params={"reason": reason})
+        again = client.delete("/conversations/c1", params={"reason": "another"})
+    assert first.status_code == 200 and again.json() == first.json()
+    assert first.json()["reason"] == f"consent withdrawn for {shown_link} (ticket 7)"
+    tracker = MetadataTracker.from_settings(settings)
+    erased = tracker.erased("c1")
+    tracker.close()
+    assert erased is not None and erased.reason == first.json()["reason"]
+    [record] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("erased ")]
+    [line] = [x for x in log_text(settings).splitlines() if "erased conversation=c1" in x]
+    for logged in (record, line):
+        assert f"reason='consent withdrawn for {shown_link} (ticket 7)'" in logged
+        assert [secret for secret in ("CRED42", "SIG42", "hunter2") if secret in logged] == []
 
 
 def test_an_erased_id_is_refused_with_410_unless_allowed(

@@ -188,7 +188,7 @@ class MetadataTracker(Database):
             done = erasure.erase(conn, conversation_id, reason, now)
             remove_stored(storage_dir, conversation_id, labels)
         log.info("erased conversation=%s files=%d duration=%.2fs reason=%r", conversation_id,
-                 done.files, done.duration_seconds, reason)  # fmt: skip
+                 done.files, done.duration_seconds, done.reason)  # fmt: skip
         return done
 
     def erased(self, conversation_id: str) -> Erasure | None:
