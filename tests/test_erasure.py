@@ -19,10 +19,11 @@ from diarization_audio.cli.report import main as report_main
 from diarization_audio.cli.store import main as store_main
 from diarization_audio.errors import Erased, StorageError
 from diarization_audio.logs import LOG_FILENAME
+from diarization_audio.progress import Totals
 from diarization_audio.service.app import create_app
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import stored_name, wav_files
-from diarization_audio.store.schema import SCHEMA_VERSION, StoredFile
+from diarization_audio.store.schema import SCHEMA_VERSION, StoredFile, micros
 from diarization_audio.store.speech_labels import LegLabels
 from diarization_audio.store.tracker import MetadataTracker
 
@@ -292,6 +293,65 @@ def test_an_erased_id_is_refused_with_410_unless_allowed(
     assert allowed.status_code == 200, allowed.text
     assert allowed.json()["status"] == "success"
     assert sorted(wav_files(Path(settings.audio_storage_dir))) == ["c1_speaker.wav"]
+
+
+def audio_totals(settings: Settings) -> tuple[Totals, dict[str, tuple[int, int]]]:
+    """The store's running totals, and (files, audio micros) per speaker label."""
+    tracker = MetadataTracker.from_settings(settings)
+    try:
+        report = tracker.report("2000-01-01", 0)
+    finally:
+        tracker.close()
+    speakers = {s.speaker_label: (s.files, s.audio_micros) for s in report.speakers}
+    return report.totals, speakers
+
+
+def test_an_erased_two_leg_conversation_goes_whole_and_is_refused_whole(
+    tmp_path: Path, source: SourceServer
+) -> None:
+    """Erasing a conversation stored by /download/dual removes both legs' WAVs and records and
+    takes both off the totals (overall and per speaker); posting the same dual download again
+    is refused with 410 erased, unless allow_erased=true, which stores both legs again."""
+    settings = make_settings(tmp_path, label_speech=False)
+    dual = {"conversation_id": "c1", "audio_url_agent": source.file_url("mp3.mp3"),
+            "audio_url_customer": source.file_url("flac.flac")}  # fmt: skip
+    single = {"conversation_id": "c2", "audio_url": source.file_url("wav.wav"),
+              "speaker_label": "agent"}  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/download/dual", data=dual).status_code == 200
+        assert client.post("/download/single", data=single).status_code == 200
+        legs = client.get("/conversations/c1").json()["speakers"]
+        totals, speakers = audio_totals(settings)
+
+        assert client.delete("/conversations/c1").json()["files"] == 2
+        after, speakers_after = audio_totals(settings)
+        assert sorted(wav_files(Path(settings.audio_storage_dir))) == ["c2_agent.wav"]
+        assert client.get("/conversations/c1").status_code == 404
+        gone = {label: micros(leg["duration_seconds"]) for label, leg in legs.items()}
+        assert (totals.conversations - after.conversations, totals.micros - after.micros) == (
+            1, gone["agent"] + gone["customer"],
+        )  # fmt: skip
+        assert totals.size_bytes - after.size_bytes == sum(
+            leg["file_size_bytes"] for leg in legs.values()
+        )
+        assert speakers_after == {
+            "agent": (speakers["agent"][0] - 1, speakers["agent"][1] - gone["agent"])
+        }  # the customer's only file went, and with it the label's totals
+        assert speakers["customer"] == (1, gone["customer"])
+
+        refused = client.post("/download/dual", data=dual)
+        assert (refused.status_code, refused.json()["error"]) == (410, "erased")
+        assert audio_totals(settings) == (after, speakers_after)
+        allowed = client.post("/download/dual", data={**dual, "allow_erased": "true"})
+        assert allowed.status_code == 200, allowed.text
+        assert [(d["speaker"], d["status"]) for d in allowed.json()["downloads"]] == [
+            ("agent", "success"), ("customer", "success"),
+        ]  # fmt: skip
+        assert sorted(wav_files(Path(settings.audio_storage_dir))) == [
+            "c1_agent.wav", "c1_customer.wav", "c2_agent.wav",
+        ]  # fmt: skip
+        assert audio_totals(settings)[1] == speakers
+        assert client.get("/statistics").json()["erased_conversations"] == 0
 
 
 def test_recording_a_file_of_an_erased_id_is_refused_unless_allowed(
