@@ -72,7 +72,8 @@ def _codes(cls: type[errors.AudioError]) -> set[str]:
 
 
 # The `error` label's values: the fixed set of codes of errors.py ("" unless the file failed).
-ERROR_CODES = sorted(_codes(errors.AudioError) - {errors.AudioError.code})
+# An erased conversation's refusal is an outcome of its own, never a failure.
+ERROR_CODES = sorted(_codes(errors.AudioError) - {errors.AudioError.code, errors.Erased.code})
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 # The text format every Prometheus server reads.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -86,7 +87,8 @@ class _Metrics:
         self.downloads = Counter(
             "audio_downloads",
             "Files the service was asked to store, by outcome: success (stored now), exists "
-            "(already stored from the same URL), failed (with the error code)",
+            "(already stored from the same URL), erased (refused: the conversation was erased, "
+            "before or while it was fetched), failed (with the error code)",
             ["outcome", "error"],
         )
         self.stored_seconds = Counter(
@@ -120,7 +122,7 @@ class _Metrics:
             multiprocess_mode="livesum",
         )
         # Every series exists from the start: a rate over a fresh service is 0, not absent.
-        for outcome in ("success", "exists"):
+        for outcome in ("success", "exists", "erased"):
             self.downloads.labels(outcome, "")
         for code in ERROR_CODES:
             self.downloads.labels("failed", code)
@@ -168,6 +170,11 @@ def download_failed(code: str, files: int = 1) -> None:
     """`files` files of one job failed with error `code`."""
     known = code if code in ERROR_CODES else errors.InternalError.code
     _metrics().downloads.labels("failed", known).inc(files)
+
+
+def download_erased(files: int = 1) -> None:
+    """`files` files of one job refused because their conversation was erased."""
+    _metrics().downloads.labels("erased", "").inc(files)
 
 
 def download_done(status: str, duration_seconds: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from support.server_process import ServerProcess
 from support.source_server import SourceServer
 from support.stores import make_settings, recorded_conversations
 
+from diarization_audio.cli.batch import main as batch_main
 from diarization_audio.cli.conversations_csv import Row, write_failed_rows
 from diarization_audio.service.process import free_port
 from diarization_audio.settings import Settings
@@ -325,3 +327,33 @@ def test_erased_conversations_are_counted_not_failed_until_allowed(
     assert "  erased 0 (" in out
     assert stored_conversations(settings) == {"conv_000", "conv_001", "conv_002"}
     assert failed_files(tmp_path) == []
+
+
+def test_the_retry_command_keeps_the_options_of_the_run(
+    tmp_path: Path,
+    settings: Settings,
+    server_process: ServerProcess,
+    source: SourceServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The retry command printed for failed rows carries the run's options (--allow-erased among
+    them), so run as printed it stores an erased conversation whose download failed the first
+    time, instead of counting it as erased."""
+    with httpx.Client(base_url=server_process.base_url, trust_env=False) as http:
+        assert http.delete("/conversations/back").status_code == 200
+    # Fails every try of the first run (the service tries 3 times), then serves.
+    csv_path = write_csv(tmp_path / "batch.csv", [["back", source.url("/flaky/3/ogg.ogg"), ""]])
+    options = ("--allow-erased", "--concurrency", "2", "--timeout", "90")
+    assert run_batch(csv_path, server_process.base_url, extra=options) == 1
+    err = capsys.readouterr().err
+    (retry_file,) = failed_files(tmp_path)
+    retry = err.split("retry: ", 1)[1].strip()
+    assert shlex.split(retry) == [
+        "python3", "batch_download_from_csv.py", str(retry_file),
+        "--server", server_process.base_url, "--concurrency", "2", "--allow-erased",
+        "--failed-rows-dir", str(tmp_path), "--timeout", "90.0", "--no-progress",
+    ]  # fmt: skip
+    assert batch_main(shlex.split(retry)[2:]) == 0  # the command as printed
+    out = capsys.readouterr().out
+    assert "succeeded 1, partial 0, failed 0" in out and "  erased 0 (" in out
+    assert stored_conversations(settings) == {"back"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -10,17 +11,20 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from support.source_server import SourceServer
 from support.stores import exported_document, make_settings, stored
 
 from diarization_audio.cli.report import main as report_main
 from diarization_audio.cli.store import main as store_main
 from diarization_audio.errors import Erased, StorageError
+from diarization_audio.logs import LOG_FILENAME
 from diarization_audio.objects import Folder
+from diarization_audio.progress import Totals
 from diarization_audio.service.app import create_app
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import stored_name, wav_files
-from diarization_audio.store.schema import SCHEMA_VERSION, StoredFile
+from diarization_audio.store.schema import SCHEMA_VERSION, StoredFile, micros
 from diarization_audio.store.speech_labels import LegLabels
 from diarization_audio.store.tracker import MetadataTracker
 
@@ -217,16 +221,61 @@ def test_delete_erases_a_conversation_behind_the_api_key(
         assert bad.status_code == 400 and bad.json()["error"] == "invalid_input"
 
 
+def log_text(settings: Settings) -> str:
+    return (Path(settings.log_dir) / LOG_FILENAME).read_text()
+
+
+def erased_and_failed(client: TestClient) -> tuple[float, float]:
+    """Files /metrics counts as refused because erased, and as failed with any error."""
+    found = [s for f in text_string_to_metric_families(client.get("/metrics").text)
+             for s in f.samples if s.name == "audio_downloads_total"]  # fmt: skip
+    erased = sum(s.value for s in found if s.labels["outcome"] == "erased")
+    return erased, sum(s.value for s in found if s.labels["outcome"] == "failed")
+
+
+def test_a_signed_url_in_the_reason_keeps_its_secrets_out_of_the_log_and_the_store(
+    tmp_path: Path, source: SourceServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An erase whose reason names a signed link with a password logs one line, in the log file
+    and in the record itself, naming the link without its query string or user:password; the
+    tombstone and the answers (the first and a repeat) keep the same scrubbed reason."""
+    settings = make_settings(tmp_path, label_speech=False)
+    link = f"{source.file_url('mp3.mp3')}?X-Amz-Credential=CRED42&X-Amz-Signature=SIG42"
+    link = link.replace("://", "://reader:hunter2@")
+    shown_link = source.file_url("mp3.mp3")
+    reason = f"consent withdrawn for {link} (ticket 7)"
+    with caplog.at_level(logging.INFO), TestClient(create_app(settings)) as client:
+        stored = client.post(
+            "/download/single", data={"conversation_id": "c1", "audio_url": link}
+        )  # fmt: skip
+        assert stored.status_code == 200, stored.text
+        first = client.delete("/conversations/c1", params={"reason": reason})
+        again = client.delete("/conversations/c1", params={"reason": "another"})
+    assert first.status_code == 200 and again.json() == first.json()
+    assert first.json()["reason"] == f"consent withdrawn for {shown_link} (ticket 7)"
+    tracker = MetadataTracker.from_settings(settings)
+    erased = tracker.erased("c1")
+    tracker.close()
+    assert erased is not None and erased.reason == first.json()["reason"]
+    [record] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("erased ")]
+    [line] = [x for x in log_text(settings).splitlines() if "erased conversation=c1" in x]
+    for logged in (record, line):
+        assert f"reason='consent withdrawn for {shown_link} (ticket 7)'" in logged
+        assert [secret for secret in ("CRED42", "SIG42", "hunter2") if secret in logged] == []
+
+
 def test_an_erased_id_is_refused_with_410_unless_allowed(
     client: TestClient, source: SourceServer, settings: Settings
 ) -> None:
     """Every download route refuses an erased id with 410 `erased` (no failure row naming it,
-    nothing fetched); allow_erased=true stores it again."""
+    nothing fetched, each file counted in /metrics as erased, not failed); allow_erased=true
+    stores it again."""
     url = source.file_url("mp3.mp3")
     assert client.post("/download/single", data={"conversation_id": "c1",
                                                   "audio_url": url}).status_code == 200  # fmt: skip
     assert client.delete("/conversations/c1").status_code == 200
     source.reset()
+    counted = erased_and_failed(client)
     attempts = [
         ("/download/single", {"audio_url": url}),
         ("/download/dual", {"audio_url_agent": url, "audio_url_customer": url}),
@@ -238,6 +287,8 @@ def test_an_erased_id_is_refused_with_410_unless_allowed(
         assert refused.json()["error"] == "erased"
         assert "c1" in refused.json()["detail"]
     assert source.hits["/files/mp3.mp3"] == 0  # refused before anything was fetched
+    now = erased_and_failed(client)
+    assert (now[0] - counted[0], now[1] - counted[1]) == (1 + 2 + 2, 0)  # single, dual, stereo
     stats = client.get("/statistics").json()
     assert stats["failures"]["total"] == 0 and stats["summary"]["total_conversations"] == 0
     assert wav_files(Folder(Path(settings.audio_storage_dir))) == {}
@@ -247,6 +298,65 @@ def test_an_erased_id_is_refused_with_410_unless_allowed(
     assert allowed.status_code == 200, allowed.text
     assert allowed.json()["status"] == "success"
     assert sorted(wav_files(Folder(Path(settings.audio_storage_dir)))) == ["c1_speaker.wav"]
+
+
+def audio_totals(settings: Settings) -> tuple[Totals, dict[str, tuple[int, int]]]:
+    """The store's running totals, and (files, audio micros) per speaker label."""
+    tracker = MetadataTracker.from_settings(settings)
+    try:
+        report = tracker.report("2000-01-01", 0)
+    finally:
+        tracker.close()
+    speakers = {s.speaker_label: (s.files, s.audio_micros) for s in report.speakers}
+    return report.totals, speakers
+
+
+def test_an_erased_two_leg_conversation_goes_whole_and_is_refused_whole(
+    tmp_path: Path, source: SourceServer
+) -> None:
+    """Erasing a conversation stored by /download/dual removes both legs' WAVs and records and
+    takes both off the totals (overall and per speaker); posting the same dual download again
+    is refused with 410 erased, unless allow_erased=true, which stores both legs again."""
+    settings = make_settings(tmp_path, label_speech=False)
+    dual = {"conversation_id": "c1", "audio_url_agent": source.file_url("mp3.mp3"),
+            "audio_url_customer": source.file_url("flac.flac")}  # fmt: skip
+    single = {"conversation_id": "c2", "audio_url": source.file_url("wav.wav"),
+              "speaker_label": "agent"}  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/download/dual", data=dual).status_code == 200
+        assert client.post("/download/single", data=single).status_code == 200
+        legs = client.get("/conversations/c1").json()["speakers"]
+        totals, speakers = audio_totals(settings)
+
+        assert client.delete("/conversations/c1").json()["files"] == 2
+        after, speakers_after = audio_totals(settings)
+        assert sorted(wav_files(Folder(Path(settings.audio_storage_dir)))) == ["c2_agent.wav"]
+        assert client.get("/conversations/c1").status_code == 404
+        gone = {label: micros(leg["duration_seconds"]) for label, leg in legs.items()}
+        assert (totals.conversations - after.conversations, totals.micros - after.micros) == (
+            1, gone["agent"] + gone["customer"],
+        )  # fmt: skip
+        assert totals.size_bytes - after.size_bytes == sum(
+            leg["file_size_bytes"] for leg in legs.values()
+        )
+        assert speakers_after == {
+            "agent": (speakers["agent"][0] - 1, speakers["agent"][1] - gone["agent"])
+        }  # the customer's only file went, and with it the label's totals
+        assert speakers["customer"] == (1, gone["customer"])
+
+        refused = client.post("/download/dual", data=dual)
+        assert (refused.status_code, refused.json()["error"]) == (410, "erased")
+        assert audio_totals(settings) == (after, speakers_after)
+        allowed = client.post("/download/dual", data={**dual, "allow_erased": "true"})
+        assert allowed.status_code == 200, allowed.text
+        assert [(d["speaker"], d["status"]) for d in allowed.json()["downloads"]] == [
+            ("agent", "success"), ("customer", "success"),
+        ]  # fmt: skip
+        assert sorted(wav_files(Folder(Path(settings.audio_storage_dir)))) == [
+            "c1_agent.wav", "c1_customer.wav", "c2_agent.wav",
+        ]  # fmt: skip
+        assert audio_totals(settings)[1] == speakers
+        assert client.get("/statistics").json()["erased_conversations"] == 0
 
 
 def test_recording_a_file_of_an_erased_id_is_refused_unless_allowed(
@@ -271,41 +381,47 @@ def test_recording_a_file_of_an_erased_id_is_refused_unless_allowed(
 
 @pytest.mark.parametrize("stored_before", [False, True], ids=["new", "replacing"])
 def test_an_erase_during_a_download_wins(
-    client: TestClient, source: SourceServer, settings: Settings, stored_before: bool
+    tmp_path: Path, backend: str | None, source: SourceServer, stored_before: bool
 ) -> None:
     """A DELETE that lands while a download of the same id is fetching from a slow source ends
-    with the conversation erased: the download answers 410 erased, and no WAV, temporary file,
-    record or failure row is left."""
+    with the conversation erased, on SQLite and on PostgreSQL: the download answers 410 erased,
+    and no WAV, temporary file, record or failure row is left; /metrics counts the file as
+    erased, not failed."""
+    settings = make_settings(tmp_path, database_url=backend)
     directory = Path(settings.audio_storage_dir)
-    if stored_before:
-        first = client.post(
-            "/download/single",
-            data={"conversation_id": "c1", "audio_url": source.file_url("wav.wav")},
-        )
-        assert first.status_code == 200, first.text  # fmt: skip
-    slow = "/slow/2/mp3.mp3"
-    answers: list[tuple[int, dict[str, object]]] = []
-    fields = {"conversation_id": "c1", "audio_url": source.url(slow), "overwrite": "true"}
+    with TestClient(create_app(settings)) as client:
+        if stored_before:
+            first = client.post(
+                "/download/single",
+                data={"conversation_id": "c1", "audio_url": source.file_url("wav.wav")},
+            )
+            assert first.status_code == 200, first.text  # fmt: skip
+        slow = "/slow/2/mp3.mp3"
+        answers: list[tuple[int, dict[str, object]]] = []
+        fields = {"conversation_id": "c1", "audio_url": source.url(slow), "overwrite": "true"}
+        counted = erased_and_failed(client)
 
-    def download() -> None:
-        answer = client.post("/download/single", data=fields)
-        answers.append((answer.status_code, answer.json()))
+        def download() -> None:
+            answer = client.post("/download/single", data=fields)
+            answers.append((answer.status_code, answer.json()))
 
-    downloading = threading.Thread(target=download)
-    downloading.start()
-    try:
-        assert source.wait_for_hits(slow, timeout=30)
-        erased = client.delete("/conversations/c1", params={"reason": "consent withdrawn"})
-    finally:
-        downloading.join(timeout=60)
-    assert erased.status_code == 200, erased.text
-    assert erased.json()["files"] == (1 if stored_before else 0)
-    assert [(status, body["error"]) for status, body in answers] == [(410, "erased")]
-    assert os.listdir(directory) == []  # no WAV, no temporary download or conversion
-    assert client.get("/conversations/c1").status_code == 404
-    stats = client.get("/statistics").json()
-    assert stats["erased_conversations"] == 1 and stats["failures"]["total"] == 0
-    assert stats["summary"]["total_conversations"] == 0
+        downloading = threading.Thread(target=download)
+        downloading.start()
+        try:
+            assert source.wait_for_hits(slow, timeout=30)
+            erased = client.delete("/conversations/c1", params={"reason": "consent withdrawn"})
+        finally:
+            downloading.join(timeout=60)
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["files"] == (1 if stored_before else 0)
+        assert [(status, body["error"]) for status, body in answers] == [(410, "erased")]
+        assert os.listdir(directory) == []  # no WAV, no temporary download or conversion
+        assert client.get("/conversations/c1").status_code == 404
+        stats = client.get("/statistics").json()
+        assert stats["erased_conversations"] == 1 and stats["failures"]["total"] == 0
+        assert stats["summary"]["total_conversations"] == 0
+        now = erased_and_failed(client)
+        assert (now[0] - counted[0], now[1] - counted[1]) == (1, 0)
 
 
 def test_an_allowed_download_lifts_the_tombstone(

@@ -33,8 +33,8 @@ def chromium() -> Iterator[OfflineBrowser]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A service with API_KEY set that has stored two conversations (three files of speech
-    taking turns, labelled) and failed one download. LOW_SNR_DB is set above any leg's SNR,
-    so both conversations are flagged low_snr."""
+    taking turns, labelled), failed one download and erased a third conversation it had
+    stored. LOW_SNR_DB is set above any leg's SNR, so both conversations are flagged low_snr."""
     audio = tmp_path_factory.mktemp("turns")
     for name, fmt, first, voice in (("agent.mp3", "mp3", 0, "en-us"),
                                     ("customer.wav", "wav", 1, "en+f3"),
@@ -57,10 +57,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         assert http.post("/download/single", data=single).status_code == 200
         bad = {"conversation_id": "call-3", "audio_url": source.url("/html")}
         assert http.post("/download/single", data=bad).json()["error"] == "not_audio"
+        withdrawn = {**single, "conversation_id": "call-4"}
+        assert http.post("/download/single", data=withdrawn).status_code == 200
         deadline = time.monotonic() + 60
-        while statistics(http)["speech"]["labelled_files"] < 3:
+        while statistics(http)["speech"]["labelled_files"] < 4:
             assert time.monotonic() < deadline, "the stored files were not labelled"
             time.sleep(0.2)
+        assert http.delete("/conversations/call-4").json()["files"] == 1
         yield process
 
 
@@ -132,7 +135,7 @@ def test_dashboard_asks_for_the_key_once_and_shows_the_statistics(
 ) -> None:
     """The dashboard asks for the key, keeps it for the session, and draws the numbers
     /statistics gives: conversations, audio and speech hours, today's bar, lengths, failures,
-    and the low_snr and music flags with the legs' median SNR."""
+    erased conversations, and the low_snr and music flags with the legs' median SNR."""
     chromium.requests.clear()
     context = chromium.context()
     page = context.new_page()
@@ -156,6 +159,9 @@ def test_dashboard_asks_for_the_key_once_and_shows_the_statistics(
     assert float(value("#audio-hours") or 0) == summary["total_hours"] > 0
     assert float(value("#speech-hours") or 0) == stats["speech"]["speech_hours"] > 0
     assert value("#failures-24h") == "1"
+    assert value("#erased") == str(stats["erased_conversations"]) == "1"
+    assert page.inner_text("#erased").strip() == "1"
+    assert "erased conversations" in page.inner_text(".tiles")
     assert page.inner_text("#audio-hours") == f"{summary['total_hours']:.4f} h"
     bars = page.locator("#per-day rect.bar")
     assert bars.count() == 30

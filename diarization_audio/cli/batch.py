@@ -20,6 +20,7 @@ one refused the API key.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections import Counter
@@ -343,16 +344,20 @@ def _stopped(
 
 
 def _retry_command(path: Path, args: argparse.Namespace) -> str:
-    parts = ["python3 batch_download_from_csv.py", str(path)]
-    for server in args.server or []:
-        parts += ["--server", server]
-    defaults = {"id_column": COLUMNS.conversation_id, "agent_column": COLUMNS.agent,
-                "customer_column": None, "agent_id_column": COLUMNS.agent_id}  # fmt: skip
-    for option, default in defaults.items():
-        value = getattr(args, option)
-        if value != default:
-            parts += [f"--{option.replace('_', '-')}", str(value)]
-    return " ".join(parts)
+    """This run's command on the failed rows: every option it was given that differs from its
+    default (--allow-erased, --overwrite, --timeout ...), quoted as a shell takes it."""
+    parts = ["python3", "batch_download_from_csv.py", str(path)]
+    defaults = vars(parse_args([]))
+    for name, value in vars(args).items():
+        if name == "csv" or value == defaults[name]:
+            continue
+        option = f"--{name.replace('_', '-')}"
+        if value is True:
+            parts.append(option)
+        else:
+            for each in value if isinstance(value, list) else [value]:
+                parts += [option, str(each)]
+    return shlex.join(parts)
 
 
 if __name__ == "__main__":

@@ -197,7 +197,11 @@ class AudioDownloader:
             validate_name("agent_id", agent_id)
         if not allow_erased:
             # Refused before the try below: a failure row would name the erased conversation.
-            await anyio.to_thread.run_sync(self._refuse_erased, conversation_id)
+            try:
+                await anyio.to_thread.run_sync(self._refuse_erased, conversation_id)
+            except Erased:
+                metrics.download_erased(len(labels))
+                raise
         started = time.monotonic()
         speakers = "+".join(labels)
         try:
@@ -211,9 +215,11 @@ class AudioDownloader:
                 conversation_id, speakers, url, exc.code, exc.full_message,
                 time.monotonic() - started,
             )  # fmt: skip
-            metrics.download_failed(exc.code, len(labels))
             if isinstance(exc, Erased):
-                raise  # erased while it ran: a failure row would name the conversation again
+                # Erased while it ran: not a failure, and a failure row would name it again.
+                metrics.download_erased(len(labels))
+                raise
+            metrics.download_failed(exc.code, len(labels))
             for label in labels:
                 await anyio.to_thread.run_sync(self.storage.record_failure, conversation_id,
                                                label, url, exc)  # fmt: skip

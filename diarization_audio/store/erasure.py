@@ -28,6 +28,7 @@ from diarization_audio.store.schema import (
     store_info,
     tombstones,
 )
+from diarization_audio.url_secrets import scrub
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def stored_labels(conn: Connection, conversation_id: str) -> list[str]:
 def erase(conn: Connection, conversation_id: str, reason: str, now: str) -> Erasure:
     """Remove every row naming the conversation, update the totals, and write its tombstone
     (the caller has checked there is none). An id never stored gets one too, removing nothing,
-    so it is refused from now on."""
+    so it is refused from now on. URLs in `reason` are kept as logs show them (url_secrets)."""
     removed = conn.execute(
         select(files.c.speaker_label, files.c.duration_seconds, files.c.file_size_bytes).where(
             files.c.conversation_id == conversation_id
@@ -129,6 +130,7 @@ def erase(conn: Connection, conversation_id: str, reason: str, now: str) -> Eras
             speaker_totals.c.files == 0, speaker_totals.c.speech_micros == 0
         )
     )
+    reason = scrub(reason)  # a signed link pasted into the reason keeps no secret
     values: dict[str, Any] = {
         "conversation_id": conversation_id,
         "erased_at": now,

@@ -190,7 +190,7 @@ class MetadataTracker(Database):
             done = erasure.erase(conn, conversation_id, reason, now)
             remove_stored(place, conversation_id, labels)
         log.info("erased conversation=%s files=%d duration=%.2fs reason=%r", conversation_id,
-                 done.files, done.duration_seconds, reason)  # fmt: skip
+                 done.files, done.duration_seconds, done.reason)  # fmt: skip
         return done
 
     def erased(self, conversation_id: str) -> Erasure | None:
