@@ -265,7 +265,10 @@ async def download_stereo(
 
 
 @protected_router.get(
-    "/storage/info", response_model=StorageInfoPublic, summary="Stored .wav files"
+    "/storage/info",
+    response_model=StorageInfoPublic,
+    responses=error_responses(errors.InvalidInput, errors.StorageError),
+    summary="Stored .wav files, a page of names at a time",
 )
 async def storage_info(
     services: ServicesDep,
