@@ -458,8 +458,9 @@ def stored_three(settings: Settings) -> MetadataTracker:
 def test_script_erases_one_id_and_answers_the_same_again(
     script_settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`metadata_tracker.py --erase ID --reason TEXT` erases it (file and record) and prints what
-    it removed; run again it prints the same line and changes nothing."""
+    """`metadata_tracker.py --erase ID --reason TEXT` erases it (file and record), prints what
+    it removed and logs it to the log file; run again it prints the same line and changes
+    nothing."""
     tracker = stored_three(script_settings)
     assert store_main(["--erase", "c2", "--reason", "consent withdrawn"]) == 0
     first = capsys.readouterr().out
@@ -471,6 +472,8 @@ def test_script_erases_one_id_and_answers_the_same_again(
         "c1_agent.wav", "c3_agent.wav",
     ]  # fmt: skip
     assert tracker.get_conversation("c2") is None
+    logged = (Path(script_settings.log_dir) / LOG_FILENAME).read_text()
+    assert "erased conversation=c2 files=1" in logged and "consent withdrawn" in logged
     assert store_main(["--erase", "c2"]) == 0
     assert capsys.readouterr().out == first
     tracker.close()

@@ -24,6 +24,7 @@ from diarization_audio.labels.labeller import (
     relabel_other_detectors,
     thresholds_of,
 )
+from diarization_audio.logs import setup_logging
 from diarization_audio.names import validate_name
 from diarization_audio.objects import Place, audio_place
 from diarization_audio.store.tracker import MetadataTracker
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = script_settings(args.metadata_file)
         tracker = MetadataTracker.from_settings(settings)
         if args.erase or args.erase_file:
+            setup_logging(settings, console=False)  # each erase is logged, as the service's are
             ids = [validate_name("conversation_id", args.erase)] if args.erase else []
             if args.erase_file:
                 ids += read_ids(args.erase_file)
