@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support.stores import make_settings, stored
 
+from diarization_audio.store import json_export
 from diarization_audio.store.schema import SCHEMA_VERSION
 from diarization_audio.store.tracker import MetadataTracker
 
@@ -37,6 +38,21 @@ def test_each_export_copies_the_entries_written_before_the_first_change(
 ) -> None:
     """New conversations, a second leg, a replaced file, erasures at the end and in the middle
     and a conversation stored again after its erase: every document is the whole one's bytes."""
+    changes_one_by_one(tracker, tmp_path)
+
+
+def test_the_copy_reads_the_document_in_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read in blocks shorter than the text that begins an entry, the document before is still
+    found and copied exactly (as a 160 MB one is, in blocks of 1 MiB)."""
+    monkeypatch.setattr(json_export, "COPY_BYTES", 5)
+    tracker = MetadataTracker.from_settings(make_settings(tmp_path))
+    changes_one_by_one(tracker, tmp_path)
+    tracker.close()
+
+
+def changes_one_by_one(tracker: MetadataTracker, tmp_path: Path) -> None:
     for n in range(5):
         tracker.record_file(f"c{n}", "agent", stored(n))
     assert exported(tracker, tmp_path) == 0  # no document yet

@@ -20,8 +20,8 @@ whole again.
 
 from __future__ import annotations
 
+import errno
 import logging
-import mmap
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -129,16 +129,23 @@ def file_identity(status: os.stat_result) -> str:
 
 @dataclass(frozen=True)
 class KeptEntries:
-    """The first `count` entries of an exported document, as bytes `start:stop` of `view`."""
+    """The first `count` entries of an exported document: bytes `start:stop` of `source`."""
 
-    view: mmap.mmap
+    source: IO[bytes]
     start: int
     stop: int
     count: int
 
     def copy_to(self, handle: IO[bytes]) -> None:
-        for offset in range(self.start, self.stop, COPY_BYTES):
-            handle.write(self.view[offset : min(offset + COPY_BYTES, self.stop)])
+        """OSError if the file shrank meanwhile (an export never changes one in place)."""
+        self.source.seek(self.start)
+        left = self.stop - self.start
+        while left:
+            chunk = self.source.read(min(left, COPY_BYTES))
+            if not chunk:
+                raise OSError(errno.EIO, "the document copied from shrank meanwhile")
+            handle.write(chunk)
+            left -= len(chunk)
 
 
 @dataclass(frozen=True)
@@ -167,33 +174,57 @@ def _kept(
 ) -> KeptEntries | None:
     if identity is None or count == 0 or last_id is None:
         return None
+    # Read, not mapped: a file cut short while mapped would kill the process with SIGBUS.
     try:
-        handle = stack.enter_context(path.open("rb"))
-        if file_identity(os.fstat(handle.fileno())) != identity:
+        source = stack.enter_context(path.open("rb"))
+        status = os.fstat(source.fileno())
+        if file_identity(status) != identity:
             return None
-        view = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-    except (OSError, ValueError):  # gone, unreadable, or empty
-        return None
-    head = _HEAD.match(view[:HEAD_BYTES])
-    stop = len(view) - len(DOCUMENT_END)
-    if head is None or view[stop:] != DOCUMENT_END or int(head[1]) < count:
-        return None
-    # Entries `count` and `count + 1` from the end (the document's own count says how many).
-    following, position = stop, stop
-    for _ in range(int(head[1]) - count + 1):
-        following, position = position, view.rfind(ENTRY_START, head.end(), position)
-        if position < 0:
+        head = _HEAD.match(source.read(HEAD_BYTES))
+        stop = status.st_size - len(DOCUMENT_END)
+        end = _read(source, stop, status.st_size)
+        if head is None or int(head[1]) < count or end != DOCUMENT_END:
             return None
-    # The store's conversations up to `last_id` are the document's, less any erased since: the
-    # `count`-th entry being `last_id`'s says none of those was.
-    key = ENTRY_START[:-1] + orjson.dumps(last_id) + b": {"
-    if view[position : position + len(key)] != key:
+        # Where entries `count` and `count + 1` begin (the document's own count says how many).
+        wanted = int(head[1]) - count + 1
+        starts = _entry_starts(source, head.end(), stop, wanted)
+        if len(starts) < wanted:
+            return None
+        following = starts[-2] if wanted > 1 else stop
+        # The store's conversations up to `last_id` are the document's, less any erased since:
+        # the `count`-th entry being `last_id`'s says none of those was.
+        key = ENTRY_START[:-1] + orjson.dumps(last_id) + b": {"
+        if _read(source, starts[-1], starts[-1] + len(key)) != key:
+            return None
+        if following == stop:
+            return KeptEntries(source, head.end(), stop, count)
+        if _read(source, following - 1, following) != b",":
+            return None
+        return KeptEntries(source, head.end(), following - 1, count)
+    except OSError:
         return None
-    if following == stop:
-        return KeptEntries(view, head.end(), stop, count)
-    if view[following - 1 : following] != b",":
-        return None
-    return KeptEntries(view, head.end(), following - 1, count)
+
+
+def _read(source: IO[bytes], start: int, stop: int) -> bytes:
+    source.seek(start)
+    return source.read(stop - start)
+
+
+def _entry_starts(source: IO[bytes], start: int, stop: int, wanted: int) -> list[int]:
+    """Where the last `wanted` entries between `start` and `stop` begin, the last first (fewer
+    when there are not that many), reading back from `stop` a block at a time."""
+    found: list[int] = []
+    base, window, unsearched = stop, b"", 0  # window holds bytes base:, searched from its end
+    while len(found) < wanted and base > start:
+        lower = max(start, base - COPY_BYTES)
+        block = _read(source, lower, base)
+        if len(block) != base - lower:
+            return []
+        window, unsearched, base = block + window[:unsearched], unsearched + len(block), lower
+        while len(found) < wanted and (at := window.rfind(ENTRY_START, 0, unsearched)) >= 0:
+            found.append(base + at)
+            unsearched = at
+    return found
 
 
 def write_document(
