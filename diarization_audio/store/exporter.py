@@ -29,9 +29,9 @@ class Exportable(Protocol):
 
 
 class JsonExporter:
-    """Keeps the JSON document at most `interval` seconds behind the store, off request paths
-    (or, for a store so large that two exports in a row each took longer than a fifth of that,
-    four times the shorter one's duration).
+    """Exports the store to the JSON document off request paths, `interval` seconds after the
+    export before it whenever the store changed meanwhile (or, after two exports in a row that
+    each took longer than a quarter of that, four times the shorter one's duration).
 
     Every process of the service runs one; a lock beside the document lets one process at a
     time write it, and the store's exported revision tells the others there is nothing to do.
