@@ -30,10 +30,11 @@ def test_bench_smoke_prints_every_case() -> None:
     targets = [row for row in rows if "(smoke)" in row]
     assert {row.split("|")[1].strip() for row in targets} == set(CASES), done.stdout
     # 1: time ratio, memory at two lengths; 2: three ratios to bare ffmpeg, two to yt-dlp;
-    # 3: record, /statistics, first /statistics, memory; 4: /health p99; 5: recorded; 6: fixed cost;
-    # 7: the default detector's DER in two conditions of the recorded-speech corpus, its
-    # labelling cost and its memory at two lengths; 8: /dashboard/data; 9: one long file and a
-    # batch at two link rates; 10: bucket / disk, memory at two lengths, uploads left open.
-    assert len(targets) == 28, done.stdout
+    # 3: record, /statistics, first /statistics, memory, a new entry in the JSON export;
+    # 4: /health p99; 5: recorded; 6: fixed cost; 7: the default detector's DER in two
+    # conditions of the recorded-speech corpus, its labelling cost and its memory at two
+    # lengths; 8: /dashboard/data; 9: one long file and a batch at two link rates; 10: bucket /
+    # disk, memory at two lengths, uploads left open.
+    assert len(targets) == 29, done.stdout
     assert re.search(r"^Machine: \d+ cores", done.stdout, re.M), done.stdout
     assert "yt-dlp" in done.stdout and "bare ffmpeg" in done.stdout

@@ -173,7 +173,7 @@ def test_a_version_5_store_gets_an_empty_tombstone_table(tmp_path: Path) -> None
         version = db.execute("select schema_version from store_info").fetchone()[0]
         after = db.execute("select * from files order by conversation_id").fetchall()
         erased = db.execute("select conversation_id, reason, files from tombstones").fetchall()
-    assert version == SCHEMA_VERSION == 6
+    assert version == SCHEMA_VERSION == 7
     assert after == before[1:]
     assert erased == [("c1", "consent withdrawn", 1)]
 

@@ -259,6 +259,6 @@ def test_a_version_4_store_gets_unknown_measures_until_labelled_again(tmp_path: 
             row[0] for row in db.execute("select name from sqlite_master where type='index'")
         }
         version = db.execute("select schema_version from store_info").fetchone()[0]
-    assert version == SCHEMA_VERSION == 6 and "speech_by_snr" in indexes
+    assert version == SCHEMA_VERSION == 7 and "speech_by_snr" in indexes
     assert [row[-2:] for row in after] == [(25.0, 0.0), (18.0, 0.1)]
     assert len(before[0]) + 2 == len(after[0])

@@ -57,6 +57,8 @@ WAL_ATTEMPTS = 100  # x 0.1 s
 _REVISION_LOCK = select(store_info.c.revision).with_for_update()
 _INIT_LOCK = select(func.pg_advisory_xact_lock(0x6D657461))
 BUMP_REVISION = update(store_info).values(revision=store_info.c.revision + 1)
+# The revision a write transaction moved the store to (it moves it first).
+CURRENT_REVISION = select(store_info.c.revision).scalar_subquery()
 
 
 def database_url(settings: Settings) -> str:

@@ -29,9 +29,9 @@ class Exportable(Protocol):
 
 
 class JsonExporter:
-    """Keeps the JSON document at most `interval` seconds behind the store, off request paths
-    (or, for a store so large that one export takes longer than a fifth of that, four times the
-    export's own duration).
+    """Exports the store to the JSON document off request paths, `interval` seconds after the
+    export before it whenever the store changed meanwhile (or, after two exports in a row that
+    each took longer than a quarter of that, four times the shorter one's duration).
 
     Every process of the service runs one; a lock beside the document lets one process at a
     time write it, and the store's exported revision tells the others there is nothing to do.
@@ -54,12 +54,17 @@ class JsonExporter:
         self.export(wait=True)
 
     def _run(self) -> None:
-        pause = self.interval
+        pause, before = self.interval, 0.0
         while not self._stop.wait(pause):
             done = self.export(wait=False)
-            # A large store takes seconds to export: rest long enough after each export that
-            # exporting takes at most a fifth of one core, however often the store changes.
-            pause = max(self.interval, EXPORT_REST_FACTOR * done.seconds) if done else self.interval
+            if done is None:
+                pause = self.interval
+                continue
+            # A large store takes seconds to export whole, and a fraction of that when only its
+            # last conversations changed: after two costly exports in a row, rest long enough
+            # that exporting takes at most a fifth of one core, however often the store changes.
+            costly = min(done.seconds, before)
+            pause, before = max(self.interval, EXPORT_REST_FACTOR * costly), done.seconds
 
     def export(self, wait: bool) -> Export | None:
         try:
@@ -73,6 +78,6 @@ class JsonExporter:
             log.warning("JSON export failed: %s", getattr(exc, "message", exc))
             return None
         if done is not None:
-            log.debug("exported %d conversations to %s (%.2f s)", done.conversations,
-                      done.path, done.seconds)  # fmt: skip
+            log.debug("exported %d conversations (%d copied) to %s (%.2f s)",
+                      done.conversations, done.kept, done.path, done.seconds)  # fmt: skip
         return done

@@ -53,15 +53,29 @@ def stored_file(conn: Connection, conversation_id: str, speaker_label: str) -> S
     return None if row is None else StoredFile.model_construct(**row._asdict())
 
 
-def joined() -> Any:
-    """Every stored file with its conversation's timestamps, in stored order."""
+def joined(from_seq: int | None = None) -> Any:
+    """Every stored file with its conversation's timestamps, in stored order (from the
+    conversation stored `from_seq`-th on, if given)."""
     c = conversations.c
-    return (
+    statement = (
         select(c.conversation_id, c.created_at, c.updated_at, files.c.speaker_label,
                *(files.c[name] for name in FILE_FIELDS))
         .join_from(conversations, files, c.conversation_id == files.c.conversation_id)
         .order_by(c.seq, files.c.speaker_label)
     )  # fmt: skip
+    return statement if from_seq is None else statement.where(c.seq >= from_seq)
+
+
+def unchanged_since(conn: Connection, revision: int) -> tuple[int, str | None, int]:
+    """The conversations before the first one written after `revision`, in stored order (all
+    of them if none was): how many, the last one's id, and the `seq` the written ones start at."""
+    c = conversations.c
+    written = select(func.min(c.seq)).where(c.changed_revision > revision).scalar_subquery()
+    end = select(func.coalesce(func.max(c.seq), 0) + 1).scalar_subquery()
+    first = int(conn.execute(select(func.coalesce(written, end))).scalar_one())
+    before = conn.execute(select(func.count()).where(c.seq < first)).scalar_one()
+    last = select(c.conversation_id).where(c.seq < first).order_by(c.seq.desc()).limit(1)
+    return int(before), conn.execute(last).scalar(), first
 
 
 def file_rows(conn: Connection) -> list[dict[str, Any]]:

@@ -45,6 +45,13 @@ Since version 6, erasure (store/erasure.py):
 - `tombstones`: one row per erased conversation: its id, when, the reason given, and what the
   erase removed (files, microseconds of audio), so a repeated erase answers the same and a
   download of the same id is refused unless explicitly allowed.
+
+Since version 7, for a JSON export that rewrites only what changed (store/json_export.py):
+- `conversations.changed_revision`: the revision of the last write to the conversation's
+  entry (every write of a file sets it), so an export finds the conversations written since
+  the one before it.
+- `store_info.exported_file`: which file the last export wrote (inode, size, modification
+  time), so the next one copies unchanged entries from it only while it is still that file.
 """
 
 from __future__ import annotations
@@ -81,9 +88,10 @@ from diarization_audio.wav import CHANNELS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 STAMP_LENGTH = 40  # ISO 8601 with microseconds and offset fits in 32
 DAY_LENGTH = 10  # YYYY-MM-DD at the head of every stored timestamp
+IDENTITY_LENGTH = 80  # a file's inode:size:mtime_ns
 
 metadata = MetaData()
 
@@ -95,6 +103,7 @@ store_info = Table(
     Column("revision", BigInteger, nullable=False),
     Column("exported_revision", BigInteger, nullable=False),
     Column("overlap_micros", BigInteger, nullable=False, server_default="0"),
+    Column("exported_file", String(IDENTITY_LENGTH), nullable=True),
 )
 
 conversations = Table(
@@ -107,6 +116,7 @@ conversations = Table(
     Column("agent_id", String(NAME_MAX_LENGTH), nullable=True),
     Column("overlap_micros", BigInteger, nullable=False, server_default="0"),
     Column("duration_micros", BigInteger, nullable=False, server_default="0"),
+    Column("changed_revision", BigInteger, nullable=False, server_default="0"),
     Index("conversations_by_duration", "duration_micros"),
 )
 
@@ -261,6 +271,16 @@ def _add_tombstones(conn: Connection) -> None:
     metadata.create_all(conn, tables=[tombstones])
 
 
+def _add_export_tracking(conn: Connection) -> None:
+    """Version 6 -> 7: when each conversation was last written (revision 0: before this
+    version) and which file the export wrote (none known: the next export writes it whole)."""
+    for table, column in ((conversations, "changed_revision"), (store_info, "exported_file")):
+        if column not in {found["name"] for found in inspect(conn).get_columns(table.name)}:
+            kind = table.c[column].type.compile(dialect=conn.dialect)
+            default = " NOT NULL DEFAULT 0" if column == "changed_revision" else ""
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column} {kind}{default}")
+
+
 # MIGRATIONS[n] brings a store of version n to version n + 1 inside one write transaction.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_speech,
@@ -268,6 +288,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     3: _add_report_indexes,
     4: _add_leg_quality,
     5: _add_tombstones,
+    6: _add_export_tracking,
 }
 
 

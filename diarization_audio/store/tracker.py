@@ -23,12 +23,12 @@ from sqlalchemy import Connection, select, update
 
 from diarization_audio.objects import Place
 from diarization_audio.progress import Totals, statistics_of
-from diarization_audio.store import erasure, queries, reports, speech_labels
-from diarization_audio.store.database import BATCH_ROWS, BUMP_REVISION, Database
+from diarization_audio.store import erasure, json_export, queries, reports, speech_labels
+from diarization_audio.store.database import BATCH_ROWS, BUMP_REVISION, CURRENT_REVISION, Database
 from diarization_audio.store.database import database_url as database_url
 from diarization_audio.store.erasure import Erasure
 from diarization_audio.store.exporter import JsonExporter as JsonExporter
-from diarization_audio.store.json_export import Entry, Export, entries_from_rows, write_document
+from diarization_audio.store.json_export import Entry, Export
 from diarization_audio.store.layout import remove_stored
 from diarization_audio.store.schema import (
     StoredFile,
@@ -48,11 +48,13 @@ _OLD_FILE = select(files.c.file_size_bytes, files.c.duration_seconds).where(*que
 
 
 def _conversations_upsert(insert: Any, keep_agent: bool) -> Any:
-    """Adds the given duration_micros to a conversation's (kept as the sum of its files')."""
-    statement = insert(conversations)
+    """Adds the given duration_micros to a conversation's (kept as the sum of its files'), and
+    marks it written at the transaction's revision, for the JSON export."""
+    statement = insert(conversations).values(changed_revision=CURRENT_REVISION)
     changes: dict[str, Any] = {
         "updated_at": statement.excluded.updated_at,
         "duration_micros": conversations.c.duration_micros + statement.excluded.duration_micros,
+        "changed_revision": CURRENT_REVISION,
     }
     if keep_agent:
         changes["agent_id"] = statement.excluded.agent_id
@@ -369,24 +371,35 @@ class MetadataTracker(Database):
         """Write the JSON document from one consistent view of the store.
 
         Without `force`, only when the store changed since the last export (by any process or
-        host); returns None when there was nothing to do.
+        host; None when there was nothing to do), copying the entries unchanged since from the
+        document it wrote (json_export.kept_entries). `force`, or another `path`, writes all.
         """
         target = path or self.export_path
         started = time.perf_counter()
+        info = store_info.c
         with self._reading() as conn:
-            revision, exported = conn.execute(
-                select(store_info.c.revision, store_info.c.exported_revision)
+            revision, exported, identity = conn.execute(
+                select(info.revision, info.exported_revision, info.exported_file)
             ).one()
             if not force and exported >= revision:
                 return None
             count = queries.count(conn)
-            rows = conn.execution_options(yield_per=BATCH_ROWS).execute(queries.joined())
-            size = write_document(target, count, self.now(), entries_from_rows(rows.mappings()))
+            reuse = not force and target == self.export_path
+            same, last, first_changed = (
+                queries.unchanged_since(conn, exported) if reuse else (0, None, 0)
+            )
+            with json_export.kept_entries(target, identity, same, last) as kept:
+                query = queries.joined(None if kept is None else first_changed)
+                rows = conn.execution_options(yield_per=BATCH_ROWS).execute(query).mappings()
+                written = json_export.write_document(
+                    target, count, self.now(), json_export.entries_from_rows(rows), kept
+                )
         if target == self.export_path:
             with self._writing(bump=False) as conn:
                 conn.execute(
                     update(store_info)
-                    .where(store_info.c.exported_revision < revision)
-                    .values(exported_revision=revision)
+                    .where(info.exported_revision <= revision)
+                    .values(exported_revision=revision, exported_file=written.identity)
                 )
-        return Export(target, count, size, time.perf_counter() - started, revision)
+        seconds = time.perf_counter() - started
+        return Export(target, count, written.size_bytes, seconds, revision, same if kept else 0)
