@@ -24,6 +24,7 @@ from bench.harness import (
     service,
     timed,
 )
+from diarization_audio.objects import Folder
 from diarization_audio.settings import settings_under
 from diarization_audio.store.schema import StoredFile
 from diarization_audio.store.tracker import MetadataTracker
@@ -158,7 +159,7 @@ def _export_latency(
         ]  # fmt: skip
         # Erasing the first conversation stored: where its entry was is not known to the export.
         _, (oldest, *_) = writer.list_conversations(1, 0)
-        erase = partial(writer.erase, oldest["conversation_id"], "bench", base / "store")
+        erase = partial(writer.erase, oldest["conversation_id"], "bench", Folder(base / "store"))
         whole = _latency(document, writer, first + 2 * trials, erase)
     return latencies, whole
 

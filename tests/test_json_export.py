@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support.stores import make_settings, stored
 
+from diarization_audio.objects import Folder
 from diarization_audio.store import json_export
 from diarization_audio.store.schema import SCHEMA_VERSION
 from diarization_audio.store.tracker import MetadataTracker
@@ -63,9 +64,9 @@ def changes_one_by_one(tracker: MetadataTracker, tmp_path: Path) -> None:
     assert exported(tracker, tmp_path) == 6
     tracker.record_file("c2", "agent", stored(8))  # replaced: c2 to c6 are written again
     assert exported(tracker, tmp_path) == 2
-    tracker.erase("c6", "consent withdrawn", tmp_path / "audio")
+    tracker.erase("c6", "consent withdrawn", Folder(tmp_path / "audio"))
     assert exported(tracker, tmp_path) == 6
-    tracker.erase("c1", "consent withdrawn", tmp_path / "audio")
+    tracker.erase("c1", "consent withdrawn", Folder(tmp_path / "audio"))
     assert exported(tracker, tmp_path) == 0  # where c1 was is not known: written whole
     tracker.record_file("c1", "agent", stored(9), allow_erased=True)  # stored again, last
     assert exported(tracker, tmp_path) == 5
@@ -82,7 +83,7 @@ def test_a_change_that_leaves_the_entries_alone_copies_them_all(
     for n in range(3):
         tracker.record_file(f"c{n}", "agent", stored(n))
     exported(tracker, tmp_path)
-    tracker.erase("never", "", tmp_path / "audio")
+    tracker.erase("never", "", Folder(tmp_path / "audio"))
     assert exported(tracker, tmp_path) == 3
 
 
