@@ -5,7 +5,6 @@ field against the documented formats otherwise (NeMo manifests, lhotse manifests
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import math
 import shutil
@@ -16,21 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.cli_helpers import use_settings
-from support.speech_calls import speak
+from support.labelled_calls import Call, add_call, voice, write_leg
 from support.stores import make_settings
 
 from diarization_audio.cli.export import main
 from diarization_audio.dataset.export import split_of
-from diarization_audio.labels.labeller import label_conversation, thresholds_of
 from diarization_audio.objects import Folder
 from diarization_audio.settings import Settings
-from diarization_audio.store.schema import StoredFile
 from diarization_audio.store.tracker import MetadataTracker
 
 RATE = 16000
 # (conversation id, agent id, seconds, agent turns, customer turns); "flat" has a silent customer,
 # "noisy" a customer who speaks barely above the noise of the line.
-CALLS = [
+CALLS: list[Call] = [
     ("call-a", "agent-1", 12.0, [(0.5, 4.0), (7.0, 9.0)], [(3.5, 6.5), (9.5, 11.5)]),
     ("call-b", "agent-1", 9.0, [(0.2, 3.0)], [(3.4, 8.5)]),
     ("call-c", None, 10.0, [(1.0, 5.0)], [(5.5, 9.5)]),
@@ -38,58 +35,6 @@ CALLS = [
     ("flat", None, 8.0, [(0.5, 7.5)], []),
     ("noisy", None, 8.0, [(0.5, 3.5)], [(4.0, 7.5)]),
 ]
-NOISY_CUSTOMER = 0.05  # white noise RMS on the noisy call's customer leg: SNR about 6 dB
-
-
-SENTENCES = ("thank you for calling how can I help you today",
-             "I would like to change the address on my account please")  # fmt: skip
-VOICES = {150: "en-us", 230: "en+f3"}  # a lower and a higher voice, by pitch
-
-
-def voice(
-    seconds: float,
-    spans: list[tuple[float, float]],
-    pitch: float,
-    level: float,
-    noise: float = 0.001,
-) -> np.ndarray:
-    """Speech (espeak-ng) filling each span, peaking at `level`, over white noise."""
-    talk = np.concatenate([speak(text, VOICES[int(pitch)]) for text in SENTENCES])
-    talk *= level / np.abs(talk).max()
-    signal = np.zeros(round(seconds * RATE))
-    for start, end in spans:
-        first, last = round(start * RATE), min(round(end * RATE), signal.size)
-        signal[first:last] = np.resize(talk, last - first)
-    rng = np.random.default_rng(int(pitch))
-    return signal + rng.normal(0, noise, signal.size)
-
-
-def write_leg(path: Path, signal: np.ndarray) -> StoredFile:
-    samples = np.clip(np.round(signal * 32767), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(RATE)
-        wav.writeframes(samples.tobytes())
-    return StoredFile(
-        filepath=str(path), url=f"http://127.0.0.1/{path.name}",
-        file_size_bytes=path.stat().st_size, duration_seconds=len(samples) / RATE,
-        sample_rate=RATE, channels=1, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-        downloaded_at="2026-11-25T10:00:00+05:30",
-    )  # fmt: skip
-
-
-def add_call(tracker: MetadataTracker, store: Path, call: tuple) -> None:  # type: ignore[type-arg]
-    cid, agent_id, seconds, agent_turns, customer_turns = call
-    agent = voice(seconds, agent_turns, 150, 0.6)
-    customer = voice(
-        seconds + 0.5, customer_turns, 230, 0.5, NOISY_CUSTOMER if cid == "noisy" else 0.001
-    )
-    tracker.record_file(
-        cid, "agent", write_leg(store / f"{cid}_agent.wav", agent), agent_id=agent_id
-    )
-    tracker.record_file(cid, "customer", write_leg(store / f"{cid}_customer.wav", customer))
-    assert label_conversation(tracker, cid, thresholds_of(make_settings(store))) is not None
 
 
 @pytest.fixture
@@ -100,7 +45,7 @@ def collection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sett
     store.mkdir(parents=True)
     tracker = MetadataTracker.from_settings(settings)
     for call in CALLS:
-        add_call(tracker, store, call)
+        add_call(tracker, settings, call)
     tracker.record_file(
         "lonely", "agent", write_leg(store / "lonely_agent.wav", voice(4, [(0, 3)], 150, 0.5))
     )
@@ -291,11 +236,7 @@ def test_a_rerun_rewrites_nothing_and_adds_only_what_is_new(
     export(out)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
     tracker = MetadataTracker.from_settings(collection)
-    add_call(
-        tracker,
-        Path(collection.audio_storage_dir),
-        ("call-e", None, 6.0, [(0.5, 2.5)], [(3.0, 5.5)]),
-    )
+    add_call(tracker, collection, ("call-e", None, 6.0, [(0.5, 2.5)], [(3.0, 5.5)]))
     tracker.close()
     export(out)
     changed = {p for p in out.rglob("*") if p.is_file() and before.get(p) != p.stat().st_mtime_ns}
@@ -348,7 +289,7 @@ def test_every_conversation_left_out_is_counted_by_reason_and_waiting_ones_are_l
     yet is labelled by the export and exported."""
     store = Path(collection.audio_storage_dir)
     tracker = MetadataTracker.from_settings(collection)
-    add_call(tracker, store, ("copy-a", *CALLS[0][1:]))  # call-a's audio again: a duplicate
+    add_call(tracker, collection, ("copy-a", *CALLS[0][1:]))  # call-a's audio again: a duplicate
     for cid in ("waiting", "gone"):
         for label, turn, pitch in (("agent", (0.5, 2.5), 150), ("customer", (3.0, 5.5), 230)):
             leg = write_leg(store / f"{cid}_{label}.wav", voice(6, [turn], pitch, 0.5))

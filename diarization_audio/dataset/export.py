@@ -19,12 +19,13 @@ calls in one split), else of the conversation id: the same on every run and ever
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
 import wave
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,10 +102,65 @@ def split_of(key: str, split: tuple[float, float, float]) -> str:
     return "development" if point < (split[0] + split[1]) / total else "test"
 
 
+def selected(
+    conversations: Iterable[StoredConversation],
+    split: tuple[float, float, float],
+    include_flagged: bool,
+    summary: ExportSummary,
+) -> Iterator[tuple[StoredConversation, str]]:
+    """The conversations that go into the training set, each with its split; every one left
+    out is counted in `summary` under its reasons."""
+    for conversation in conversations:
+        reasons = reasons_to_leave_out(conversation, include_flagged)
+        if reasons:
+            summary.leave_out(reasons)
+            continue
+        yield conversation, split_of(conversation.agent_id or conversation.conversation_id, split)
+
+
+def turns_of(conversation: StoredConversation, duration: float) -> tuple[Turn, ...]:
+    """Every leg's speech as turns of its speaker, cut at the end of the mixed audio."""
+    return tuple(
+        Turn(start, min(end, duration), leg.speaker_label)
+        for leg in conversation.legs
+        for start, end in leg.segments
+        if min(end, duration) > start
+    )
+
+
+def measures_of(conversation: StoredConversation) -> tuple[LegMeasures, ...]:
+    return tuple(
+        LegMeasures(leg.speaker_label, leg.snr_db, leg.music_share) for leg in conversation.legs
+    )
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold `out`'s export lock while an export writes there; ExportBusy at once if another
+    export holds it."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(out / LOCK_FILE, timeout=0):
+            yield
+    except Timeout:
+        raise ExportBusy(f"another export is writing to {out}; try again when it ends") from None
+
+
 def _fingerprint(conversation: StoredConversation, split: str) -> str:
     legs = [(leg.speaker_label, leg.sha256, leg.segments) for leg in conversation.legs]
     described = [split, conversation.labeller, legs]
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()
+
+
+def formats_found(output_dir: Path) -> list[str] | None:
+    """The formats of the loose export in `output_dir` (what its indexes show), or None when
+    there is none."""
+    out = Path(output_dir)
+    if not (out / STATE_FILE).is_file():
+        return None
+    there = {"pyannote": out / "database.yml", "nemo": out / "nemo",
+             "huggingface": out / "huggingface", "lhotse": out / "lhotse"}  # fmt: skip
+    return ["rttm", *(name for name, path in there.items() if path.exists())]
 
 
 def export_dataset(
@@ -124,12 +180,8 @@ def export_dataset(
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {', '.join(ALL_FORMATS)}")
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        with FileLock(out / LOCK_FILE, timeout=0):
-            return _export(conversations, out, formats, split, include_flagged, progress, settings)
-    except Timeout:
-        raise ExportBusy(f"another export is writing to {out}; try again when it ends") from None
+    with output_lock(out):
+        return _export(conversations, out, formats, split, include_flagged, progress, settings)
 
 
 def _export(
@@ -147,12 +199,9 @@ def _export(
     except (FileNotFoundError, ValueError):
         previous = {}
     summary, items, state = ExportSummary(), [], {}
-    for conversation in tqdm(conversations, desc="exporting", unit="conv", disable=not progress):
-        reasons = reasons_to_leave_out(conversation, include_flagged)
-        if reasons:
-            summary.leave_out(reasons)
-            continue
-        item, fingerprint = _export_one(conversation, out, split, previous, summary, settings)
+    chosen = tqdm(conversations, desc="exporting", unit="conv", disable=not progress)
+    for conversation, which in selected(chosen, split, include_flagged, summary):
+        item, fingerprint = _export_one(conversation, out, which, previous, summary, settings)
         items.append(item)
         state[item.uri] = fingerprint
     for uri in sorted(set(previous) - set(state)):
@@ -170,13 +219,12 @@ def _export(
 def _export_one(
     conversation: StoredConversation,
     out: Path,
-    split: tuple[float, float, float],
+    which: str,
     previous: dict[str, str],
     summary: ExportSummary,
     settings: Settings | None,
 ) -> tuple[Item, str]:
     uri = conversation.conversation_id
-    which = split_of(conversation.agent_id or conversation.conversation_id, split)
     fingerprint = _fingerprint(conversation, which)
     audio, rttm, uem = (
         out / "audio" / f"{uri}.wav",
@@ -196,21 +244,15 @@ def _export_one(
             samples = fmt.write_mix(first_path, second_path, audio)
         summary.written += 1
     duration = samples / SAMPLE_RATE
-    turns = tuple(
-        Turn(start, min(end, duration), leg.speaker_label)
-        for leg in conversation.legs
-        for start, end in leg.segments
-        if min(end, duration) > start
-    )
+    turns = turns_of(conversation, duration)
     fmt.write_if_changed(rttm, fmt.rttm_text(uri, turns).encode())
     fmt.write_if_changed(uem, fmt.uem_text(uri, duration).encode())
     summary.hours[which] += duration / 3600
     summary.speech_hours += sum(t.end - t.start for t in turns) / 3600
-    legs = tuple(
-        LegMeasures(leg.speaker_label, leg.snr_db, leg.music_share) for leg in conversation.legs
-    )
     flags = tuple(sorted(conversation.flags))
-    item = Item(uri, which, duration, samples, turns, audio, rttm, uem, legs, flags)
+    item = Item(
+        uri, which, duration, samples, turns, audio, rttm, uem, measures_of(conversation), flags
+    )
     return item, fingerprint
 
 

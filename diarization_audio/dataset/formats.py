@@ -145,15 +145,30 @@ def write_nemo(path: Path, items: Sequence[Item]) -> None:
     ignores the extra keys (`snr_db_<speaker>`, `music_share_<speaker>`, `flags`) that a
     recipe filters on."""
     rows = [
-        {"audio_filepath": str(i.audio.resolve()), "offset": 0, "duration": round(i.duration, 3),
-         "label": "infer", "text": "-", "num_speakers": len({t.speaker for t in i.turns}),
-         "rttm_filepath": str(i.rttm.resolve()), "uem_filepath": str(i.uem.resolve()),
-         **{f"snr_db_{leg.speaker}": leg.snr_db for leg in i.legs},
-         **{f"music_share_{leg.speaker}": leg.music_share for leg in i.legs},
-         "flags": list(i.flags)}
+        nemo_entry(i.duration, i.turns, i.legs, i.flags, audio=str(i.audio.resolve()),
+                   rttm=str(i.rttm.resolve()), uem=str(i.uem.resolve()))
         for i in items
     ]  # fmt: skip
     write_if_changed(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def nemo_entry(
+    duration: float,
+    turns: Sequence[Turn],
+    legs: Sequence[LegMeasures],
+    flags: Sequence[str],
+    *,
+    audio: str,
+    rttm: str,
+    uem: str | None = None,
+) -> dict[str, object]:
+    """One conversation's line of a NeMo diarization manifest, its files named as given."""
+    return {"audio_filepath": audio, "offset": 0, "duration": round(duration, 3),
+            "label": "infer", "text": "-", "num_speakers": len({t.speaker for t in turns}),
+            "rttm_filepath": rttm, **({"uem_filepath": uem} if uem is not None else {}),
+            **{f"snr_db_{leg.speaker}": leg.snr_db for leg in legs},
+            **{f"music_share_{leg.speaker}": leg.music_share for leg in legs},
+            "flags": list(flags)}  # fmt: skip
 
 
 def write_audiofolder(directory: Path, items: Sequence[Item]) -> None:
