@@ -39,6 +39,12 @@ def test_demo_runs_every_step_and_cleans_up(tmp_path: Path) -> None:
                      "erased 1 (refused by the service; --allow-erased stores them again)",
                      "exported 10 conversations to",
                      "1 removed (1 erased); left out 3",
+                     "/training_set/shards in 3 shards (",
+                     "shards 3 written, 0 renumbered, 0 unchanged, 0 deleted; 0 removed;",
+                     "shards/train/shard-000001.tar: 3 conversations",
+                     "shards 1 written, 0 renumbered, 2 unchanged, 0 deleted; 1 removed (1 erased)",
                      "Demo finished in"):  # fmt: skip
         assert expected in run.stdout
+    # the last export takes the erased conversation out of the loose files and of its shard
+    assert run.stdout.count("1 removed (1 erased); left out 3") == 2
     assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,8 @@
    script below read the same ones.
 3. Run the scripts as a user would: a single-download check, the batch, the batch again (it
    skips everything), a stereo call, the statistics with speech hours, the progress report,
-   one hourly monitor run and a dataset export.
+   one hourly monitor run, a dataset export as loose files and as WebDataset shards, and an
+   erase that the next batch refuses and the next export takes out.
 4. Stop everything and delete the temporary folder.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
 import os
 import shlex
 import shutil
@@ -245,13 +247,28 @@ def walk_through(demo_csv: Path, work: Path, stereo_url: str) -> list[int]:
         hourly_monitor(work),
         step("A training set for NeMo, pyannote, Hugging Face and lhotse", export_dataset.main,
              [str(work / "training_set"), "--no-progress"]),
+        step("The same set as WebDataset tar shards too (NeMo tarred datasets, Hugging Face), "
+             "at most 4 conversations a shard", export_dataset.main,
+             [str(work / "training_set"), "--shards", "--shard-size", "4", "--no-progress"]),
+        show_shards(work / "training_set"),
         step("A customer withdraws consent: erase the conversation everywhere",
              metadata_tracker.main, ["--erase", ERASED_ID, "--reason", "consent withdrawn"]),
         step("The same CSV again: the erased conversation is refused, not stored again",
              batch_download_from_csv.main, batch),
-        step("The training set again: the erased conversation is taken out of it",
+        step("The training set again: the erased conversation leaves its files and its shard",
              export_dataset.main, [str(work / "training_set"), "--no-progress"]),
+        show_shards(work / "training_set"),
     ]  # fmt: skip
+
+
+def show_shards(folder: Path) -> int:
+    """What the sharded export wrote, from its index: each shard, its conversations, its size."""
+    index = json.loads((folder / "shards" / "index.json").read_text())
+    print(f"$ cat {folder.name}/shards/index.json  # summed up")
+    for shard in index["shards"]:
+        print(f"  shards/{shard['tar']}: {len(shard['conversations'])} conversations, "
+              f"{shard['bytes'] / 1e6:.1f} MB; manifest shards/{shard['manifest']}")  # fmt: skip
+    return 0
 
 
 def run_demo(work: Path) -> bool:
