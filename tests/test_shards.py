@@ -339,6 +339,47 @@ def test_a_rerun_rewrites_only_the_shards_whose_conversations_changed(
     assert sorted(read_shards(shards)) == sorted({*CLEAN, "call-f"} - set(in_first))
 
 
+def test_an_export_that_fails_midway_leaves_its_shard_to_be_written_again(
+    in_folder: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A shard that cannot be built (a leg's file is missing) stops the export with one line;
+    the index marks that shard as being written, the other shards and no temporary file are
+    left; the next run writes it, and removes a shard file the index does not list."""
+    out = tmp_path / "out"
+    args = [str(out), "--shards", "--split", "100/0/0", "--shard-size", "2", "--no-progress"]
+    assert main(args) == 0
+    train = out / "shards" / "train"
+    before = {p.name: p.stat().st_mtime_ns for p in train.iterdir()}
+    tracker = MetadataTracker.from_settings(in_folder)
+    add_call(tracker, in_folder, ("call-f", None, 6.0, [(0.5, 2.5)], [(3.0, 5.5)]))
+    tracker.close()
+    leg = Path(in_folder.audio_storage_dir) / "call-e_agent.wav"  # shares the last shard
+    leg.rename(leg.with_suffix(".away"))
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot export: ") and "call-e_agent.wav" in err
+    assert err.count("\n") == 1
+    assert {p.name: p.stat().st_mtime_ns for p in train.iterdir()} == before
+    index = json.loads((out / "shards" / "index.json").read_text())
+    assert [s["fingerprint"] is None for s in index["shards"]] == [False, False, True]
+
+    leg.with_suffix(".away").rename(leg)
+    (train / "shard-000007.tar").write_bytes(b"left by someone")
+    assert main(args) == 0
+    assert ": shards 1 written, 0 renumbered, 2 unchanged, 1 deleted; 0 removed;" in (
+        capsys.readouterr().out
+    )
+    assert sorted(p.name for p in train.iterdir()) == [
+        f"shard-00000{n}.{e}" for n in range(3) for e in ("jsonl", "tar")
+    ]
+    samples = read_shards(out / "shards")
+    assert sorted(samples) == sorted([*CLEAN, "call-f"])
+    assert samples["call-f"]["tar"].name == "shard-000002.tar"
+    index = json.loads((out / "shards" / "index.json").read_text())
+    assert all(s["fingerprint"] for s in index["shards"])
+
+
 def test_every_export_in_a_folder_loses_an_erased_conversation(
     in_folder: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
