@@ -25,7 +25,14 @@ from support.s3_server import SECRET, S3Server
 from support.stores import make_settings
 
 from diarization_audio.cli.export import main
-from diarization_audio.dataset.shard_plan import Member, Shard, ShardBounds, plan_split
+from diarization_audio.dataset.shard_plan import (
+    Member,
+    Shard,
+    ShardBounds,
+    index_bytes,
+    plan_split,
+    read_index,
+)
 from diarization_audio.objects import audio_place
 from diarization_audio.settings import Settings
 from diarization_audio.store.tracker import MetadataTracker
@@ -469,3 +476,17 @@ def test_planning_keeps_shards_spills_what_no_longer_fits_and_closes_gaps() -> N
     assert plan(ShardBounds(250_000, None), wanted) == [
         ["a", "b"], ["d", "e"], ["f", "c"], ["g"],
     ]  # fmt: skip
+
+
+def test_the_index_reads_back_what_was_written_and_nothing_doubtful() -> None:
+    """An index reads back as written (a shard being written stays marked so); a damaged one,
+    another format or a shard listed twice reads as no index, so every shard is written again."""
+    bounds = ShardBounds(500_000_000, None)
+    shards = [Shard("train", 0, (member("a", 2048, "x"), member("b.c", 4096, "y")), 10240),
+              Shard("test", 0, (member("d"),), 102400, complete=False)]  # fmt: skip
+    assert read_index(index_bytes(shards, bounds)) == (shards, bounds)
+    document = json.loads(index_bytes(shards, bounds))
+    twice = {**document, "shards": [document["shards"][0]] * 2}
+    for damaged in (b"{", b"[]", json.dumps({**document, "format": 2}).encode(),
+                    json.dumps(twice).encode(), None):  # fmt: skip
+        assert read_index(damaged) == ([], None)

@@ -173,11 +173,12 @@ def read_index(data: bytes | None) -> tuple[list[Shard], ShardBounds | None]:
             return [], None
         limits = document["bounds"]
         bounds = ShardBounds(_whole(limits["bytes"]), _whole(limits["conversations"]))
-        shards = []
+        shards, names = [], set[str]()
         for entry in document["shards"]:
             match = _NAME.match(entry["name"])
-            if match is None or match[1] != entry["split"]:
+            if match is None or match[1] != entry["split"] or entry["name"] in names:
                 return [], None
+            names.add(entry["name"])
             members = tuple(
                 Member(str(c["id"]), str(c["fingerprint"]), int(c["bytes"]), float(c["duration"]))
                 for c in entry["conversations"]
