@@ -77,22 +77,21 @@ def shard_size(text: str) -> ShardBounds:
     given: dict[str, int] = {}
     for part in text.split(","):
         match = _SIZE.fullmatch(part.strip().lower())
-        number, unit = match.groups() if match else ("", "")
-        if match is None or (unit and unit not in UNITS) or (not unit and "." in number):
-            given = {}
-            break
-        kind = "bytes" if unit else "conversations"
-        value = int(float(number) * UNITS[unit]) if unit else int(number)
+        kind, value = _bound(*match.groups()) if match else ("", 0)
         if value < 1 or kind in given:
-            given = {}
-            break
+            raise argparse.ArgumentTypeError(
+                f"give bytes with a unit (500MB, 1GB, 2GiB), a number of conversations (200), "
+                f"or both (1GB,500); got {text!r}"
+            )
         given[kind] = value
-    if not given:
-        raise argparse.ArgumentTypeError(
-            f"give bytes with a unit (500MB, 1GB, 2GiB), a number of conversations (200), "
-            f"or both (1GB,500); got {text!r}"
-        )
     return ShardBounds(given.get("bytes"), given.get("conversations"))
+
+
+def _bound(number: str, unit: str) -> tuple[str, int]:
+    """("bytes", n) or ("conversations", n); n is 0 when the text is neither."""
+    if unit:
+        return "bytes", int(float(number) * UNITS[unit]) if unit in UNITS else 0
+    return "conversations", 0 if "." in number else int(number)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
