@@ -8,13 +8,14 @@ service settings store the file once to their folder and once to the bucket, alt
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -68,8 +69,9 @@ SERVERS = {"SeaweedFS": _seaweedfs, "moto": _moto}
 
 
 @contextmanager
-def s3_server(kind: str, base: Path) -> Iterator[dict[str, object]]:
-    """A local S3 server of `kind` (SERVERS) with one bucket; the settings reaching it."""
+def s3_server(kind: str, base: Path) -> Iterator[tuple[dict[str, object], int]]:
+    """A local S3 server of `kind` (SERVERS) with one bucket; the settings reaching it, and its
+    process id."""
     command = SERVERS[kind](base)
     port = command[-1].rsplit("=", 1)[-1] if kind == "SeaweedFS" else command[-1]
     endpoint = f"http://127.0.0.1:{port}"
@@ -91,7 +93,7 @@ def s3_server(kind: str, base: Path) -> Iterator[dict[str, object]]:
                     raise RuntimeError(f"the {kind} S3 server did not start; see {log}") from None
                 time.sleep(0.2)
         yield {"aws_endpoint_url": endpoint, "aws_region": "us-east-1", **KEYS,
-               "audio_storage_url": f"s3://{BUCKET}/calls"}  # fmt: skip
+               "audio_storage_url": f"s3://{BUCKET}/calls"}, proc.pid  # fmt: skip
     finally:
         proc.terminate()
         try:
@@ -152,6 +154,16 @@ def _library_rows(endpoint: str, file: Path, rounds: int, server: str) -> list[R
     ]  # fmt: skip
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its children it has waited for (ffmpeg, after each job)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime, stime, cutime, cstime: fields 14-17 of stat, 12-15 after the name.
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class _Measured:
     disk: list[float]
@@ -160,6 +172,7 @@ class _Measured:
     longer_growth: float | None
     left_open: int
     libraries: list[Row]
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # per stored file
 
 
 def _compare(ctx: Context, kind: str, base: Path, primary: bool) -> _Measured:
@@ -169,7 +182,7 @@ def _compare(ctx: Context, kind: str, base: Path, primary: bool) -> _Measured:
     name = long_file(ctx.media, scale.long_minutes)
     warmup = long_file(ctx.media, WARMUP_MINUTES)
     found = _Measured([], [], [], None, 0, [])
-    with s3_server(kind, base / "server") as bucket_settings:
+    with s3_server(kind, base / "server") as (bucket_settings, server_pid):
         endpoint = str(bucket_settings["aws_endpoint_url"])
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **KEYS)
         with (
@@ -178,19 +191,31 @@ def _compare(ctx: Context, kind: str, base: Path, primary: bool) -> _Measured:
             client(disk.base_url) as to_disk,
             client(bucketed.base_url) as to_bucket,
         ):
-            assert bucketed.proc is not None
-            pid = bucketed.proc.pid
+            assert bucketed.proc is not None and disk.proc is not None
+            pid, disk_pid = bucketed.proc.pid, disk.proc.pid
+            for name_ in ("service, disk", "service, bucket", "S3 server"):
+                found.cpu[name_] = []
+
+            def charge(name_: str, pid_: int, before: float) -> None:
+                found.cpu[name_].append(cpu_seconds(pid_) - before)
+
             post_single(to_disk, "warmup", ctx.source_url(warmup))
             post_single(to_bucket, "warmup", ctx.source_url(warmup))
 
             def on_disk(cid: str) -> float:
+                before = cpu_seconds(disk_pid)
                 seconds = timed(lambda: post_single(to_disk, cid, ctx.source_url(name)))
+                charge("service, disk", disk_pid, before)
                 (base / "disk" / "store" / f"{cid}_agent.wav").unlink()
                 return seconds
 
             def in_bucket(cid: str, file: str) -> tuple[float, float]:
+                before, server_before = cpu_seconds(pid), cpu_seconds(server_pid)
                 with RssSampler([pid]) as rss:
                     seconds = timed(lambda: post_single(to_bucket, cid, ctx.source_url(file)))
+                if file == name:
+                    charge("service, bucket", pid, before)
+                    charge("S3 server", server_pid, server_before)
                 s3.delete_object(Bucket=BUCKET, Key=f"calls/{cid}_agent.wav")
                 return seconds, rss.growth_mb()
 
@@ -243,6 +268,9 @@ def run(ctx: Context) -> list[Row]:
             main.longer_growth < MEMORY_LIMIT_MB and main.longer_growth - peak < MEMORY_SLACK_MB),
         Row(CASE, "multipart uploads left open (every server)", str(left), "0", not left),
     ]  # fmt: skip
+    for kind, found in results.items():
+        cpu = ", ".join(f"{who} {median(spent):.2f} s" for who, spent in found.cpu.items())
+        rows.append(Row(CASE, f"CPU per stored {length} file with {kind} (median)", cpu))
     for kind in others:
         found = results[kind]
         rows.append(Row(
