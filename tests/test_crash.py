@@ -52,6 +52,15 @@ def post_in_background(base_url: str, data: dict[str, str]) -> subprocess.Popen[
     )
 
 
+def download(base_url: str, conversation_id: str, url: str) -> httpx.Response:
+    return httpx.post(
+        base_url + "/download/single",
+        data={"conversation_id": conversation_id, "audio_url": url},
+        timeout=120,
+        trust_env=False,
+    )
+
+
 def ffmpeg_running_in(storage: Path) -> bool:
     from test_hardening import _ffmpeg_processes_for
 
@@ -74,12 +83,7 @@ def test_sigkill_mid_job_loses_nothing_and_leaves_nothing(
     storage = Path(settings.audio_storage_dir)
     url = crash_source.url(path)
     server = ServerProcess(settings).start()
-    done = httpx.post(
-        server.base_url + "/download/single",
-        data={"conversation_id": "before", "audio_url": crash_source.url("/files/ok.mp3")},
-        trust_env=False,
-        timeout=60,
-    )
+    done = download(server.base_url, "before", crash_source.url("/files/ok.mp3"))
     assert done.status_code == 200
     client = post_in_background(server.base_url, {"conversation_id": "victim", "audio_url": url})
     try:
@@ -99,12 +103,7 @@ def test_sigkill_mid_job_loses_nothing_and_leaves_nothing(
         leftovers = [p.name for p in storage.iterdir() if p.name.startswith(".")]
         assert leftovers == []
         assert sorted(p.name for p in storage.iterdir()) == ["before_speaker.wav"]
-        again = httpx.post(
-            restarted.base_url + "/download/single",
-            data={"conversation_id": "victim", "audio_url": url},
-            timeout=120,
-            trust_env=False,
-        )
+        again = download(restarted.base_url, "victim", url)
         assert again.status_code == 200, again.text
         stats = httpx.get(restarted.base_url + "/statistics", trust_env=False, timeout=60).json()
     finally:
@@ -207,12 +206,7 @@ def test_sigkill_mid_upload_to_a_bucket_leaves_no_object_and_no_record(
     try:
         assert [p.name for p in storage.iterdir()] == []
         assert s3_server.open_uploads(bucket) == []
-        again = httpx.post(
-            restarted.base_url + "/download/single",
-            data={"conversation_id": "victim", "audio_url": url},
-            timeout=120,
-            trust_env=False,
-        )
+        again = download(restarted.base_url, "victim", url)
         assert again.status_code == 200, again.text
     finally:
         restarted.stop()
