@@ -118,7 +118,7 @@ class AudioTooLong(AudioError):
 class StorageError(AudioError):
     code = "storage_error"
     status = 500
-    description = "the storage directory or the metadata file could not be used"
+    description = "the storage directory, the bucket or the metadata file could not be used"
 
 
 class MetadataCorrupt(AudioError):

@@ -328,6 +328,8 @@ def _not_found(exc: Exception) -> bool:
         return False
     code = str(response.get("Error", {}).get("Code", ""))
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code == "NoSuchBucket":
+        return False
     return code in ("404", "NoSuchKey", "NotFound") or status == 404
 
 
@@ -396,25 +398,31 @@ class Bucket:
     def location(self, name: str) -> str:
         return self.where(self.key(name))
 
-    def _call(self, what: str, key: str, call: Callable[..., Any], **kwargs: Any) -> Any:
+    def _call(
+        self, what: str, key: str, call: Callable[..., Any], reading: bool = False, **kwargs: Any
+    ) -> Any:
+        """One request; its failure as StorageError, or as FileNotFoundError for a read of a
+        key that is not there (a bucket that is not there stays a StorageError)."""
         try:
             return call(Bucket=self.name, **kwargs)
         except Exception as exc:
-            if _not_found(exc):
+            if reading and _not_found(exc):
                 raise FileNotFoundError(self.where(key)) from exc
             raise _bucket_error(exc, what, self.where(key)) from exc
 
     def size(self, name: str) -> int | None:
         key = self.key(name)
         try:
-            head = self._call("inspect a stored object", key, self.client.head_object, Key=key)
+            head = self._call(
+                "inspect a stored object", key, self.client.head_object, True, Key=key
+            )
         except FileNotFoundError:
             return None
         return int(head["ContentLength"])
 
     def open(self, name: str) -> IO[bytes]:
         key = self.key(name)
-        answer = self._call("read a stored object", key, self.client.get_object, Key=key)
+        answer = self._call("read a stored object", key, self.client.get_object, True, Key=key)
         body: IO[bytes] = answer["Body"]
         return body
 

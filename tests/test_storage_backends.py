@@ -16,7 +16,7 @@ from support.audio_factory import make_audio
 from support.cli_helpers import use_settings
 from support.s3_server import S3Server
 from support.source_server import SourceServer
-from support.stores import exported_document
+from support.stores import exported_document, make_settings
 
 from diarization_audio.cli.export import main as export_main
 from diarization_audio.cli.report import main as report_main
@@ -278,3 +278,19 @@ def test_a_long_file_is_stored_whole_even_when_its_download_starts_over(
     finally:
         tracker.close()
     assert open_uploads(storage, bucket_server(request, storage)) == []
+
+
+def test_a_missing_bucket_is_a_storage_error_naming_the_s3_code(
+    tmp_path: Path, source: SourceServer, s3_server: S3Server
+) -> None:
+    """A bucket that does not exist answers 500 storage_error with S3's own error code in the
+    detail, and leaves no file in the work folder."""
+    settings = make_settings(
+        tmp_path, audio_storage_url="s3://no-such-bucket/calls", **s3_server.settings()
+    )
+    with TestClient(create_app(settings)) as client:
+        status, body = post(client, "/download/single", conversation_id="c1",
+                            audio_url=source.file_url("wav.wav"))  # fmt: skip
+    assert status == 500, body
+    assert body["error"] == "storage_error" and "NoSuchBucket" in body["detail"], body
+    assert [p.name for p in Path(settings.audio_storage_dir).iterdir()] == []
