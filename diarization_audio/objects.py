@@ -317,6 +317,9 @@ def _bucket_error(exc: Exception, what: str, where: str) -> AudioError:
     if isinstance(response, dict):
         code = str(response.get("Error", {}).get("Code", ""))
     reason = code or type(exc).__name__
+    if code == "NoSuchBucket":
+        bucket = urlsplit(where).netloc
+        return StorageError(f"object storage: no bucket {bucket!r} ({code})", log_detail=where)
     if code in ("EntityTooLarge", "QuotaExceeded"):
         return InsufficientStorage(f"the bucket refused {what}: {reason}", log_detail=where)
     return StorageError(f"object storage: cannot {what}: {reason}", log_detail=f"{where}: {exc}")

@@ -58,8 +58,7 @@ from diarization_audio.dataset.shard_plan import (
     plan_split,
     read_index,
 )
-from diarization_audio.errors import StorageError
-from diarization_audio.objects import Place, is_bucket_url, local_copy, place_at, split_bucket_url
+from diarization_audio.objects import Place, is_bucket_url, local_copy, place_at
 from diarization_audio.settings import Settings
 from diarization_audio.store.speech_labels import StoredConversation
 from diarization_audio.wav import SAMPLE_RATE, SAMPLE_WIDTH
@@ -220,13 +219,7 @@ class _ShardExport:
             if not is_bucket_url(self.output):
                 for left in Path(place.url).glob(f"{_TEMPORARY}*"):
                     left.unlink(missing_ok=True)
-            try:
-                entries = list(place.entries())
-            except FileNotFoundError as exc:  # listing a prefix answers 404 only without a bucket
-                bucket = split_bucket_url(self.output)[0]
-                raise StorageError(
-                    f"object storage: no bucket {bucket!r}", log_detail=place.url
-                ) from exc
+            entries = place.entries()  # a bucket that is not there: StorageError (objects.py)
             found.update({f"{split}/{e.name}": e.size for e in entries if _FILE.match(e.name)})
         return found
 
