@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import logging
+import mimetypes
 import os
 import shutil
 import threading
@@ -310,6 +311,11 @@ def _client(
     return session.client("s3", endpoint_url=endpoint, config=config)
 
 
+def content_type(name: str) -> str:
+    """What an object is, by its name (a WAV, a shard, a manifest)."""
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
 def _bucket_error(exc: Exception, what: str, where: str) -> AudioError:
     """One translation of boto3's errors: the client hears what failed, the log hears where."""
     code = ""
@@ -338,10 +344,14 @@ def _not_found(exc: Exception) -> bool:
 
 class _MultipartUpload:
     """A multipart upload whose parts are all sent: `publish` completes it (the object appears
-    whole at that moment), `abandon` aborts it (nothing appears)."""
+    whole at that moment), `abandon` aborts it (nothing appears). Either way the note of its id
+    (see _FollowingUpload) goes."""
 
-    def __init__(self, bucket: Bucket, key: str, upload_id: str, parts: list[dict[str, Any]]):
+    def __init__(
+        self, bucket: Bucket, key: str, upload_id: str, parts: list[dict[str, Any]], note: Path
+    ) -> None:
         self._bucket, self._key, self._id, self._parts = bucket, key, upload_id, parts
+        self._note = note
 
     def publish(self) -> None:
         try:
@@ -351,12 +361,14 @@ class _MultipartUpload:
             )  # fmt: skip
         except Exception as exc:
             raise _bucket_error(exc, "complete an upload", self._bucket.where(self._key)) from exc
+        self._note.unlink(missing_ok=True)
 
     def abandon(self) -> None:
         with contextlib.suppress(Exception):
             self._bucket.client.abort_multipart_upload(
                 Bucket=self._bucket.name, Key=self._key, UploadId=self._id
             )
+        self._note.unlink(missing_ok=True)
 
 
 @dataclass
@@ -371,7 +383,7 @@ class _Put:
         with open(self.local, "rb") as body:
             self.bucket._call(
                 "upload a file", self.key, self.bucket.client.put_object, Key=self.key,
-                Body=body, ContentType="audio/wav",
+                Body=body, ContentType=content_type(self.key),
             )  # fmt: skip
 
     def abandon(self) -> None:
@@ -460,33 +472,7 @@ class Bucket:
                 return
 
     def upload(self, local: Path, name: str) -> Pending:
-        key = self.key(name)
-        where = self.where(key)
-        started = self._call(
-            "start an upload", key, self.client.create_multipart_upload, Key=key,
-            ContentType="audio/wav" if name.endswith(".wav") else "application/octet-stream",
-        )  # fmt: skip
-        upload_id = started["UploadId"]
-        size = local.stat().st_size
-        offsets = list(range(0, max(size, 1), PART_BYTES))
-
-        def send(number: int, offset: int) -> dict[str, Any]:
-            with open(local, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read(PART_BYTES)
-            answer = self.client.upload_part(
-                Bucket=self.name, Key=key, UploadId=upload_id, PartNumber=number, Body=data
-            )
-            return {"PartNumber": number, "ETag": answer["ETag"]}
-
-        pending = _MultipartUpload(self, key, upload_id, [])
-        try:
-            with ThreadPoolExecutor(PART_THREADS, thread_name_prefix="s3-part") as pool:
-                pending._parts = list(pool.map(send, range(1, len(offsets) + 1), offsets))
-        except Exception as exc:
-            pending.abandon()
-            raise _bucket_error(exc, "upload a file", where) from exc
-        return pending
+        return _FollowingUpload(self, local, self.key(name), following=False).finish()
 
     def follow(self, local: Path, name: str) -> Following:
         return _FollowingUpload(self, local, self.key(name))
@@ -497,7 +483,7 @@ class Bucket:
             key, upload_id = recorded["key"], recorded["upload_id"]
         except (OSError, ValueError, KeyError, TypeError):
             return  # cut short by the crash before the upload started: nothing to abort
-        _MultipartUpload(self, key, upload_id, []).abandon()
+        _MultipartUpload(self, key, upload_id, [], note).abandon()
 
     def read_bytes(self, name: str) -> bytes | None:
         try:
@@ -535,7 +521,8 @@ class _FollowingUpload:
 
     POLL_SECONDS = 0.05
 
-    def __init__(self, bucket: Bucket, local: Path, key: str) -> None:
+    def __init__(self, bucket: Bucket, local: Path, key: str, following: bool = True) -> None:
+        """With `following` False the file is complete already: `finish` sends all of it."""
         self._bucket, self._local, self._key = bucket, local, key
         self._lock = threading.Lock()
         self._generation = 0
@@ -546,13 +533,14 @@ class _FollowingUpload:
         self._handed_over = False  # finish gave its Pending to the caller, who owns it now
         self._note = local.with_name(local.name + ".upload")
         self._thread = threading.Thread(target=self._follow, name="s3-follow", daemon=True)
-        self._thread.start()
+        if following:
+            self._thread.start()
 
     def _start_upload(self) -> str:
         if self._upload_id is None:
             started = self._bucket._call(
                 "start an upload", self._key, self._bucket.client.create_multipart_upload,
-                Key=self._key, ContentType="audio/wav",
+                Key=self._key, ContentType=content_type(self._key),
             )  # fmt: skip
             self._upload_id = str(started["UploadId"])
             note = {"key": self._key, "upload_id": self._upload_id}
@@ -601,7 +589,8 @@ class _FollowingUpload:
 
     def finish(self) -> Pending:
         self._done.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         where = self._bucket.where(self._key)
         try:
             if self._failure is not None:
@@ -623,17 +612,18 @@ class _FollowingUpload:
             parts = [{"PartNumber": n, "ETag": self._sent[n]} for n in numbers]
         except Exception as exc:
             self.abandon()
+            if isinstance(exc, AudioError):
+                raise
             raise _bucket_error(exc, "upload a file", where) from exc
         self._handed_over = True
-        return _MultipartUpload(self._bucket, self._key, self._start_upload(), parts)
+        return _MultipartUpload(self._bucket, self._key, self._start_upload(), parts, self._note)
 
     def abandon(self) -> None:
-        """Abort the upload (unless finish handed it over: its Pending is the caller's now);
-        either way the note goes."""
-        if not self._handed_over:
-            self._done.set()
-            if self._thread.is_alive() and threading.current_thread() is not self._thread:
-                self._thread.join()
-            if self._upload_id is not None:
-                _MultipartUpload(self._bucket, self._key, self._upload_id, []).abandon()
-        self._note.unlink(missing_ok=True)
+        """Abort the upload, unless finish handed it over (its Pending is the caller's now)."""
+        if self._handed_over:
+            return
+        self._done.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+        if self._upload_id is not None:
+            _MultipartUpload(self._bucket, self._key, self._upload_id, [], self._note).abandon()
