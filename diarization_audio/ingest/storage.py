@@ -126,17 +126,15 @@ class Storage:
         converted: Sequence[Path],
         url: str,
         agent_id: str | None,
-        allow_erased: bool = False,
-        following: Sequence[Following] | None = None,
+        allow_erased: bool,
+        following: Sequence[Following],
     ) -> list[StoredFile]:
         """Read the converted files back, then publish and record each with its transaction.
 
-        `following` are the uploads that followed the conversion (else each file is sent
-        now). An erase that committed meanwhile refuses it with Erased (the converted files
-        stay where they are, for the caller to remove; the caller abandons `following`).
+        `following` are the uploads that followed the conversion (`follow`). An erase that
+        committed meanwhile refuses it with Erased (the converted files stay where they are,
+        for the caller to remove; the caller abandons `following`).
         """
-        if following is None:
-            following = self.follow(conversation_id, labels, converted)
         source.unlink(missing_ok=True)  # a large file can take a while to free: not in the loop
         names = [stored_name(conversation_id, label) for label in labels]
         records = [self._describe(c, n, url) for c, n in zip(converted, names, strict=True)]
