@@ -61,12 +61,18 @@ def place_at(target: str | Path, settings: Settings) -> Place:
     return Folder(Path(target))
 
 
+def _in_bucket(location: str, settings: Settings) -> tuple[Bucket, str]:
+    """The bucket prefix holding s3://bucket/key, and the name of the object in it."""
+    bucket, key = split_bucket_url(location)
+    parent, _, name = key.rpartition("/")
+    return Bucket(f"s3://{bucket}/{parent}", settings), name
+
+
 def open_location(location: str, settings: Settings) -> IO[bytes]:
     """A record's file (a path, or s3://bucket/key) for reading."""
     if is_bucket_url(location):
-        bucket, key = split_bucket_url(location)
-        parent, _, name = key.rpartition("/")
-        return Bucket(f"s3://{bucket}/{parent}", settings).open(name)
+        bucket, name = _in_bucket(location, settings)
+        return bucket.open(name)
     return open(location, "rb")
 
 
@@ -83,8 +89,8 @@ def local_copy(location: str, settings: Settings | None) -> Iterator[Path]:
     work_dir.mkdir(parents=True, exist_ok=True)
     copy = work_dir / f".{Path(location).name}.{os.getpid()}.{os.urandom(16).hex()}.wav"
     try:
-        with open_location(location, settings) as source, open(copy, "wb") as target:
-            shutil.copyfileobj(source, target, PART_BYTES // 4)
+        bucket, name = _in_bucket(location, settings)
+        bucket.download(name, copy)
         yield copy
     finally:
         copy.unlink(missing_ok=True)
@@ -191,10 +197,8 @@ class Folder:
         write_atomically(path, lambda handle: handle.write(data), binary=True)
 
     def put_file(self, local: Path, name: str) -> None:
-        path = self.directory / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(local, path)
-        fsync_directory(path.parent)
+        self.upload(local, name).publish()
+        fsync_directory((self.directory / name).parent)
 
     def download(self, name: str, local: Path) -> None:
         shutil.copyfile(self.directory / name, local)
