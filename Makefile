@@ -1,5 +1,7 @@
-# Every target creates .venv and installs the pinned requirements itself; `make test` and
-# `make bench` also install what they need from apt when it is missing: PostgreSQL (the tests
+# Every target creates .venv and installs the pinned requirements itself; `make test`,
+# `make bench` and `make demo` also install Debian's ffmpeg when none is on PATH (the service
+# prefers it to the bundled one: half the CPU per file, docs/performance.md), and `make test`
+# and `make bench` what else they need from apt when it is missing: PostgreSQL (the tests
 # start a server of their own), curl (the benchmark posts with it), espeak-ng (the speech
 # labels are checked on calls it speaks), Chromium (the pages are checked in a real browser) and
 # the recorded speech and music on hold of bench/call_corpus.py (Asterisk's prompts and MOH,
@@ -13,8 +15,8 @@ STAMP := $(VENV)/.installed
 
 help:
 	@echo "make install - the pinned requirements and the diarization-audio command, in .venv"
-	@echo "make demo   - the whole workflow offline, on temporary storage (installs Asterisk's recorded prompts from apt first if missing)"
-	@echo "make test   - every test (installs PostgreSQL and Chromium from apt first if missing)"
+	@echo "make demo   - the whole workflow offline, on temporary storage (installs ffmpeg and Asterisk's recorded prompts from apt first if missing)"
+	@echo "make test   - every test (installs ffmpeg, PostgreSQL and Chromium from apt first if missing)"
 	@echo "make run    - start the service (HOST/PORT from .env or the environment)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - the performance benchmark"
@@ -32,6 +34,7 @@ install: $(STAMP)
 # Any initdb will do: the tests make a throw-away cluster with it and never use the system one.
 PG_INITDB ?= $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) \
                          $(shell command -v initdb 2>/dev/null))
+FFMPEG ?= $(shell command -v ffmpeg 2>/dev/null)
 CURL ?= $(shell command -v curl 2>/dev/null)
 ESPEAK ?= $(shell command -v espeak-ng 2>/dev/null)
 CHROMIUM ?= $(shell command -v chromium 2>/dev/null)
@@ -39,15 +42,16 @@ SOUNDS_EN ?= $(wildcard /usr/share/asterisk/sounds/en_US_f_Allison/hello.wav)
 SOUNDS_FR ?= $(wildcard /usr/share/asterisk/sounds/fr_CA_f_June/hello.wav)
 SPHINX_DATA ?= $(wildcard /usr/share/pocketsphinx/test/data/goforward.raw)
 MOH ?= $(wildcard /usr/share/asterisk/moh/*.wav)
-APT_MISSING := $(strip $(if $(PG_INITDB),,postgresql) $(if $(CURL),,curl) $(if $(ESPEAK),,espeak-ng) \
+APT_MISSING := $(strip $(if $(FFMPEG),,ffmpeg) $(if $(PG_INITDB),,postgresql) $(if $(CURL),,curl) $(if $(ESPEAK),,espeak-ng) \
                        $(if $(CHROMIUM),,chromium) \
                        $(if $(SOUNDS_EN),,asterisk-core-sounds-en-wav) \
                        $(if $(SOUNDS_FR),,asterisk-core-sounds-fr-wav) \
                        $(if $(SPHINX_DATA),,pocketsphinx-testdata) \
                        $(if $(MOH),,asterisk-moh-opsound-wav))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-# The demo's callers speak Asterisk's recorded prompts, and its stereo call holds with its music.
-DEMO_MISSING := $(strip $(if $(SOUNDS_EN),,asterisk-core-sounds-en-wav) \
+# The demo converts with the ffmpeg the service prefers; its callers speak Asterisk's recorded
+# prompts, and its stereo call holds with its music.
+DEMO_MISSING := $(strip $(if $(FFMPEG),,ffmpeg) $(if $(SOUNDS_EN),,asterisk-core-sounds-en-wav) \
                         $(if $(SOUNDS_FR),,asterisk-core-sounds-fr-wav) \
                         $(if $(MOH),,asterisk-moh-opsound-wav))
 
@@ -56,7 +60,7 @@ ifneq ($(APT_MISSING),)
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_MISSING)
 else
-	@echo "PostgreSQL server binaries: $(dir $(PG_INITDB)); curl: $(CURL); espeak-ng: $(ESPEAK);" \
+	@echo "ffmpeg: $(FFMPEG); PostgreSQL server binaries: $(dir $(PG_INITDB)); curl: $(CURL); espeak-ng: $(ESPEAK);" \
 	      "chromium: $(CHROMIUM); recorded speech and music on hold: installed"
 endif
 

@@ -261,6 +261,15 @@ def write_wav(path: Path, samples: Signal) -> Path:
     return path
 
 
+def line_encoder() -> str:
+    """The ffmpeg that plays the telephone network: always the bundled one, which encodes
+    every codec of CODECS (Debian's ffmpeg, which the service prefers, has no AMR-NB
+    encoder), so the degraded calls are the same whichever ffmpeg converts them."""
+    import imageio_ffmpeg
+
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
 def convert_legs(legs: dict[str, Signal], codec: str | None, directory: Path) -> dict[str, Path]:
     """Each leg written, encoded with `codec` (a key of CODECS) if any, then converted to
     16 kHz mono WAV by the service's own ffmpeg invocation; returns leg -> converted WAV."""
@@ -273,7 +282,7 @@ def convert_legs(legs: dict[str, Signal], codec: str | None, directory: Path) ->
             suffix, args = CODECS[codec]
             encoded = directory / f"{leg}_encoded{suffix}"
             subprocess.run(
-                [binary, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+                [line_encoder(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
                  "-i", f"file:{source}", "-ac", "1", *args, f"file:{encoded}"],
                 check=True,
             )  # fmt: skip

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from support.audio_factory import FORMATS
+from support.audio_factory import FFMPEG_BUILDS, FORMATS, ffmpeg_build
 from support.source_server import SourceServer
-from support.stores import exported_document, labelled_statistics
+from support.stores import exported_document, labelled_statistics, make_settings
 
+from diarization_audio.service.app import create_app
 from diarization_audio.settings import Settings
 
 
@@ -51,17 +52,22 @@ def test_health_reports_storage_ffmpeg_and_disk(client: TestClient, settings: Se
     assert body["timestamp"].endswith("+05:30")
 
 
+@pytest.mark.parametrize("build", FFMPEG_BUILDS)
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_single_download_converts_every_format(
-    fmt: str, client: TestClient, source: SourceServer, settings: Settings
+    fmt: str, build: str, source: SourceServer, tmp_path: Path
 ) -> None:
-    """Each input format is stored as 16 kHz mono 16-bit WAV with the right duration and fields."""
+    """Each input format is stored as 16 kHz mono 16-bit WAV with the right duration and
+    fields, by the ffmpeg the service prefers and by the bundled one it falls back on."""
+    settings = make_settings(tmp_path, ffmpeg_binary=ffmpeg_build(build))
     name = f"{fmt}{FORMATS[fmt]}"
     url = source.file_url(name)
-    response = client.post(
-        "/download/single",
-        data={"conversation_id": f"conv_{fmt}", "audio_url": url, "speaker_label": "agent"},
-    )
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/health").json()["ffmpeg"]["path"] == ffmpeg_build(build)
+        response = client.post(
+            "/download/single",
+            data={"conversation_id": f"conv_{fmt}", "audio_url": url, "speaker_label": "agent"},
+        )
     assert response.status_code == 200, response.text
     body = response.json()
     stored = Path(settings.audio_storage_dir) / f"conv_{fmt}_agent.wav"

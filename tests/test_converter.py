@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.audio_factory import FORMATS, ffmpeg_exe
+from support.audio_factory import FFMPEG_BUILDS, FORMATS, ffmpeg_build, ffmpeg_exe
 
 from diarization_audio.ingest.ffmpeg import FRAME_SAMPLES, run_ffmpeg
 
@@ -19,21 +19,24 @@ OUTPUT = [
 ]  # fmt: skip
 
 
-def _plain(source: Path, *graph: str) -> None:
+def _plain(source: Path, *graph: str, binary: str | None = None) -> None:
     subprocess.run(
-        [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-i", f"file:{source}", *graph],
+        [binary or ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-i", f"file:{source}", *graph],
         check=True,
     )
 
 
+@pytest.mark.parametrize("build", FFMPEG_BUILDS)
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_every_format_converts_to_the_bytes_plain_ffmpeg_gives(
-    corpus_dir: Path, tmp_path: Path, fmt: str
+    corpus_dir: Path, tmp_path: Path, fmt: str, build: str
 ) -> None:
+    """With the ffmpeg the service prefers and with the bundled one it falls back on."""
+    binary = ffmpeg_build(build)
     source = corpus_dir / f"{fmt}{FORMATS[fmt]}"
     service, plain = tmp_path / "service.wav", tmp_path / "plain.wav"
-    asyncio.run(run_ffmpeg(ffmpeg_exe(), source, service, 60, 60, niceness=10))
-    _plain(source, "-map", "0:a:0", "-ac", "1", *OUTPUT, f"file:{plain}")
+    asyncio.run(run_ffmpeg(binary, source, service, 60, 60, niceness=10))
+    _plain(source, "-map", "0:a:0", "-ac", "1", *OUTPUT, f"file:{plain}", binary=binary)
     assert service.stat().st_size > 44 + 2 * FRAME_SAMPLES  # longer than one regrouped frame
     assert service.read_bytes() == plain.read_bytes()
 

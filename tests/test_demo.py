@@ -4,6 +4,7 @@ temporary storage."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +27,6 @@ def test_demo_runs_every_step_and_cleans_up(tmp_path: Path) -> None:
                      "succeeded 0, partial 0, failed 0, skipped 13 (already stored)",
                      "stereo-call-1_agent.wav: success, 30.0 s",
                      "stereo-call-1_customer.wav: success, 30.0 s",
-                     "0.1975/0.25 h (79.01%), 14 conversations",
                      '"total_conversations": 14', "exported 14 conversations to",
                      '"labelled_files": 26', "Speech (26 files labelled, 0 waiting)",
                      "Progress toward 0.25 h of speech",
@@ -45,6 +45,9 @@ def test_demo_runs_every_step_and_cleans_up(tmp_path: Path) -> None:
                      "shards 1 written, 0 renumbered, 2 unchanged, 0 deleted; 1 removed (1 erased)",
                      "Demo finished in"):  # fmt: skip
         assert expected in run.stdout
+    # 14 conversations of about 0.1975 h: the exact length of each sample depends on the
+    # padding of the ffmpeg build that encoded it
+    assert re.search(r"0\.197\d/0\.25 h \(79\.0\d%\), 14 conversations", run.stdout)
     # the last export takes the erased conversation out of the loose files and of its shard
     assert run.stdout.count("1 removed (1 erased); left out 3") == 2
     assert list(tmp_path.iterdir()) == []

@@ -67,6 +67,16 @@ def ffmpeg_exe() -> str:
     return shutil.which("ffmpeg") or _bundled_ffmpeg()
 
 
+#: The ffmpeg builds the service may run: the one it prefers (Debian's, which `make test`
+#: installs) and the bundled one it falls back on; the same binary where nothing else is there.
+FFMPEG_BUILDS = ("preferred", "bundled")
+
+
+def ffmpeg_build(name: str) -> str:
+    """The path of one of FFMPEG_BUILDS."""
+    return ffmpeg_exe() if name == "preferred" else _bundled_ffmpeg()
+
+
 @lru_cache(maxsize=1)
 def _bundled_ffmpeg() -> str:
     import imageio_ffmpeg  # imported lazily: only needed when no other ffmpeg is configured
