@@ -9,6 +9,7 @@ service settings store the file once to their folder and once to the bucket, alt
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,9 @@ from bench.harness import (
     Context,
     Row,
     RssSampler,
+    bare_ffmpeg,
     client,
+    ffmpeg_exe,
     median,
     paired_ratio,
     post_single,
@@ -32,6 +35,7 @@ from bench.harness import (
     timed,
 )
 from bench.media import long_file
+from diarization_audio.ingest.ffmpeg import ffmpeg_version
 from diarization_audio.service.process import free_port
 
 CASE = "10 object storage"
@@ -154,6 +158,36 @@ def _library_rows(endpoint: str, file: Path, rounds: int, server: str) -> list[R
     ]  # fmt: skip
 
 
+def _children_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _build_rows(ctx: Context, name: str, rounds: int) -> list[Row]:
+    """Bare ffmpeg on the long file with the build the service runs and with the bundled one,
+    alternately: from ffmpeg 7 the command line runs demuxing, decoding, filtering and muxing
+    in threads of their own, which hand every frame on (mostly futex calls on two cores)."""
+    import imageio_ffmpeg
+
+    builds = {"the service's": ffmpeg_exe(), "bundled": imageio_ffmpeg.get_ffmpeg_exe()}
+    walls: dict[str, list[float]] = {who: [] for who in builds}
+    cpus: dict[str, list[float]] = {who: [] for who in builds}
+    target = ctx.work / "case10-build.wav"
+    for _ in range(rounds):
+        for who, binary in builds.items():
+            before, started = _children_cpu(), time.perf_counter()
+            bare_ffmpeg(ctx.media / name, target, binary=binary)
+            walls[who].append(time.perf_counter() - started)
+            cpus[who].append(_children_cpu() - before)
+    target.unlink(missing_ok=True)
+    return [
+        Row(CASE, f"bare ffmpeg, {who} build ({ffmpeg_version(binary).split('-')[0]}), same "
+            f"file: wall; CPU (median of {rounds})",
+            f"{median(walls[who]):.2f} s; {median(cpus[who]):.2f} s")
+        for who, binary in builds.items()
+    ]  # fmt: skip
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time of a process and of its children it has waited for (ffmpeg, after each job)."""
     try:
@@ -233,6 +267,7 @@ def _compare(ctx: Context, kind: str, base: Path, primary: bool) -> _Measured:
                 post_single(to_disk, "sample", ctx.source_url(name))
                 sample = base / "disk" / "store" / "sample_agent.wav"
                 found.libraries = _library_rows(endpoint, sample, scale.rounds, kind)
+                found.libraries += _build_rows(ctx, name, scale.rounds)
             found.left_open = len(s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []))
     return found
 

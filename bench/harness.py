@@ -152,11 +152,11 @@ def ms(seconds: float) -> str:
 # Baselines ------------------------------------------------------------------------------------
 
 
-def bare_ffmpeg(source: Path, target: Path, *options: str) -> None:
-    """The floor: `ffmpeg -i FILE -ac 1 -ar 16000 OUT.wav` with the service's own binary
-    (`options` go before the output options)."""
+def bare_ffmpeg(source: Path, target: Path, *options: str, binary: str | None = None) -> None:
+    """The floor: `ffmpeg -i FILE -ac 1 -ar 16000 OUT.wav` with the service's own binary, or
+    `binary` (`options` go before the output options)."""
     subprocess.run(
-        [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+        [binary or ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
          "-i", str(source), *options, "-ac", "1", "-ar", "16000", str(target)],
         check=True, stdin=subprocess.DEVNULL,
     )  # fmt: skip

@@ -21,9 +21,10 @@ OUTPUT = [
 
 def _plain(source: Path, *graph: str, binary: str | None = None) -> None:
     subprocess.run(
-        [binary or ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-i", f"file:{source}", *graph],
+        [binary or ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y",
+         "-i", f"file:{source}", *graph],
         check=True,
-    )
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("build", FFMPEG_BUILDS)
