@@ -1,9 +1,11 @@
 """Logging set-up: console plus a rotating file, timestamps in LOG_TIMEZONE with the offset, and
-no URL query strings (signed URLs' secrets) in any line."""
+no URL query strings (signed URLs' secrets) in any line, nor an erase's reason in uvicorn's
+access lines."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +21,20 @@ MAX_BYTES = 5 * 1024 * 1024
 BACKUP_COUNT = 3
 _FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 _MARK = "_audio_downloader_handler"
+# An erase's reason is free text (a ticket, a name, a pasted link); the erase's own log line
+# carries it scrubbed, and uvicorn's access line, which prints the request's query, not at all.
+_REASON_VALUE = re.compile(r"([?&]reason=)[^&\s]*")
+
+
+class _WithoutReasons(logging.Filter):
+    """Rewrites uvicorn's access records (client, method, path with query, version, status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            path = _REASON_VALUE.sub(r"\1(not logged)", args[2])
+            record.args = (args[0], args[1], path, args[3], args[4])
+        return True
 
 
 class ZonedFormatter(logging.Formatter):
@@ -68,6 +84,9 @@ def setup_logging(settings: Settings, *, console: bool = True) -> Path:
         setattr(handler, _MARK, True)
         root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _WithoutReasons) for f in access.filters):
+        access.addFilter(_WithoutReasons())
     # httpx logs every request at INFO; the service logs its own outcome line instead.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     return log_path

@@ -9,9 +9,11 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from support import ROOT
 from support.source_server import SourceServer
 from support.stores import exported_document, make_settings, stored
 
@@ -22,6 +24,7 @@ from diarization_audio.logs import LOG_FILENAME
 from diarization_audio.objects import Folder
 from diarization_audio.progress import Totals
 from diarization_audio.service.app import create_app
+from diarization_audio.service.process import ServiceProcess
 from diarization_audio.settings import Settings
 from diarization_audio.store.layout import stored_name, wav_files
 from diarization_audio.store.schema import SCHEMA_VERSION, StoredFile, micros
@@ -262,6 +265,31 @@ def test_a_signed_url_in_the_reason_keeps_its_secrets_out_of_the_log_and_the_sto
     for logged in (record, line):
         assert f"reason='consent withdrawn for {shown_link} (ticket 7)'" in logged
         assert [secret for secret in ("CRED42", "SIG42", "hunter2") if secret in logged] == []
+
+
+def test_uvicorns_access_line_of_an_erase_leaves_its_reason_out(
+    tmp_path: Path, source: SourceServer
+) -> None:
+    """`python main.py` (which logs every request) logs the DELETE with its status, and the
+    reason's parameter without its value: no signed link, password or free text pasted in."""
+    link = f"{source.file_url('mp3.mp3')}?X-Amz-Signature=SIG42".replace("://", "://r:hunter2@")
+    settings = make_settings(tmp_path, label_speech=False)
+    with (
+        ServiceProcess(settings, script=ROOT / "main.py") as server,
+        httpx.Client(base_url=server.base_url, trust_env=False, timeout=60) as http,
+    ):
+        stored = http.post("/download/single", data={"conversation_id": "c1", "audio_url": link})
+        assert stored.status_code == 200, stored.text
+        erased = http.delete("/conversations/c1", params={"reason": f"withdrawn {link} #7"})
+        assert erased.status_code == 200, erased.text
+        listed = http.get("/storage/info", params={"limit": 5})
+        assert listed.status_code == 200
+    output = server.output()
+    [line] = [x for x in output.splitlines() if "DELETE /conversations/c1" in x]
+    assert '?reason=(not logged) HTTP/1.1" 200' in line
+    assert "GET /storage/info?limit=5 HTTP/1.1" in output  # other queries stay as they were
+    assert "withdrawn" not in line  # the erase's own line carries the reason, scrubbed
+    assert [secret for secret in ("SIG42", "hunter2") if secret in output] == []
 
 
 def test_an_erased_id_is_refused_with_410_unless_allowed(
