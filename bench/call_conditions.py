@@ -56,7 +56,7 @@ from bench.call_sources import (
     subtract,
     turns,
 )
-from diarization_audio.ingest.ffmpeg import resolve_ffmpeg, run_ffmpeg
+from diarization_audio.ingest.ffmpeg import bundled_ffmpeg, resolve_ffmpeg, run_ffmpeg
 
 LEGS = ("agent", "customer")
 COLLAR = 0.25  # seconds, the scorer's: boundary slop is not a false alarm on non-speech
@@ -265,9 +265,7 @@ def line_encoder() -> str:
     """The ffmpeg that plays the telephone network: always the bundled one, which encodes
     every codec of CODECS (Debian's ffmpeg, which the service prefers, has no AMR-NB
     encoder), so the degraded calls are the same whichever ffmpeg converts them."""
-    import imageio_ffmpeg
-
-    return str(imageio_ffmpeg.get_ffmpeg_exe())
+    return bundled_ffmpeg()
 
 
 def convert_legs(legs: dict[str, Signal], codec: str | None, directory: Path) -> dict[str, Path]:

@@ -35,7 +35,7 @@ from bench.harness import (
     timed,
 )
 from bench.media import long_file
-from diarization_audio.ingest.ffmpeg import ffmpeg_version
+from diarization_audio.ingest.ffmpeg import bundled_ffmpeg, ffmpeg_version
 from diarization_audio.service.process import free_port
 
 CASE = "10 object storage"
@@ -167,9 +167,7 @@ def _build_rows(ctx: Context, name: str, rounds: int) -> list[Row]:
     """Bare ffmpeg on the long file with the build the service runs and with the bundled one,
     alternately: from ffmpeg 7 the command line runs demuxing, decoding, filtering and muxing
     in threads of their own, which hand every frame on (mostly futex calls on two cores)."""
-    import imageio_ffmpeg
-
-    builds = {"the service's": ffmpeg_exe(), "bundled": imageio_ffmpeg.get_ffmpeg_exe()}
+    builds = {"the service's": ffmpeg_exe(), "bundled": bundled_ffmpeg()}
     walls: dict[str, list[float]] = {who: [] for who in builds}
     cpus: dict[str, list[float]] = {who: [] for who in builds}
     target = ctx.work / "case10-build.wav"

@@ -32,6 +32,11 @@ def resolve_ffmpeg(configured: str | None) -> str:
     on_path = shutil.which("ffmpeg")
     if on_path:
         return on_path
+    return bundled_ffmpeg()
+
+
+def bundled_ffmpeg() -> str:
+    """The ffmpeg binary the imageio-ffmpeg wheel ships (9.0: every encoder, threaded CLI)."""
     import imageio_ffmpeg
 
     return str(imageio_ffmpeg.get_ffmpeg_exe())

@@ -9,7 +9,6 @@ import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from bench.media import (
@@ -19,6 +18,7 @@ from bench.media import (
     run_ffmpeg,
 )
 from diarization_audio.cli.file_server import CONTENT_TYPES as SERVED_TYPES
+from diarization_audio.ingest.ffmpeg import bundled_ffmpeg
 
 _DECODE_RATE = 16000  # decode to 16 kHz mono s16le: 2 bytes per sample, easy to count
 
@@ -64,7 +64,7 @@ def ffmpeg_exe() -> str:
     configured = os.environ.get("FFMPEG_BINARY")
     if configured:
         return configured
-    return shutil.which("ffmpeg") or _bundled_ffmpeg()
+    return shutil.which("ffmpeg") or bundled_ffmpeg()
 
 
 #: The ffmpeg builds the service may run: the one it prefers (Debian's, which `make test`
@@ -74,14 +74,7 @@ FFMPEG_BUILDS = ("preferred", "bundled")
 
 def ffmpeg_build(name: str) -> str:
     """The path of one of FFMPEG_BUILDS."""
-    return ffmpeg_exe() if name == "preferred" else _bundled_ffmpeg()
-
-
-@lru_cache(maxsize=1)
-def _bundled_ffmpeg() -> str:
-    import imageio_ffmpeg  # imported lazily: only needed when no other ffmpeg is configured
-
-    return str(imageio_ffmpeg.get_ffmpeg_exe())
+    return ffmpeg_exe() if name == "preferred" else bundled_ffmpeg()
 
 
 def make_audio(
