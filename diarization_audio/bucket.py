@@ -277,6 +277,7 @@ class _FollowingUpload:
         """With `following` False the file is complete already: `finish` sends all of it."""
         self._bucket, self._local, self._key = bucket, local, key
         self._lock = threading.Lock()
+        self._starting = threading.Lock()
         self._generation = 0
         self._sent: dict[int, str] = {}  # part number -> ETag, this generation's
         self._done = threading.Event()
@@ -289,15 +290,18 @@ class _FollowingUpload:
             self._thread.start()
 
     def _start_upload(self) -> str:
-        if self._upload_id is None:
-            started = self._bucket._call(
-                "start an upload", self._key, self._bucket.client.create_multipart_upload,
-                Key=self._key, ContentType=content_type(self._key),
-            )  # fmt: skip
-            self._upload_id = str(started["UploadId"])
-            note = {"key": self._key, "upload_id": self._upload_id}
-            self._note.write_text(json.dumps(note))
-        return self._upload_id
+        # finish's threads may all find no upload yet (nothing was sent while ffmpeg wrote):
+        # one of them starts it, and every part goes to that one upload.
+        with self._starting:
+            if self._upload_id is None:
+                started = self._bucket._call(
+                    "start an upload", self._key, self._bucket.client.create_multipart_upload,
+                    Key=self._key, ContentType=content_type(self._key),
+                )  # fmt: skip
+                self._upload_id = str(started["UploadId"])
+                note = {"key": self._key, "upload_id": self._upload_id}
+                self._note.write_text(json.dumps(note))
+            return self._upload_id
 
     def _send(self, number: int) -> None:
         """Read part `number` as the file is now and upload it; kept if no restart came."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import wave
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,22 @@ def test_a_long_file_is_stored_whole_even_when_its_download_starts_over(
             assert hashlib.sha256(data).hexdigest() == record.sha256
     finally:
         tracker.close()
+    assert open_uploads(storage, bucket_server(request, storage)) == []
+
+
+def test_a_finished_file_of_several_parts_is_put_whole(
+    storage: Settings, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A finished file (a shard) of several parts, all sent at once by the upload's threads, is
+    stored byte for byte, every time, and leaves no upload open: the threads share one upload."""
+    data = os.urandom(3 * PART_BYTES + 12345)
+    place = audio_place(storage)
+    for n in range(4):
+        local = tmp_path / f"finished{n}.bin"  # a folder moves it into place
+        local.write_bytes(data)
+        place.put_file(local, f"finished{n}.tar")
+        with place.open(f"finished{n}.tar") as handle:
+            assert handle.read() == data
     assert open_uploads(storage, bucket_server(request, storage)) == []
 
 
