@@ -15,6 +15,7 @@ import logging
 import mimetypes
 import shutil
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -264,11 +265,11 @@ class _FollowingUpload:
     WAV's header (in the first part) is rewritten once the length is known. `finish` sends the
     first part, the last (short) one and any the thread has not sent. A writer that starts over
     (`restart`, before it truncates the file) makes every part sent so far stale: a part counts
-    only if no restart came between reading it and its upload's answer.
-
-    The upload's id is noted beside the file (`<file>.upload`, a name of the same process's
-    temporaries), so that after a crash the next start aborts it (store/layout.py): a bucket
-    keeps no parts of an upload nobody will finish.
+    only if no restart came between reading it and its upload's answer. Parts read before the
+    truncation are checked at the end (CRC-32 of what was sent against the file) and sent again
+    if the new writer's bytes differ. The upload's id is noted beside the file (`<file>.upload`,
+    a name of the process's temporaries), so that after a crash the next start aborts it
+    (store/layout.py): a bucket keeps no parts of an upload nobody will finish.
     """
 
     POLL_SECONDS = 0.05
@@ -279,7 +280,8 @@ class _FollowingUpload:
         self._lock = threading.Lock()
         self._starting = threading.Lock()
         self._generation = 0
-        self._sent: dict[int, str] = {}  # part number -> ETag, this generation's
+        self._check_sent = False
+        self._sent: dict[int, tuple[str, int]] = {}  # part -> (ETag, CRC-32), this generation's
         self._done = threading.Event()
         self._failure: Exception | None = None
         self._upload_id: str | None = None
@@ -290,8 +292,7 @@ class _FollowingUpload:
             self._thread.start()
 
     def _start_upload(self) -> str:
-        # finish's threads may all find no upload yet (nothing was sent while ffmpeg wrote):
-        # one of them starts it, and every part goes to that one upload.
+        # finish's threads may all find none yet: one starts it, every part goes to that one.
         with self._starting:
             if self._upload_id is None:
                 started = self._bucket._call(
@@ -317,7 +318,7 @@ class _FollowingUpload:
         )  # fmt: skip
         with self._lock:
             if generation == self._generation:
-                self._sent[number] = str(answer["ETag"])
+                self._sent[number] = (str(answer["ETag"]), zlib.crc32(data))
 
     def _follow(self) -> None:
         try:
@@ -338,10 +339,22 @@ class _FollowingUpload:
         except Exception as exc:  # reported by finish
             self._failure = exc
 
+    def _stale(self, numbers: list[int]) -> list[int]:
+        """Those of `numbers` whose bytes in the file now differ from the bytes sent."""
+        stale = []
+        with open(self._local, "rb") as handle:
+            for number in numbers:
+                handle.seek((number - 1) * PART_BYTES)
+                if zlib.crc32(handle.read(PART_BYTES)) != self._sent[number][1]:
+                    stale.append(number)
+        return stale
+
     def restart(self) -> None:
         with self._lock:
             self._generation += 1
             self._sent.clear()
+            # parts went up already: the old bytes may go up again before the file is truncated
+            self._check_sent = self._check_sent or self._upload_id is not None
 
     def finish(self) -> Pending:
         self._done.set()
@@ -359,13 +372,15 @@ class _FollowingUpload:
             last = numbers[-1]
             # The last part may have been sent while the file was still growing past it.
             missing = [n for n in numbers if n not in self._sent or n in (1, last)]
+            if self._check_sent:
+                missing += self._stale([n for n in numbers if n not in missing])
             log.debug(
                 "%s: %d of %d parts sent while the file was written (writer starts: %d)",
                 self._key, len(numbers) - len(missing), len(numbers), self._generation,
             )  # fmt: skip
             with ThreadPoolExecutor(PART_THREADS, thread_name_prefix="s3-part") as pool:
                 list(pool.map(self._send, missing))
-            parts = [{"PartNumber": n, "ETag": self._sent[n]} for n in numbers]
+            parts = [{"PartNumber": n, "ETag": self._sent[n][0]} for n in numbers]
         except Exception as exc:
             self.abandon()
             if isinstance(exc, AudioError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -295,6 +296,31 @@ def test_a_finished_file_of_several_parts_is_put_whole(
         with place.open(f"finished{n}.tar") as handle:
             assert handle.read() == data
     assert open_uploads(storage, bucket_server(request, storage)) == []
+
+
+def test_a_writer_that_starts_over_with_other_bytes_is_uploaded_as_it_ends(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """Between `restart` and the new writer truncating the file, the following upload may read
+    and send the old bytes once more; if the new writer's bytes differ, those parts are sent
+    again at the end, and the object is what the file holds when the upload finishes."""
+    bucket = s3_server.new_bucket()
+    settings = make_settings(
+        tmp_path, audio_storage_url=f"s3://{bucket}/audio", **s3_server.settings()
+    )
+    place = audio_place(settings)
+    local = tmp_path / "call.wav"
+    old, new = os.urandom(3 * PART_BYTES + 99), os.urandom(3 * PART_BYTES + 99)
+    following = place.follow(local, "call.wav")
+    local.write_bytes(old)
+    time.sleep(1.0)  # the old file's whole parts go up
+    following.restart()
+    time.sleep(1.0)  # the old bytes again, in the new writer's turn
+    local.write_bytes(new)
+    following.finish().publish()
+    with place.open("call.wav") as handle:
+        assert handle.read() == new
+    assert s3_server.open_uploads(bucket) == []
 
 
 def test_a_missing_bucket_is_a_storage_error_naming_the_s3_code(
