@@ -193,8 +193,10 @@ def test_sigkill_mid_upload_to_a_bucket_leaves_no_object_and_no_record(
     server = ServerProcess(settings).start()
     client = post_in_background(server.base_url, {"conversation_id": "victim", "audio_url": url})
     try:
-        # Killed once the upload that follows the conversion has started.
+        # Killed once the upload that follows the conversion has started and is noted beside
+        # the work file (the note is written just after the bucket answers with the upload's id).
         wait_for(lambda: s3_server.open_uploads(bucket) == ["calls/victim_speaker.wav"], 60)
+        wait_for(lambda: bool(temp_files(storage, ".upload")), 60)
         server.kill()
     finally:
         client.wait(30)
