@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import wave
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from bench.call_conditions import write_wav
 from diarization_audio.labels.labeller import label_conversation, thresholds_of
 from diarization_audio.objects import audio_place
 from diarization_audio.settings import Settings
@@ -45,15 +45,10 @@ def voice(
 
 def write_leg(path: Path, signal: npt.NDArray[np.float64]) -> StoredFile:
     """`signal` as a 16 kHz mono WAV at `path`, and the record the service would keep of it."""
-    samples = np.clip(np.round(signal * 32767), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(RATE)
-        wav.writeframes(samples.tobytes())
+    write_wav(path, signal)
     return StoredFile(
         filepath=str(path), url=f"http://127.0.0.1/{path.name}",
-        file_size_bytes=path.stat().st_size, duration_seconds=len(samples) / RATE,
+        file_size_bytes=path.stat().st_size, duration_seconds=len(signal) / RATE,
         sample_rate=RATE, channels=1, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
         downloaded_at="2026-11-25T10:00:00+05:30",
     )  # fmt: skip
